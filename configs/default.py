@@ -1,0 +1,126 @@
+"""The quickstart: an MLP VAE on the embedded generated sprites (no download).
+
+Command (about a minute of training on 2 CPU cores):
+  python scripts/train.py --config=configs/default.py --workdir=/tmp/vae_sprites
+
+Expected result (measured here, see README): full test split neg_elbo about EXPECTED nats
+per example after 3000 steps. Tiny local smoke run:
+  python scripts/train.py --config=configs/default.py --workdir=/tmp/smoke \
+      --config.num_train_steps=20 --config.steps_per_call=10 --config.log_every_steps=10 \
+      --config.eval_every_steps=20 --config.checkpoint_every_steps=20
+
+Every field of every config is declared here, once, with the reason for its default. Other
+configs import this one and override.
+"""
+
+import ml_collections
+
+
+def get_config():
+  """Returns the default (quickstart) config."""
+  c = ml_collections.ConfigDict()
+  # Parameter initialisation and posterior samples. Separate from data_seed so runs with
+  # different seeds can share one data order and one set of binarization draws.
+  c.seed = 0
+  # Epoch permutations and dynamic-binarization draws.
+  c.data_seed = 0
+  # Global batch over all devices and processes (split across the mesh's data axis).
+  c.batch_size = 128
+  # About 17 epochs of the ~22k training sprites: converged enough to look good, ~1 minute.
+  c.num_train_steps = 3000
+  # Train steps fused into one jitted lax.scan call: amortises dispatch and host syncs.
+  c.steps_per_call = 100
+  # Metrics are fetched from the device only every log interval (a multiple of steps_per_call).
+  c.log_every_steps = 100
+  # Full test split evaluation (and image grids) interval.
+  c.eval_every_steps = 1000
+  # Orbax checkpoint interval; a final checkpoint is always written at the end.
+  c.checkpoint_every_steps = 1000
+  # gamma of the momentum-tracked loss L <- gamma L + (1 - gamma) L_batch (MISSION.md step 5).
+  c.loss_momentum_gamma = 0.99
+  # Global batch size for evaluation; the last batch is padded and masked, never dropped.
+  c.eval_batch_size = 1000
+  # Consecutive non-finite steps tolerated (each skipped and counted) before the run stops.
+  c.max_consecutive_nonfinite = 10
+  # Where to initialise from when the workdir has no checkpoint: '' (scratch) or a workdir /
+  # checkpoint directory. Order: workdir checkpoint > init_from > scratch.
+  c.init_from = ''
+
+  c.data = d = ml_collections.ConfigDict()
+  # 'sprites' (embedded, generated, known factors and entropy) or any TFDS image dataset name.
+  d.name = 'sprites'
+  # grey ([0,1] floats) | dynamic_binarize | threshold | uint8 (integers, discrete likelihoods).
+  # Sprites are binary already, so grey gives exactly {0, 1}.
+  d.preprocess = 'grey'
+  # Folder with the original download files for offline preparation ('' = none).
+  d.manual_dir = ''
+  # TFDS data_dir ('' = TFDS's default, $TFDS_DATA_DIR or ~/tensorflow_datasets).
+  d.data_dir = ''
+  # False: never touch the network; a dataset that is not prepared is an immediate error.
+  d.download = False
+  # memory: whole split as uint8 on device (MNIST-sized); stream: tf.data over TFDS records.
+  d.backend = 'memory'
+  # Stream back end: shuffle window (examples held in host memory).
+  d.shuffle_buffer = 10_000
+  # Split names used for training and evaluation.
+  d.train_split = 'train'
+  d.eval_split = 'test'
+
+  c.model = m = ml_collections.ConfigDict()
+  # mlp | conv.
+  m.encoder = 'mlp'
+  m.decoder = 'mlp'
+  # MLP hidden widths (encoder; the decoder mirrors them). 512 is plenty for 1024-pixel sprites.
+  m.hidden = (512,)
+  # Conv: channels per resolution stage (each stage halves the resolution) and residual blocks.
+  m.conv_channels = (32, 64)
+  m.conv_blocks = 1
+  # Dimension of h. dSprites has 5 factors; 10 leaves room.
+  m.latent_dim = 10
+  # diag | full (Cholesky factor L, Sigma = L L^T).
+  m.posterior = 'diag'
+  # True: Sigma is a free parameter that does not depend on x (q(h|x) = N(mu(x), Sigma)).
+  m.shared_covariance = False
+  # bernoulli | continuous_bernoulli | gaussian | discretized_logistic.
+  m.likelihood = 'bernoulli'
+  # Gaussian likelihood: learn a per-pixel sigma, or keep it fixed at gaussian_sigma.
+  m.learn_sigma = True
+  m.gaussian_sigma = 0.1
+  # Discretized logistic: number of mixture components per sub-pixel (1 = plain).
+  m.logistic_mixtures = 1
+
+  c.objective = o = ml_collections.ConfigDict()
+  # Weight of the KL in the training loss (1 = the derived negative ELBO). Traced, sweepable.
+  o.beta = 1.0
+
+  c.optim = op = ml_collections.ConfigDict()
+  # adam | adamw.
+  op.name = 'adam'
+  # Peak learning rate. Traced, sweepable.
+  op.learning_rate = 1e-3
+  # constant | warmup_cosine.
+  op.schedule = 'constant'
+  # Linear warm-up steps (warmup_cosine).
+  op.warmup_steps = 0
+  # Global-norm gradient clipping; 0 turns it off.
+  op.clip_norm = 0.0
+  # AdamW decoupled weight decay.
+  op.weight_decay = 1e-4
+
+  c.checkpoint = ck = ml_collections.ConfigDict()
+  # Keep the newest N checkpoints (plus the best by eval neg_elbo).
+  ck.keep = 3
+  # Save asynchronously (training continues while the checkpoint is written).
+  ck.async_save = True
+
+  c.images = im = ml_collections.ConfigDict()
+  # Examples in each reconstruction / sample PNG grid (a square number reads best).
+  im.num = 64
+
+  c.mesh = me = ml_collections.ConfigDict()
+  # Devices on the data axis; -1 = all devices of all processes.
+  me.data = -1
+
+  # Persistent XLA compilation cache folder ('' = off); '~/.cache/vae_jax/xla' by default.
+  c.compilation_cache = '~/.cache/vae_jax/xla'
+  return c

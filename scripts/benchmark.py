@@ -1,0 +1,56 @@
+"""Throughput of a config's real training loop (evaluation and checkpoints off).
+
+  python scripts/benchmark.py --config=configs/fashion_mnist.py [--chunks=5] [--config.a.b=v]
+
+Compiles, then runs `--chunks` fused calls of config.steps_per_call steps through
+`train.train_and_evaluate` itself (logging every chunk), so its figure is the one training
+logs. The last stdout line is one JSON object: images_per_sec (median over the timed chunks,
+compile excluded), step_ms, compile_s, peak_rss_mb, num_devices, global_batch_size, the model's
+FLOP/s (from the compiled single step's cost analysis) and a float32 matmul rate measured in
+the same process, for a sense of how close to the machine's peak the step runs.
+"""
+
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from vae_jax import cli, validation  # noqa: E402
+
+config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
+flags.DEFINE_integer('chunks', 5, 'Timed fused calls (after one untimed warm-up call).')
+flags.DEFINE_integer('matmul_size', 2048, 'Size n of the n x n float32 matmul rate probe.')
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+  config = FLAGS.config
+
+  def run():
+    if config is None:
+      raise validation.ConfigError('--config=configs/NAME.py is required.')
+    k = config.steps_per_call
+    with config.unlocked():
+      config.num_train_steps = k * (FLAGS.chunks + 1)
+      config.log_every_steps = k
+      config.eval_every_steps = config.num_train_steps
+      config.checkpoint_every_steps = config.num_train_steps
+      config.compilation_cache = ''  # compile time is part of the report
+    validation.validate_config(config)
+    from vae_jax import data
+    data.check_available(config.data)
+    from vae_jax import benchmarking
+    with tempfile.TemporaryDirectory() as workdir:
+      return benchmarking.benchmark(config, workdir, FLAGS.matmul_size)
+
+  cli.print_json(cli.run_reporting_user_errors(run))
+
+
+if __name__ == '__main__':
+  app.run(main)

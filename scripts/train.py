@@ -1,0 +1,50 @@
+"""Train a VAE: python scripts/train.py --config=configs/NAME.py --workdir=DIR [--config.a.b=v].
+
+Multi-host: add --coordinator_address=HOST:PORT --num_processes=N --process_id=I on every
+process (or run under a cluster that sets the standard environment).
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from vae_jax import cli, validation  # noqa: E402
+
+config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Folder for checkpoints, metrics, images (resumed).')
+flags.DEFINE_string('coordinator_address', '', 'Multi-host: HOST:PORT of process 0.')
+flags.DEFINE_integer('num_processes', 1, 'Multi-host: number of processes.')
+flags.DEFINE_integer('process_id', 0, 'Multi-host: this process.')
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+  config = FLAGS.config
+
+  def run():
+    # Everything a user can get wrong is checked before TensorFlow or a compile.
+    if config is None:
+      raise validation.ConfigError('--config=configs/NAME.py is required.')
+    validation.validate_config(config)
+    validation.validate_workdir(FLAGS.workdir)
+    from vae_jax import data
+    data.check_available(config.data)
+    from vae_jax import sharding
+    sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                    FLAGS.process_id)
+    from vae_jax import train
+    return train.train_and_evaluate(config, FLAGS.workdir)
+
+  result = cli.run_reporting_user_errors(run)
+  if result['eval'] is not None:
+    cli.print_json({'step': result['step'], **result['eval']})
+
+
+if __name__ == '__main__':
+  app.run(main)

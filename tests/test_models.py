@@ -1,0 +1,300 @@
+"""Tests of vae_jax.models: shapes, posterior structure, input scaling, Flax-example parity."""
+
+import functools
+import importlib.util
+import itertools
+import math
+import pathlib
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vae_jax import models
+
+SHAPES = [(28, 28, 1), (32, 32, 1), (32, 32, 3), (64, 64, 3)]
+B, D = 2, 3
+# Small widths keep tracing fast; the architecture is the same at any width.
+SMALL = dict(hidden=(16,), conv_channels=(8, 16), conv_blocks=1, latent_dim=D,
+             logistic_mixtures=2)
+
+
+def _load_default_config():
+  path = pathlib.Path(__file__).resolve().parents[1] / 'configs' / 'default.py'
+  spec = importlib.util.spec_from_file_location('default_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _x(shape, seed=0, batch=B):
+  return np.random.default_rng(seed).uniform(size=(batch, *shape)).astype(np.float32)
+
+
+def _eps(seed=1, batch=B, d=D):
+  return np.random.default_rng(seed).normal(size=(batch, d)).astype(np.float32)
+
+
+def _expected_likelihood_shapes(likelihood, shape, lead=(B,), k=2):
+  if likelihood in ('bernoulli', 'continuous_bernoulli'):
+    return {'logits': (*lead, *shape)}
+  if likelihood == 'gaussian':
+    return {'loc': (*lead, *shape), 'log_scale': shape}
+  return {n: (*lead, *shape, k) for n in ('loc', 'log_scale', 'logit_weights')}
+
+
+def _expected_posterior_shapes(posterior):
+  if posterior == 'diag':
+    return {'mean': (B, D), 'log_scale': (B, D)}
+  return {'mean': (B, D), 'scale_tril': (B, D, D)}
+
+
+def _trace(model, *args):
+  """(outputs, params) as shapes only: traces init, compiles and runs nothing."""
+  return jax.eval_shape(lambda *a: model.init_with_output(jax.random.key(0), *a), *args)
+
+
+def _params(model, x, eps, seed=0):
+  """Random parameters drawn by numpy (kernels ~ N(0, 1/fan_in), the rest ~ N(0, 0.3^2)).
+
+  Compiling Flax's initialisers takes seconds on CPU; tests of structure don't need them.
+  """
+  rng = np.random.default_rng(seed)
+
+  def draw(s):
+    std = 1 / math.sqrt(math.prod(s.shape[:-1])) if len(s.shape) > 1 else 0.3
+    return rng.normal(0.0, std, s.shape).astype(np.float32)
+
+  return jax.tree.map(draw, jax.eval_shape(model.init, jax.random.key(0), x, eps))
+
+
+def _jit(model, method):
+  return jax.jit(functools.partial(model.apply, method=method))
+
+
+def _shapes(tree):
+  return jax.tree.map(lambda a: a.shape, tree)
+
+
+def _num_params(tree):
+  return sum(math.prod(a.shape) for a in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize('shape', SHAPES, ids=str)
+def test_vae_output_shapes_every_combination(shape):
+  x, eps = _x(shape), _eps()
+  combos = itertools.product(
+      models.ENCODERS, models.DECODERS, models.POSTERIORS, (False, True), models.LIKELIHOODS)
+  for enc, dec, post, shared, lik in combos:
+    model = models.VAE(image_shape=shape, encoder=enc, decoder=dec, posterior=post,
+                       shared_covariance=shared, likelihood=lik, **SMALL)
+    out, params = _trace(model, x, eps)
+    what = (enc, dec, post, shared, lik)
+    assert _shapes(out['posterior']) == _expected_posterior_shapes(post), what
+    assert out['h'].shape == (B, D), what
+    assert _shapes(out['likelihood']) == _expected_likelihood_shapes(lik, shape), what
+    assert all(a.dtype == jnp.float32 for a in jax.tree.leaves((params, out))), what
+
+
+def test_conv_odd_sizes_three_stages():
+  # 28 -> 14 -> 7 -> 4 and back, cropping 8 -> 7.
+  shape = (28, 28, 1)
+  model = models.VAE(image_shape=shape, encoder='conv', decoder='conv',
+                     **{**SMALL, 'conv_channels': (4, 4, 4)})
+  out, _ = _trace(model, _x(shape), _eps())
+  assert out['likelihood']['logits'].shape == (B, *shape)
+  assert models.stage_sizes(28, 3) == [28, 14, 7, 4]
+
+
+@pytest.mark.parametrize('encoder', models.ENCODERS)
+def test_full_posterior_scale_tril_lower_triangular_positive(encoder):
+  shape = (16, 16, 1)
+  model = models.VAE(image_shape=shape, encoder=encoder, posterior='full', **SMALL)
+  x = _x(shape, batch=4)
+  params = _params(model, x, _eps(batch=4))
+  tril = np.asarray(_jit(model, 'encode')(params, x)['scale_tril'])  # [B,D,D]
+  assert tril.shape == (4, D, D)
+  np.testing.assert_array_equal(np.triu(tril, k=1), 0.0)
+  assert np.all(np.diagonal(tril, axis1=-2, axis2=-1) > 0)
+  assert np.all(np.tril(tril, k=-1)[:, 1:, :-1] != 0)  # the strictly lower part is used
+
+
+@pytest.mark.parametrize('posterior', models.POSTERIORS)
+@pytest.mark.parametrize('encoder', models.ENCODERS)
+@pytest.mark.parametrize('shared', [True, False])
+def test_shared_covariance_does_not_depend_on_x(encoder, posterior, shared):
+  shape = (16, 16, 1)
+  name = 'log_scale' if posterior == 'diag' else 'scale_tril'
+  x = _x(shape, batch=4)  # four different images
+  model = models.VAE(image_shape=shape, encoder=encoder, posterior=posterior,
+                     shared_covariance=shared, **SMALL)
+  q = _jit(model, 'encode')(_params(model, x, _eps(batch=4)), x)
+  rows_equal = [np.array_equal(q[name][0], q[name][i]) for i in range(1, 4)]
+  assert rows_equal == [shared] * 3
+  assert not np.allclose(q['mean'][0], q['mean'][1])
+
+
+@pytest.mark.parametrize('decoder,likelihood', [
+    ('mlp', 'bernoulli'), ('mlp', 'gaussian'), ('conv', 'discretized_logistic'),
+    ('conv', 'gaussian')])
+def test_decode_leading_sample_dim(decoder, likelihood):
+  shape, k = (12, 12, 3), 5
+  model = models.VAE(image_shape=shape, decoder=decoder, likelihood=likelihood, **SMALL)
+  params = _params(model, _x(shape), _eps())
+  h = np.random.default_rng(7).normal(size=(k, B, D)).astype(np.float32)  # [K,B,D]
+
+  @jax.jit
+  def both(params, h):
+    decode = functools.partial(model.apply, params, method='decode')
+    return decode(h), decode(h.reshape(k * B, D))
+
+  out, flat = both(params, h)
+  assert _shapes(out) == _expected_likelihood_shapes(likelihood, shape, lead=(k, B))
+  for name, v in out.items():
+    if likelihood == 'gaussian' and name == 'log_scale':
+      np.testing.assert_array_equal(v, flat[name])  # per pixel: no leading dims
+    else:
+      np.testing.assert_allclose(v, flat[name].reshape(v.shape), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('encoder', models.ENCODERS)
+def test_integer_input_is_scaled(encoder):
+  shape = (16, 16, 3)
+  ints = np.random.default_rng(5).integers(0, 256, size=(B, *shape))
+  model = models.VAE(image_shape=shape, encoder=encoder, **SMALL)
+  params = _params(model, _x(shape), _eps())
+  encode = _jit(model, 'encode')
+  ref = encode(params, ints.astype(np.float32) / 255.0)
+  for dtype in (np.uint8, np.int32):
+    q = encode(params, ints.astype(dtype))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), q, ref)
+  floats = jnp.linspace(0.0, 1.0, 5)
+  np.testing.assert_array_equal(models.to_float_input(floats), floats)  # floats kept as is
+
+
+class _FlaxExampleEncoder(nn.Module):
+  """google/flax examples/vae/models.py, verbatim in structure."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Dense(500, name='fc1')(x))
+    return nn.Dense(20, name='fc2_mean')(x), nn.Dense(20, name='fc2_logvar')(x)
+
+
+class _FlaxExampleDecoder(nn.Module):
+  @nn.compact
+  def __call__(self, z):
+    return nn.Dense(784, name='fc2')(nn.relu(nn.Dense(500, name='fc1')(z)))
+
+
+def test_mlp_matches_flax_example_parameter_count():
+  model = models.VAE(image_shape=(28, 28, 1), hidden=(500,), latent_dim=20)
+  x, eps = jnp.zeros((1, 28, 28, 1)), jnp.zeros((1, 20))
+  params = jax.eval_shape(model.init, jax.random.key(0), x, eps)['params']
+  assert _num_params(params['enc']) == 784 * 500 + 500 + 2 * (500 * 20 + 20)
+  assert _num_params(params['dec']) == 20 * 500 + 500 + 500 * 784 + 784
+  ex_enc = jax.eval_shape(_FlaxExampleEncoder().init, jax.random.key(0), jnp.zeros((1, 784)))
+  ex_dec = jax.eval_shape(_FlaxExampleDecoder().init, jax.random.key(0), jnp.zeros((1, 20)))
+  for ours, theirs in ((params['enc'], ex_enc), (params['dec'], ex_dec)):
+    assert sorted(_shapes(jax.tree.leaves(ours))) == sorted(_shapes(jax.tree.leaves(theirs)))
+
+
+def test_mlp_log_scale_is_half_the_logvar_head():
+  model = models.MLPEncoder(hidden=(8,), latent_dim=D)
+  x = _x((4, 4, 1))
+  params = model.init(jax.random.key(0), x)
+  q = model.apply(params, x)  # [B,D] each
+  hidden = nn.relu(nn.Dense(8).apply({'params': params['params']['hidden_0']},
+                                     x.reshape(B, -1)))
+  logvar = nn.Dense(D).apply({'params': params['params']['head']['logvar']}, hidden)
+  np.testing.assert_allclose(q['log_scale'], 0.5 * logvar, rtol=1e-6)
+
+
+def test_build_model_reads_config():
+  cfg = _load_default_config()
+  model = models.build_model(cfg.model, (32, 32, 1))
+  assert isinstance(model, models.VAE)
+  assert model.hidden == tuple(cfg.model.hidden)
+  assert model.latent_dim == cfg.model.latent_dim
+  assert (model.encoder, model.decoder, model.likelihood) == (
+      cfg.model.encoder, cfg.model.decoder, cfg.model.likelihood)
+  assert model.dtype == jnp.float32
+  cfg.model.update(encoder='conv', decoder='conv', posterior='full', shared_covariance=True,
+                   likelihood='discretized_logistic', logistic_mixtures=3, conv_channels=(4, 8))
+  model = models.build_model(cfg.model, (32, 32, 3))
+  x = jnp.zeros((B, 32, 32, 3), jnp.uint8)
+  eps = jnp.zeros((B, cfg.model.latent_dim))
+  out, _ = _trace(model, x, eps)
+  assert out['likelihood']['loc'].shape == (B, 32, 32, 3, 3)
+  assert out['posterior']['scale_tril'].shape == (B, cfg.model.latent_dim, cfg.model.latent_dim)
+
+
+def test_unknown_names_raise():
+  x, eps = _x((8, 8, 1)), _eps()
+  for bad in (dict(encoder='rnn'), dict(posterior='lowrank'), dict(likelihood='poisson')):
+    model = models.VAE(image_shape=(8, 8, 1), **{**SMALL, **bad})
+    with pytest.raises(ValueError, match='Unknown'):
+      model.init(jax.random.key(0), x, eps)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_outputs():
+  shape = (16, 16, 1)
+  model = models.VAE(image_shape=shape, encoder='conv', decoder='conv', dtype=jnp.bfloat16,
+                     **SMALL)
+  out, params = _trace(model, _x(shape), _eps())
+  assert all(a.dtype == jnp.float32 for a in jax.tree.leaves((params, out)))
+
+
+def _stand_in_loss(out):
+  # Not the ELBO (that lives in objectives.py): any smooth function of every output will do.
+  return sum(jnp.mean(jnp.square(a)) for a in jax.tree.leaves(out))
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(),
+    dict(encoder='conv', decoder='conv', posterior='full', likelihood='discretized_logistic'),
+], ids=['mlp', 'conv_full_logistic'])
+def test_jit_apply_compiles_and_gradients_finite(kwargs):
+  shape = (16, 16, 3)
+  model = models.VAE(image_shape=shape, **{**SMALL, **kwargs})
+  x, eps = _x(shape), _eps()
+  params = jax.jit(model.init)(jax.random.key(0), x, eps)  # the real initialisers
+
+  @jax.jit
+  def loss_and_grad(params, x, eps):
+    return jax.value_and_grad(lambda p: _stand_in_loss(model.apply(p, x, eps)))(params)
+
+  loss, grads = loss_and_grad(params, x, eps)
+  loss2, _ = loss_and_grad(params, x + 0.0, eps)  # same shapes: no recompilation
+  assert loss_and_grad._cache_size() == 1
+  assert np.isfinite(loss) and loss == loss2
+  leaves = jax.tree.leaves(grads)
+  assert all(np.all(np.isfinite(g)) for g in leaves)
+  assert sum(float(jnp.sum(jnp.square(g))) for g in leaves) > 0
+
+
+def test_full_posterior_with_zero_offdiag_equals_diag():
+  # Both read log diag(L) from the same 'logvar' head, so diag params carry over to full.
+  shape = (8, 8, 1)
+  x, eps = _x(shape, batch=4), _eps(batch=4)
+  diag = models.VAE(image_shape=shape, posterior='diag', **SMALL)
+  full = models.VAE(image_shape=shape, posterior='full', **SMALL)
+  params = _params(diag, x, eps)
+  full_params = jax.eval_shape(full.init, jax.random.key(0), x, eps)
+  head = dict(params['params']['enc']['head'])
+  head['offdiag'] = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
+                                 full_params['params']['enc']['head']['offdiag'])
+  params['params']['enc']['head'] = head
+  q_diag = _jit(diag, 'encode')(params, x)
+  q_full = _jit(full, 'encode')(params, x)
+  np.testing.assert_allclose(q_full['mean'], q_diag['mean'])
+  np.testing.assert_allclose(
+      q_full['scale_tril'], jax.vmap(jnp.diag)(jnp.exp(q_diag['log_scale'])), rtol=1e-6)
+
+
+def test_full_posterior_latent_dim_one():
+  model = models.VAE(image_shape=(8, 8, 1), posterior='full', **{**SMALL, 'latent_dim': 1})
+  out, _ = _trace(model, _x((8, 8, 1)), _eps(d=1))
+  assert out['posterior']['scale_tril'].shape == (B, 1, 1)

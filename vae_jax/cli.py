@@ -1,0 +1,29 @@
+"""Shared plumbing of the scripts: config flags, user-error reporting, the final JSON line.
+
+Scripts stay thin: they parse flags, call a library function and print its result.
+"""
+
+import json
+import sys
+
+
+
+def user_errors():
+  """The exception types reported without a traceback (imported lazily, all cheap)."""
+  from vae_jax import checkpoint, validation
+  from vae_jax.data import DatasetMissingError
+  return (validation.ConfigError, DatasetMissingError, checkpoint.IncompatibleCheckpointError)
+
+
+def run_reporting_user_errors(fn):
+  """Runs fn(); a user mistake exits with status 2 and its message, without a traceback."""
+  try:
+    return fn()
+  except user_errors() as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+def print_json(record):
+  """The last stdout line of every script that reports numbers: one JSON object."""
+  print(json.dumps(record, sort_keys=True), flush=True)

@@ -1,0 +1,160 @@
+"""Config validation and the 'is the dataset there?' check, without importing TensorFlow.
+
+Scripts call these before anything slow, so a mistyped name or a dataset that is not prepared
+is reported within a second, with the command that prepares it.
+"""
+
+import difflib
+import glob
+import os
+import re
+
+from vae_jax.data import formats, sprites
+
+KNOWN_PREPROCESS = ('grey', 'dynamic_binarize', 'threshold', 'uint8')
+KNOWN_BACKENDS = ('memory', 'stream')
+SPRITES = 'sprites'
+_VERSION_DIR = re.compile(r'^\d+\.\d+\.\d+$')
+
+
+class DatasetMissingError(RuntimeError):
+  """The dataset is not prepared and may not be downloaded; the message says how to prepare."""
+
+
+def validate_data_config(data_cfg):
+  """Raises ValueError naming the valid values for any unknown data.* setting."""
+  _one_of('data.preprocess', data_cfg.preprocess, KNOWN_PREPROCESS)
+  _one_of('data.backend', data_cfg.backend, KNOWN_BACKENDS)
+  if not data_cfg.name:
+    raise ValueError("data.name is empty: use 'sprites' or a TFDS dataset name, e.g. 'mnist'.")
+  base, config, _ = split_name(data_cfg.name)
+  if base == SPRITES and config is not None:
+    _one_of('sprites config', config, tuple(sprites.SPRITE_SPECS))
+  if data_cfg.shuffle_buffer < 1:
+    raise ValueError(f'data.shuffle_buffer must be >= 1, got {data_cfg.shuffle_buffer}.')
+  for field in ('train_split', 'eval_split'):
+    if not getattr(data_cfg, field):
+      raise ValueError(f'data.{field} is empty (e.g. train, test, validation).')
+
+
+def _one_of(what, value, valid):
+  if value not in valid:
+    close = difflib.get_close_matches(str(value), valid, n=1)
+    hint = f' (did you mean {close[0]!r}?)' if close else ''
+    raise ValueError(f'Unknown {what} {value!r}{hint}; valid values: {", ".join(valid)}.')
+
+
+def split_name(name):
+  """'name[/config][:version]' -> (name, config or None, version or None)."""
+  name, _, version = name.partition(':')
+  base, _, config = name.partition('/')
+  return base, config or None, version or None
+
+
+def canonical_name(name):
+  """Names the sprites config explicitly ('sprites' -> 'sprites/default')."""
+  base, config, version = split_name(name)
+  if base == SPRITES and config is None:
+    config = sprites.DEFAULT_CONFIG
+  return base + (f'/{config}' if config else '') + (f':{version}' if version else '')
+
+
+def resolve_data_dir(data_dir):
+  """The TFDS data_dir: the given one, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
+  data_dir = data_dir or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets'
+  return os.path.abspath(os.path.expanduser(data_dir))
+
+
+def prepared_dirs(name, data_dir):
+  """The prepared {data_dir}/{name}[/{config}]/{version} folders (those with dataset_info.json)."""
+  base, config, version = split_name(canonical_name(name))
+  root = os.path.join(resolve_data_dir(data_dir), base)
+  # Without a config the dataset may still have one (TFDS uses its default): look one deeper.
+  patterns = [os.path.join(root, config, '*')] if config else [
+      os.path.join(root, '*'), os.path.join(root, '*', '*')]
+  found = []
+  for pattern in patterns:
+    for info in glob.glob(os.path.join(pattern, 'dataset_info.json')):
+      folder = os.path.dirname(info)
+      # Skips TFDS's 'incomplete.*' folders of a preparation in progress.
+      if _VERSION_DIR.match(os.path.basename(folder)) and (
+          version is None or os.path.basename(folder) == version):
+        found.append(folder)
+  return sorted(found)
+
+
+def prepare_command(name, data_dir, manual_dir='DIR'):
+  cmd = f'python scripts/prepare_data.py --dataset={name} --manual_dir={manual_dir}'
+  return cmd + (f' --data_dir={data_dir}' if data_dir else '')
+
+
+def official_filenames(name):
+  """File names of the official download as TFDS registers them (imports TFDS, not TF)."""
+  import tensorflow_datasets as tfds
+
+  infos = tfds.builder_cls(split_name(name)[0]).url_infos or {}
+  return sorted({info.filename for info in infos.values() if info.filename})
+
+
+def check_tfds_name(name):
+  """Raises ValueError if name is not a registered TFDS dataset (imports TFDS, not TF)."""
+  import tensorflow_datasets as tfds
+
+  base = split_name(name)[0]
+  known = tfds.list_builders(with_community_datasets=False)
+  if base not in known:
+    close = difflib.get_close_matches(base, known + [SPRITES], n=3)
+    hint = f' Did you mean {", ".join(close)}?' if close else ''
+    raise ValueError(f"Unknown dataset {base!r}: not 'sprites' and not a TFDS dataset.{hint}")
+
+
+def manual_dir_status(name, manual_dir):
+  """Says what manual_dir offers for name: ('format', Format) / ('official', files) / raises."""
+  if not os.path.isdir(manual_dir):
+    raise DatasetMissingError(f'data.manual_dir {manual_dir!r} is not a directory.')
+  official = official_filenames(name)
+  if official and all(os.path.exists(os.path.join(manual_dir, f)) for f in official):
+    return 'official', official
+  fmt, _ = formats.find_format(manual_dir)
+  if fmt is not None:
+    return 'format', fmt
+  raise DatasetMissingError(
+      f'data.manual_dir {manual_dir} holds no complete set of files for {name!r}. Expected '
+      f'either the official download files ({", ".join(official) or "none registered"}) or '
+      f'{formats.describe_formats()}. Found: {sorted(os.listdir(manual_dir))[:20]}.')
+
+
+def check_available(data_cfg):
+  """Raises unless the dataset is prepared or can be prepared as configured.
+
+  Never imports TensorFlow: looks for {data_dir}/{name}/*/dataset_info.json, then at the
+  manual_dir's files. Sprites are always available (generated on demand).
+
+  Raises:
+    ValueError: an unknown setting or dataset name.
+    DatasetMissingError: not prepared, data.download=False and no usable manual_dir; the
+      message gives the command and the files that prepare it.
+  """
+  validate_data_config(data_cfg)
+  name = data_cfg.name
+  if split_name(name)[0] == SPRITES or prepared_dirs(name, data_cfg.data_dir):
+    return
+  check_tfds_name(name)
+  if data_cfg.manual_dir:
+    manual_dir_status(name, data_cfg.manual_dir)
+    return
+  if data_cfg.download:
+    return
+  data_dir = resolve_data_dir(data_cfg.data_dir)
+  try:
+    official = official_filenames(name)
+  except Exception:  # only improves the message
+    official = []
+  files = ', '.join(official) if official else 'the files of the official download'
+  raise DatasetMissingError(
+      f'Dataset {name!r} is not prepared in {data_dir} (no {split_name(name)[0]}/*/'
+      f'dataset_info.json) and data.download=False, so nothing will be fetched.\n'
+      f'Prepare it offline from a folder DIR holding {files} (or {formats.describe_formats()}):\n'
+      f'  {prepare_command(name, data_cfg.data_dir)}\n'
+      f'or pass --config.data.manual_dir=DIR to prepare it at startup, or '
+      f'--config.data.download=True to let TFDS download it (needs network).')

@@ -1,0 +1,370 @@
+"""Gaussian posteriors and image likelihoods: pure jnp functions, stable in float32.
+
+Posteriors q(h|x) = N(mean, Sigma) are parameter dicts made by the encoder:
+  diagonal: {'mean': [B, D], 'log_scale': [B, D]}     Sigma = diag(exp(log_scale))^2
+  full:     {'mean': [B, D], 'scale_tril': [B, D, D]}  Sigma = L L^T, L lower, diag(L) > 0
+The covariance part may drop the batch axis ([D] or [D, D]) when it is shared across the batch
+(q(h|x) = N(mu(x), Sigma)); it broadcasts. Results are per example, [B], or [..., B] where h
+carries leading sample axes.
+
+Likelihoods p(x|h) are proper densities (or masses) with their normalisers, named by
+`LIKELIHOODS`, with one entry point each for log-probability, mean and sampling. All values are
+in nats.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+LIKELIHOODS = ('bernoulli', 'continuous_bernoulli', 'gaussian', 'discretized_logistic')
+
+_LOG_2PI = math.log(2.0 * math.pi)
+# Continuous Bernoulli: below this |logit| the closed forms cancel catastrophically and are
+# replaced by Taylor series (truncation error < 1e-8 there, far below float32 resolution).
+_CB_TAYLOR_CUT = 0.5
+# Discretized logistic: 256 bins of width 2/255 on [-1, 1].
+_NUM_BINS = 256
+
+
+# ------------------------------------------------------------------------------------------
+# Gaussian posteriors.
+
+
+def _is_full(post):
+  if 'scale_tril' in post:
+    return True
+  if 'log_scale' in post:
+    return False
+  raise ValueError(f"posterior needs 'scale_tril' or 'log_scale', got keys {sorted(post)}")
+
+
+def _batch_shape(post):
+  """The per-example shape, [B], of a posterior whose covariance may be shared."""
+  cov = post['scale_tril'] if _is_full(post) else post['log_scale']
+  extra = 2 if _is_full(post) else 1
+  return jnp.broadcast_shapes(post['mean'].shape[:-1], cov.shape[:-extra])
+
+
+def _log_diag(scale_tril):
+  """log of the Cholesky diagonal: [..., D]."""
+  return jnp.log(jnp.diagonal(scale_tril, axis1=-2, axis2=-1))
+
+
+def gaussian_rsample(post, eps):
+  """Reparameterized sample h = mean + L eps.
+
+  Args:
+    post: posterior dict (diagonal or full).
+    eps: standard normal noise, [..., B, D] (optional leading sample axes).
+
+  Returns:
+    h: [..., B, D], differentiable in the posterior parameters.
+  """
+  if _is_full(post):
+    # L [B, D, D] (or shared [D, D]) broadcasts over eps's leading sample axes. Only its lower
+    # triangle is read, as in the log-density and KL.
+    scale_tril = jnp.tril(post['scale_tril'])
+    return post['mean'] + jnp.matmul(scale_tril, eps[..., None])[..., 0]
+  return post['mean'] + jnp.exp(post['log_scale']) * eps
+
+
+def gaussian_log_prob(post, h):
+  """log N(h; mean, Sigma): [..., B] for h of shape [..., B, D]."""
+  diff = h - post['mean']  # [..., B, D]
+  d = diff.shape[-1]
+  if _is_full(post):
+    scale_tril = post['scale_tril']
+    scale_tril = jnp.broadcast_to(scale_tril, diff.shape[:-1] + scale_tril.shape[-2:])
+    # z = L^{-1} (h - mean), so (h - mean)^T Sigma^{-1} (h - mean) = |z|^2; no inverse formed.
+    z = jax.lax.linalg.triangular_solve(scale_tril, diff[..., None], left_side=True, lower=True)
+    z = z[..., 0]
+    log_det_half = jnp.sum(_log_diag(scale_tril), axis=-1)  # log |L| = 0.5 log |Sigma|
+  else:
+    z = diff * jnp.exp(-post['log_scale'])
+    log_det_half = jnp.sum(post['log_scale'], axis=-1)
+  return -0.5 * jnp.sum(jnp.square(z), axis=-1) - log_det_half - 0.5 * d * _LOG_2PI
+
+
+def gaussian_entropy(post):
+  """H[q] = 0.5 log det(2 pi e Sigma): [B]."""
+  d = post['mean'].shape[-1]
+  if _is_full(post):
+    log_det_half = jnp.sum(_log_diag(post['scale_tril']), axis=-1)
+  else:
+    log_det_half = jnp.sum(post['log_scale'], axis=-1)
+  ent = log_det_half + 0.5 * d * (1.0 + _LOG_2PI)
+  return jnp.broadcast_to(ent, _batch_shape(post))
+
+
+def gaussian_kl_to_standard_normal(post):
+  """Analytic KL(N(mean, Sigma) || N(0, I)): [B].
+
+  KL = 0.5 (tr Sigma + |mean|^2 - D - log det Sigma). The trace and log-determinant are taken
+  per diagonal entry as exp(2 s) - 1 - 2 s with s = log L_ii (= expm1(2 s) - 2 s), which is >= 0
+  term by term, so the sum cannot cancel to a negative value in float32.
+  """
+  if _is_full(post):
+    scale_tril = post['scale_tril']
+    log_diag = _log_diag(scale_tril)  # [..., D]
+    off = jnp.tril(scale_tril, k=-1)
+    off_sq = jnp.sum(jnp.square(off), axis=(-2, -1))  # strictly-lower part of tr(Sigma)
+  else:
+    log_diag = post['log_scale']
+    off_sq = 0.0
+  diag_terms = jnp.sum(jnp.expm1(2.0 * log_diag) - 2.0 * log_diag, axis=-1)
+  mean_sq = jnp.sum(jnp.square(post['mean']), axis=-1)
+  kl = 0.5 * (mean_sq + diag_terms + off_sq)
+  return jnp.broadcast_to(kl, _batch_shape(post))
+
+
+def standard_normal_log_prob(h):
+  """log N(h; 0, I): [...] for h of shape [..., D]."""
+  return -0.5 * jnp.sum(jnp.square(h), axis=-1) - 0.5 * h.shape[-1] * _LOG_2PI
+
+
+def scale_tril_from_raw(diag_raw, offdiag):
+  """Builds a valid Cholesky factor L from unconstrained encoder outputs.
+
+  The diagonal is exp(diag_raw), so diag_raw plays exactly the role of a diagonal posterior's
+  log_scale (a full posterior with zero off-diagonal equals the diagonal one) and log L_ii is
+  exact for the KL and log-densities.
+
+  Args:
+    diag_raw: [..., D], log of the diagonal of L.
+    offdiag: [..., D (D - 1) / 2], strictly-lower entries in row-major order
+      (numpy.tril_indices(D, -1)).
+
+  Returns:
+    scale_tril: [..., D, D].
+  """
+  d = diag_raw.shape[-1]
+  if offdiag.shape[-1] != d * (d - 1) // 2:
+    raise ValueError(f'offdiag needs {d * (d - 1) // 2} entries for D={d}, got {offdiag.shape}')
+  rows, cols = np.tril_indices(d, -1)
+  batch = jnp.broadcast_shapes(diag_raw.shape[:-1], offdiag.shape[:-1])
+  dtype = jnp.result_type(diag_raw, offdiag)
+  lower = jnp.zeros(batch + (d, d), dtype).at[..., rows, cols].set(offdiag)
+  diag = jnp.exp(diag_raw)[..., :, None] * jnp.eye(d, dtype=dtype)
+  return lower + diag
+
+
+# ------------------------------------------------------------------------------------------
+# Likelihoods p(x|h).
+
+
+def _sum_event(log_p, x):
+  """Sums per-element log-probabilities over x's non-batch axes: [..., B]."""
+  event_ndim = x.ndim - 1
+  return jnp.sum(log_p, axis=tuple(range(-event_ndim, 0))) if event_ndim else log_p
+
+
+def _bernoulli_log_prob(logits, x):
+  # x log sigmoid(l) + (1 - x) log sigmoid(-l) = x l - softplus(l), stable for any l.
+  return x * logits - jax.nn.softplus(logits)
+
+
+def _cb_log_norm(logits):
+  """log C of the continuous Bernoulli, in terms of its logit eta.
+
+  With lambda = sigmoid(eta), 1 - 2 lambda = -tanh(eta / 2) and artanh(1 - 2 lambda) = -eta / 2,
+  so C = 2 artanh(1 - 2 lambda) / (1 - 2 lambda) = eta / tanh(eta / 2), an even function equal to
+  2 at eta = 0. With a = |eta|: log C = log a + log1p(exp(-a)) - log(-expm1(-a)), exact for large
+  a; near a = 0 it cancels, so there log C = log 2 + log(u coth u), u = eta / 2, by its series.
+  """
+  a = jnp.abs(logits)
+  small = a < _CB_TAYLOR_CUT
+  a_safe = jnp.where(small, 1.0, a)  # keeps the unused branch (and its gradient) finite
+  exact = jnp.log(a_safe) + jnp.log1p(jnp.exp(-a_safe)) - jnp.log(-jnp.expm1(-a_safe))
+  u2 = jnp.square(0.5 * jnp.where(small, logits, 0.0))
+  # log(u coth u) = u^2/3 - 7u^4/90 + 62u^6/2835 - 127u^8/18900 + O(u^10)
+  series = math.log(2.0) + u2 * (1 / 3 + u2 * (-7 / 90 + u2 * (62 / 2835 - u2 * 127 / 18900)))
+  return jnp.where(small, series, exact)
+
+
+def _cb_log_prob(logits, x):
+  # The unnormalised part is the Bernoulli cross-entropy; the normaliser makes it a density.
+  return _bernoulli_log_prob(logits, x) + _cb_log_norm(logits)
+
+
+def _cb_mean(logits):
+  """E[x] = 1/2 + (coth u - 1/u) / 2 with u = eta / 2 (the Langevin function)."""
+  small = jnp.abs(logits) < _CB_TAYLOR_CUT
+  u = 0.5 * jnp.where(small, 1.0, logits)
+  exact = 1.0 / jnp.tanh(u) - 1.0 / u
+  us = 0.5 * jnp.where(small, logits, 0.0)
+  u2 = jnp.square(us)
+  # coth u - 1/u = u/3 - u^3/45 + 2u^5/945 - u^7/4725 + O(u^9)
+  series = us * (1 / 3 + u2 * (-1 / 45 + u2 * (2 / 945 - u2 / 4725)))
+  return 0.5 + 0.5 * jnp.where(small, series, exact)
+
+
+def _cb_sample(logits, key):
+  """Inverse-CDF sample: x = log1p(v expm1(eta)) / eta for v ~ U(0, 1).
+
+  Written for a = |eta| as 1 + log1p((1 - v) expm1(-a)) / a, which neither overflows for large
+  a nor cancels for small a; negative eta uses the symmetry x -> 1 - x, eta -> -eta.
+  """
+  v = jax.random.uniform(key, logits.shape, logits.dtype)
+  positive = logits >= 0
+  v = jnp.where(positive, v, 1.0 - v)
+  a = jnp.abs(logits)
+  tiny = a < 1e-6
+  a_safe = jnp.where(tiny, 1.0, a)
+  y = 1.0 + jnp.log1p((1.0 - v) * jnp.expm1(-a_safe)) / a_safe
+  y = jnp.where(tiny, v, y)  # the uniform density is the eta -> 0 limit
+  return jnp.clip(jnp.where(positive, y, 1.0 - y), 0.0, 1.0)
+
+
+def _gaussian_log_prob(loc, log_scale, x):
+  z = (x - loc) * jnp.exp(-log_scale)
+  return -0.5 * jnp.square(z) - log_scale - 0.5 * _LOG_2PI
+
+
+def _log_sigmoid_diff(a, b, delta):
+  """log(sigmoid(a) - sigmoid(b)) for a > b, with delta = a - b > 0 given directly.
+
+  sigmoid(a) - sigmoid(b) = sigmoid(a) sigmoid(-b) (1 - exp(-delta)), so no difference of two
+  nearly equal probabilities is ever formed: stable in both tails and for tiny or huge scales.
+  Passing delta (rather than forming a - b) keeps it exact where a and b are large.
+  """
+  return -jax.nn.softplus(-a) - jax.nn.softplus(b) + jnp.log(-jnp.expm1(-delta))
+
+
+def _discretized_logistic_log_prob(loc, log_scale, logit_weights, x):
+  """Per-sub-pixel log-mass of a mixture of discretized logistics: [..., H, W, C]."""
+  x = x[..., None]  # against the trailing mixture axis K
+  # Bin v is [(2v - 1) / 255 - 1, (2v + 1) / 255 - 1). The edges come from the same odd integer
+  # for neighbouring bins, so a shared edge is the same float on both sides and the masses
+  # telescope to 1 even for scales near float32 resolution.
+  twice = 2.0 * x.astype(loc.dtype)
+  inv_scale = jnp.exp(-log_scale)
+  upper = inv_scale * ((twice + 1.0) * (1.0 / 255.0) - 1.0 - loc)  # [..., K]
+  lower = inv_scale * ((twice - 1.0) * (1.0 / 255.0) - 1.0 - loc)
+  # Bin 0 takes the whole left tail and bin 255 the whole right tail, so the 256 masses sum to 1.
+  log_mass = jnp.where(
+      x == 0,
+      -jax.nn.softplus(-upper),  # log sigmoid(upper)
+      jnp.where(
+          x == _NUM_BINS - 1,
+          -jax.nn.softplus(lower),  # log(1 - sigmoid(lower))
+          _log_sigmoid_diff(upper, lower, inv_scale * (2.0 / 255.0)),
+      ),
+  )
+  log_mix = jax.nn.log_softmax(logit_weights, axis=-1)
+  return jax.nn.logsumexp(log_mix + log_mass, axis=-1)
+
+
+def _discretized_logistic_mean(loc, log_scale, logit_weights):
+  """Mixture mean of the logistic clipped to [-1, 1], mapped to [0, 1].
+
+  E[clip(Y, -1, 1)] = -1 + s (softplus((mu + 1) / s) - softplus((mu - 1) / s)) in closed form;
+  the discretized value is within half a bin of clip(Y), so this is within 1/510 of its mean.
+  """
+  s = jnp.exp(log_scale)
+  clipped = -1.0 + s * (jax.nn.softplus((loc + 1.0) / s) - jax.nn.softplus((loc - 1.0) / s))
+  mean = jnp.sum(jax.nn.softmax(logit_weights, axis=-1) * clipped, axis=-1)
+  return jnp.clip(0.5 * (mean + 1.0), 0.0, 1.0)
+
+
+def _discretized_logistic_sample(loc, log_scale, logit_weights, key):
+  """Samples a component, then a logistic, and bins it: int32 in 0..255."""
+  shape = jnp.broadcast_shapes(loc.shape, log_scale.shape, logit_weights.shape)
+  key_mix, key_noise = jax.random.split(key)
+  k = jax.random.categorical(key_mix, jnp.broadcast_to(logit_weights, shape), axis=-1)
+  k = k[..., None]  # [..., 1], the chosen component
+  loc = jnp.take_along_axis(jnp.broadcast_to(loc, shape), k, axis=-1)[..., 0]
+  log_scale = jnp.take_along_axis(jnp.broadcast_to(log_scale, shape), k, axis=-1)[..., 0]
+  y = loc + jnp.exp(log_scale) * jax.random.logistic(key_noise, loc.shape, loc.dtype)
+  # Bin v covers [2v/255 - 1 - 1/255, 2v/255 - 1 + 1/255); the tails go to the edge bins.
+  return jnp.round((jnp.clip(y, -1.0, 1.0) + 1.0) * 127.5).astype(jnp.int32)
+
+
+def _check(name):
+  if name not in LIKELIHOODS:
+    raise ValueError(f'unknown likelihood {name!r}; expected one of {LIKELIHOODS}')
+
+
+def likelihood_log_prob(name, params, x):
+  """log p(x|h) summed over all non-batch axes of x: [B] (or [..., B]).
+
+  Likelihoods (per element, independent):
+    bernoulli: {'logits'}. The Bernoulli mass for binary x. For grey x in [0, 1] it is the
+      cross-entropy that the Flax VAE example trains on, NOT a normalised density on [0, 1].
+    continuous_bernoulli: {'logits'}. The continuous Bernoulli density on [0, 1] (Loaiza-Ganem
+      and Cunningham 2019), log normaliser included; stable at lambda = 1/2 and large |logits|.
+    gaussian: {'loc', 'log_scale'}; log_scale broadcasts against loc. x real.
+    discretized_logistic: {'loc', 'log_scale', 'logit_weights'}, each [..., K] (K = 1 is a
+      plain logistic). x integer in 0..255; loc and scale live on the [-1, 1] scale with bins
+      of width 2/255 and the tails in the edge bins (PixelCNN++, Salimans et al. 2017).
+
+  Args:
+    name: one of LIKELIHOODS.
+    params: dict of arrays [B, H, W, C] (with a trailing [K] for the mixture); they may carry
+      leading sample axes, against which x broadcasts.
+    x: data, [B, H, W, C].
+
+  Returns:
+    log p(x|h): [B], or [..., B] with the params' leading sample axes.
+  """
+  _check(name)
+  if name == 'discretized_logistic':
+    log_p = _discretized_logistic_log_prob(
+        params['loc'], params['log_scale'], params['logit_weights'], x)
+    return _sum_event(log_p, x)
+  if name == 'gaussian':
+    loc = params['loc']
+    log_p = _gaussian_log_prob(loc, params['log_scale'], x.astype(loc.dtype))
+    return _sum_event(log_p, x)
+  logits = params['logits']
+  x = x.astype(logits.dtype)
+  if name == 'bernoulli':
+    return _sum_event(_bernoulli_log_prob(logits, x), x)
+  return _sum_event(_cb_log_prob(logits, x), x)
+
+
+def likelihood_mean(name, params):
+  """Image-space mean in [0, 1]: [B, H, W, C].
+
+  The exact mean for bernoulli and continuous_bernoulli; the Gaussian's loc clipped to the data
+  range [0, 1]; for discretized_logistic the mixture mean of the clipped logistic mapped from
+  [-1, 1] to [0, 1] (within 1/510 of the discrete mean).
+  """
+  _check(name)
+  if name == 'bernoulli':
+    return jax.nn.sigmoid(params['logits'])
+  if name == 'continuous_bernoulli':
+    return _cb_mean(params['logits'])
+  if name == 'gaussian':
+    return jnp.clip(params['loc'], 0.0, 1.0)
+  return _discretized_logistic_mean(params['loc'], params['log_scale'], params['logit_weights'])
+
+
+def likelihood_sample(name, params, key):
+  """A sample of x in the data's space: [B, H, W, C].
+
+  Float in [0, 1] for bernoulli ({0, 1}), continuous_bernoulli and gaussian (clipped to [0, 1]
+  for display); int32 in 0..255 for discretized_logistic.
+  """
+  _check(name)
+  if name == 'bernoulli':
+    logits = params['logits']
+    return jax.random.bernoulli(key, jax.nn.sigmoid(logits)).astype(logits.dtype)
+  if name == 'continuous_bernoulli':
+    return _cb_sample(params['logits'], key)
+  if name == 'gaussian':
+    loc = params['loc']
+    scale = jnp.exp(params['log_scale'])
+    return jnp.clip(loc + scale * jax.random.normal(key, loc.shape, loc.dtype), 0.0, 1.0)
+  return _discretized_logistic_sample(
+      params['loc'], params['log_scale'], params['logit_weights'], key)
+
+
+def nats_to_bits_per_dim(nats, num_dims):
+  """Converts a per-example negative log-likelihood in nats to bits per dimension.
+
+  Only meaningful for a discrete likelihood (discretized_logistic on 0..255, or bernoulli on
+  binary data); a density on [0, 1] is not comparable with the published numbers.
+  """
+  return nats / (num_dims * math.log(2.0))

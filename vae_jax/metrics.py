@@ -1,0 +1,114 @@
+"""Writers for what a run reports: metrics.jsonl, TensorBoard scalars, config.json, PNG grids.
+
+Only process 0 writes; other processes get writers that do nothing, so callers never branch.
+TensorBoard events are written with the `tensorboard` package's own event writer (no TF import).
+"""
+
+import json
+import math
+import os
+import time
+
+import jax
+import numpy as np
+
+
+class MetricWriter:
+  """Appends one JSON object per line to DIR/metrics.jsonl and mirrors scalars to TensorBoard."""
+
+  def __init__(self, workdir, enabled=None):
+    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self._path = os.path.join(workdir, 'metrics.jsonl')
+    self._tb = None
+    if self.enabled:
+      os.makedirs(workdir, exist_ok=True)
+      try:
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+        self._tb = EventFileWriter(os.path.join(workdir, 'tensorboard'))
+      except ImportError:  # tensorboard is a declared dependency; metrics.jsonl is the record
+        self._tb = None
+
+  def write(self, step, kind, values):
+    """Writes one record {'step', 'kind', **values}; floats are plain Python floats."""
+    if not self.enabled:
+      return
+    record = {'step': int(step), 'kind': kind}
+    for k, v in values.items():
+      record[k] = _plain(v)
+    with open(self._path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+    if self._tb is not None:
+      self._write_tb(step, kind, record)
+
+  def _write_tb(self, step, kind, record):
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    values = []
+    for k, v in record.items():
+      if k in ('step', 'kind') or not isinstance(v, (int, float)) or isinstance(v, bool):
+        continue
+      tag = f'{kind}/{record["split"]}/{k}' if 'split' in record else f'{kind}/{k}'
+      values.append(summary_pb2.Summary.Value(tag=tag, simple_value=float(v)))
+    if values:
+      event = event_pb2.Event(wall_time=time.time(), step=int(step),
+                              summary=summary_pb2.Summary(value=values))
+      self._tb.add_event(event)
+      self._tb.flush()
+
+  def close(self):
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
+
+def _plain(v):
+  if isinstance(v, (np.generic, np.ndarray)) or hasattr(v, 'dtype'):
+    v = np.asarray(v).item()
+  if isinstance(v, float) and not math.isfinite(v):
+    return repr(v)  # JSON has no NaN/inf; keep them visible as strings
+  return v
+
+
+def read_metrics(workdir, kind=None):
+  """The records of DIR/metrics.jsonl (optionally of one kind), in order."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  return [r for r in records if kind is None or r['kind'] == kind]
+
+
+def write_config(workdir, config):
+  """DIR/config.json: the resolved config (process 0)."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  tmp = os.path.join(workdir, 'config.json.tmp')
+  with open(tmp, 'w') as f:
+    f.write(config.to_json(indent=2, sort_keys=True))
+  os.replace(tmp, os.path.join(workdir, 'config.json'))
+
+
+def image_grid(images):
+  """[N, H, W, C] values in [0, 1] -> one uint8 [rows*H, cols*W, C] grid with 1-pixel gaps."""
+  images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
+  n, h, w, c = images.shape
+  cols = int(math.ceil(math.sqrt(n)))
+  rows = int(math.ceil(n / cols))
+  grid = np.ones((rows * (h + 1) + 1, cols * (w + 1) + 1, c), np.float32)
+  for i in range(n):
+    r, q = divmod(i, cols)
+    grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = images[i]
+  return (grid * 255 + 0.5).astype(np.uint8)
+
+
+def save_png(path, images):
+  """Writes a PNG grid of [N, H, W, C] images in [0, 1] (process 0)."""
+  if jax.process_index() != 0:
+    return
+  from PIL import Image
+  grid = image_grid(images)
+  if grid.shape[-1] == 1:
+    grid = grid[..., 0]
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  Image.fromarray(grid).save(path)

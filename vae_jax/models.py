@@ -1,0 +1,350 @@
+"""Flax modules: encoders, decoders and the VAE that wires them together.
+
+The encoder maps x [B,H,W,C] to the parameters of q(h|x):
+  diag: {'mean': [B,D], 'log_scale': [B,D]}
+  full: {'mean': [B,D], 'scale_tril': [B,D,D]}  (lower-triangular, positive diagonal)
+With `shared_covariance` the scale parameters are free parameters that do not depend on x,
+broadcast to the batch.
+
+The decoder maps h [N,D] to the parameters of p(x|h), by likelihood:
+  bernoulli, continuous_bernoulli: {'logits': [N,H,W,C]}
+  gaussian: {'loc': [N,H,W,C], 'log_scale': [H,W,C]}  (learned per pixel or constant)
+  discretized_logistic: {'loc', 'log_scale', 'logit_weights'}, each [N,H,W,C,K]; loc is
+    unconstrained on the [-1, 1] data scale (the edge bins absorb values beyond it, as in
+    PixelCNN++), log_scale is clipped below at -7.
+
+No losses live here: the maths of these parameters is in distributions.py.
+"""
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vae_jax.distributions import LIKELIHOODS, gaussian_rsample, scale_tril_from_raw
+
+ENCODERS = ('mlp', 'conv')
+DECODERS = ('mlp', 'conv')
+POSTERIORS = ('diag', 'full')
+# Floor of the discretized-logistic log scale: below it the bin probabilities underflow.
+MIN_LOGISTIC_LOG_SCALE = -7.0
+
+
+def _check(name: str, value: str, allowed: Sequence[str]):
+  if value not in allowed:
+    raise ValueError(f'Unknown {name} {value!r}; expected one of {tuple(allowed)}.')
+
+
+def to_float_input(x: jax.Array) -> jax.Array:
+  """Network input: float32 in [0, 1]; integer images (0..255) are divided by 255."""
+  if jnp.issubdtype(x.dtype, jnp.integer):
+    return x.astype(jnp.float32) / 255.0
+  return x.astype(jnp.float32)
+
+
+def num_pixel_params(likelihood: str, logistic_mixtures: int) -> int:
+  """Raw decoder outputs per sub-pixel for a likelihood."""
+  _check('likelihood', likelihood, LIKELIHOODS)
+  if likelihood == 'discretized_logistic':
+    return 3 * logistic_mixtures  # loc, log_scale, logit_weights
+  return 1
+
+
+def _groups(channels: int) -> int:
+  # GroupNorm needs groups that divide the channels; 32 (Flax's default) or fewer.
+  return math.gcd(channels, 32)
+
+
+class PosteriorHead(nn.Module):
+  """Features [B,F] -> parameters of q(h|x) (see the module docstring)."""
+
+  latent_dim: int
+  posterior: str = 'diag'
+  shared_covariance: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, feats: jax.Array) -> dict[str, jax.Array]:
+    _check('posterior', self.posterior, POSTERIORS)
+    d, b = self.latent_dim, feats.shape[0]
+    f32 = jnp.float32
+    mean = nn.Dense(d, dtype=self.dtype, name='mean')(feats).astype(f32)  # [B,D]
+    # The scale head outputs log-variance as in the Flax example: log_scale = 0.5 * logvar. A
+    # full posterior uses it for log diag(L), so with a zero off-diagonal it equals the diagonal
+    # posterior with the same parameters.
+    if self.shared_covariance:
+      logvar = self.param('logvar', nn.initializers.zeros, (d,), f32)  # [D]
+      logvar = jnp.broadcast_to(logvar, (b, d))
+    else:
+      logvar = nn.Dense(d, dtype=self.dtype, name='logvar')(feats).astype(f32)  # [B,D]
+    if self.posterior == 'diag':
+      return {'mean': mean, 'log_scale': 0.5 * logvar}
+    n_off = d * (d - 1) // 2
+    if self.shared_covariance:
+      offdiag = self.param('offdiag', nn.initializers.zeros, (n_off,), f32)  # [D(D-1)/2]
+      offdiag = jnp.broadcast_to(offdiag, (b, n_off))
+    else:
+      # Zero kernel: L starts diagonal (its bias is zero too) and learns from the first step.
+      offdiag = nn.Dense(
+          n_off, dtype=self.dtype, kernel_init=nn.initializers.zeros, name='offdiag'
+      )(feats).astype(f32)  # [B,D(D-1)/2]
+    return {'mean': mean, 'scale_tril': scale_tril_from_raw(0.5 * logvar, offdiag)}  # [B,D,D]
+
+
+class LikelihoodHead(nn.Module):
+  """Raw decoder outputs [N,H,W,C,P] -> parameters of p(x|h) (see the module docstring)."""
+
+  image_shape: Sequence[int]
+  likelihood: str = 'bernoulli'
+  learn_sigma: bool = True
+  gaussian_sigma: float = 0.1
+  logistic_mixtures: int = 1
+
+  @nn.compact
+  def __call__(self, raw: jax.Array) -> dict[str, jax.Array]:
+    _check('likelihood', self.likelihood, LIKELIHOODS)
+    raw = raw.astype(jnp.float32)
+    if self.likelihood in ('bernoulli', 'continuous_bernoulli'):
+      return {'logits': raw[..., 0]}  # [N,H,W,C]
+    if self.likelihood == 'gaussian':
+      shape = tuple(self.image_shape)
+      init = nn.initializers.constant(math.log(self.gaussian_sigma))
+      if self.learn_sigma:
+        log_scale = self.param('log_sigma', init, shape, jnp.float32)  # [H,W,C]
+      else:
+        log_scale = init(None, shape, jnp.float32)  # [H,W,C], constant
+      return {'loc': raw[..., 0], 'log_scale': log_scale}
+    k = self.logistic_mixtures
+    return {
+        'loc': raw[..., :k],  # [N,H,W,C,K]
+        'log_scale': jnp.maximum(raw[..., k : 2 * k], MIN_LOGISTIC_LOG_SCALE),
+        'logit_weights': raw[..., 2 * k :],
+    }
+
+
+class MLPEncoder(nn.Module):
+  """Flatten, Dense + relu per hidden width, then the posterior heads.
+
+  With hidden=(500,), latent_dim=20 on 28x28x1 this is the Flax example's encoder.
+  """
+
+  hidden: Sequence[int] = (500,)
+  latent_dim: int = 20
+  posterior: str = 'diag'
+  shared_covariance: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
+    x = to_float_input(x)
+    y = x.reshape((x.shape[0], -1))  # [B,H*W*C]
+    for i, width in enumerate(self.hidden):
+      y = nn.relu(nn.Dense(width, dtype=self.dtype, name=f'hidden_{i}')(y))
+    return PosteriorHead(
+        self.latent_dim, self.posterior, self.shared_covariance, self.dtype, name='head'
+    )(y)
+
+
+class MLPDecoder(nn.Module):
+  """Dense + relu per hidden width (reversed encoder order), Dense to every pixel's params.
+
+  With hidden=(500,) and a Bernoulli likelihood on 28x28x1 this is the Flax example's decoder.
+  """
+
+  hidden: Sequence[int] = (500,)  # encoder order; the decoder runs them reversed
+  image_shape: Sequence[int] = (28, 28, 1)
+  likelihood: str = 'bernoulli'
+  learn_sigma: bool = True
+  gaussian_sigma: float = 0.1
+  logistic_mixtures: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, h: jax.Array) -> dict[str, jax.Array]:
+    p = num_pixel_params(self.likelihood, self.logistic_mixtures)
+    y = h  # [N,D]
+    for i, width in enumerate(reversed(tuple(self.hidden))):
+      y = nn.relu(nn.Dense(width, dtype=self.dtype, name=f'hidden_{i}')(y))
+    y = nn.Dense(math.prod(self.image_shape) * p, dtype=self.dtype, name='out')(y)
+    raw = y.reshape((h.shape[0], *self.image_shape, p))  # [N,H,W,C,P]
+    return LikelihoodHead(
+        self.image_shape, self.likelihood, self.learn_sigma, self.gaussian_sigma,
+        self.logistic_mixtures, name='likelihood',
+    )(raw)
+
+
+class ResBlock(nn.Module):
+  """Pre-activation residual block: (GroupNorm, swish, 3x3 conv) x 2, plus the input."""
+
+  channels: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = x  # [B,h,w,c]
+    for i in range(2):
+      y = nn.GroupNorm(_groups(self.channels), dtype=self.dtype, name=f'norm_{i}')(y)
+      y = nn.swish(y)
+      # The last conv starts at zero, so each block starts as the identity.
+      init = nn.initializers.zeros if i == 1 else nn.linear.default_kernel_init
+      y = nn.Conv(self.channels, (3, 3), dtype=self.dtype, kernel_init=init, name=f'conv_{i}')(y)
+    return x + y
+
+
+def stage_sizes(size: int, num_stages: int) -> list[int]:
+  """Spatial sizes through the stages: each halves, rounding up (28 -> 14 -> 7 -> 4)."""
+  sizes = [size]
+  for _ in range(num_stages):
+    sizes.append(-(-sizes[-1] // 2))
+  return sizes
+
+
+class ConvEncoder(nn.Module):
+  """Per stage: stride-2 3x3 conv to conv_channels[i], then conv_blocks residual blocks.
+
+  GroupNorm only (no BatchNorm, so no mutable state). Then GroupNorm, swish, flatten, and the
+  posterior heads.
+  """
+
+  conv_channels: Sequence[int] = (32, 64)
+  conv_blocks: int = 1
+  latent_dim: int = 20
+  posterior: str = 'diag'
+  shared_covariance: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
+    y = to_float_input(x)  # [B,H,W,C]
+    for i, ch in enumerate(self.conv_channels):
+      y = nn.Conv(ch, (3, 3), strides=(2, 2), dtype=self.dtype, name=f'down_{i}')(y)
+      for j in range(self.conv_blocks):
+        y = ResBlock(ch, self.dtype, name=f'block_{i}_{j}')(y)
+    y = nn.swish(nn.GroupNorm(_groups(y.shape[-1]), dtype=self.dtype, name='norm_out')(y))
+    y = y.reshape((y.shape[0], -1))  # [B,h*w*c] at the lowest resolution
+    return PosteriorHead(
+        self.latent_dim, self.posterior, self.shared_covariance, self.dtype, name='head'
+    )(y)
+
+
+class ConvDecoder(nn.Module):
+  """Mirror of ConvEncoder: Dense to the lowest resolution, then per stage (reversed)
+  conv_blocks residual blocks and a 2x nearest upsample + 3x3 conv, cropped to the encoder's
+  size at that stage (so odd sizes such as 7 come back exactly). Then GroupNorm, swish and a
+  3x3 conv to every sub-pixel's params.
+  """
+
+  conv_channels: Sequence[int] = (32, 64)
+  conv_blocks: int = 1
+  image_shape: Sequence[int] = (28, 28, 1)
+  likelihood: str = 'bernoulli'
+  learn_sigma: bool = True
+  gaussian_sigma: float = 0.1
+  logistic_mixtures: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, h: jax.Array) -> dict[str, jax.Array]:
+    height, width, c = self.image_shape
+    chans = tuple(self.conv_channels)
+    n_stages = len(chans)
+    hs, ws = stage_sizes(height, n_stages), stage_sizes(width, n_stages)
+    p = num_pixel_params(self.likelihood, self.logistic_mixtures)
+    y = nn.Dense(hs[-1] * ws[-1] * chans[-1], dtype=self.dtype, name='dense_in')(h)
+    y = y.reshape((h.shape[0], hs[-1], ws[-1], chans[-1]))  # [N,h,w,c_last]
+    for i in reversed(range(n_stages)):
+      for j in range(self.conv_blocks):
+        y = ResBlock(chans[i], self.dtype, name=f'block_{i}_{j}')(y)
+      y = jnp.repeat(jnp.repeat(y, 2, axis=1), 2, axis=2)[:, : hs[i], : ws[i]]  # [N,hs[i],ws[i],c]
+      y = nn.Conv(chans[max(i - 1, 0)], (3, 3), dtype=self.dtype, name=f'up_{i}')(y)
+    y = nn.swish(nn.GroupNorm(_groups(y.shape[-1]), dtype=self.dtype, name='norm_out')(y))
+    y = nn.Conv(c * p, (3, 3), dtype=self.dtype, name='conv_out')(y)  # [N,H,W,C*P]
+    raw = y.reshape((h.shape[0], height, width, c, p))  # [N,H,W,C,P]
+    return LikelihoodHead(
+        self.image_shape, self.likelihood, self.learn_sigma, self.gaussian_sigma,
+        self.logistic_mixtures, name='likelihood',
+    )(raw)
+
+
+class VAE(nn.Module):
+  """Encoder -> q(h|x) -> reparameterized sample h -> decoder -> p(x|h) params.
+
+  Fields mirror `config.model`. Call with `model.apply(params, x, eps)`, or one half with
+  `method='encode'` / `method='decode'`.
+  """
+
+  image_shape: Sequence[int] = (28, 28, 1)
+  encoder: str = 'mlp'
+  decoder: str = 'mlp'
+  hidden: Sequence[int] = (500,)
+  conv_channels: Sequence[int] = (32, 64)
+  conv_blocks: int = 1
+  latent_dim: int = 20
+  posterior: str = 'diag'
+  shared_covariance: bool = False
+  likelihood: str = 'bernoulli'
+  learn_sigma: bool = True
+  gaussian_sigma: float = 0.1
+  logistic_mixtures: int = 1
+  dtype: Any = jnp.float32  # computation dtype; parameters and outputs stay float32
+
+  def setup(self):
+    _check('encoder', self.encoder, ENCODERS)
+    _check('decoder', self.decoder, DECODERS)
+    post = dict(latent_dim=self.latent_dim, posterior=self.posterior,
+                shared_covariance=self.shared_covariance, dtype=self.dtype)
+    lik = dict(image_shape=tuple(self.image_shape), likelihood=self.likelihood,
+               learn_sigma=self.learn_sigma, gaussian_sigma=self.gaussian_sigma,
+               logistic_mixtures=self.logistic_mixtures, dtype=self.dtype)
+    if self.encoder == 'mlp':
+      self.enc = MLPEncoder(hidden=tuple(self.hidden), **post)
+    else:
+      self.enc = ConvEncoder(
+          conv_channels=tuple(self.conv_channels), conv_blocks=self.conv_blocks, **post)
+    if self.decoder == 'mlp':
+      self.dec = MLPDecoder(hidden=tuple(self.hidden), **lik)
+    else:
+      self.dec = ConvDecoder(
+          conv_channels=tuple(self.conv_channels), conv_blocks=self.conv_blocks, **lik)
+
+  def encode(self, x: jax.Array) -> dict[str, jax.Array]:
+    """x [B,H,W,C] (floats in [0,1] or integers 0..255) -> posterior params."""
+    return self.enc(x)
+
+  def decode(self, h: jax.Array) -> dict[str, jax.Array]:
+    """h [..., D] (e.g. [N,D] or [K,B,D]) -> likelihood params with the same leading dims."""
+    lead = h.shape[:-1]
+    out = self.dec(h.reshape((-1, h.shape[-1])))  # [N,D] -> [N,...]
+    # The Gaussian log_scale is per pixel, not per example: it has no leading dim.
+    return {k: v if (k == 'log_scale' and self.likelihood == 'gaussian')
+            else v.reshape((*lead, *v.shape[1:])) for k, v in out.items()}
+
+  def __call__(self, x: jax.Array, eps: jax.Array) -> dict[str, Any]:
+    """x [B,H,W,C], eps [B,D] standard normal -> {'posterior', 'h': [B,D], 'likelihood'}."""
+    posterior = self.encode(x)
+    h = gaussian_rsample(posterior, eps)  # [B,D]
+    return {'posterior': posterior, 'h': h, 'likelihood': self.decode(h)}
+
+
+def build_model(model_cfg, image_shape: Sequence[int]) -> VAE:
+  """The VAE described by `config.model` (an ml_collections ConfigDict) for image_shape."""
+  return VAE(
+      image_shape=tuple(image_shape),
+      encoder=model_cfg.encoder,
+      decoder=model_cfg.decoder,
+      hidden=tuple(model_cfg.hidden),
+      conv_channels=tuple(model_cfg.conv_channels),
+      conv_blocks=model_cfg.conv_blocks,
+      latent_dim=model_cfg.latent_dim,
+      posterior=model_cfg.posterior,
+      shared_covariance=model_cfg.shared_covariance,
+      likelihood=model_cfg.likelihood,
+      learn_sigma=model_cfg.learn_sigma,
+      gaussian_sigma=model_cfg.gaussian_sigma,
+      logistic_mixtures=model_cfg.logistic_mixtures,
+      # Optional until mixed precision lands in the configs.
+      dtype=jnp.dtype(model_cfg.get('dtype', 'float32')),
+  )

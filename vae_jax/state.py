@@ -1,0 +1,52 @@
+"""The train state: one pytree holding everything a step reads and writes.
+
+Everything that must survive a restart lives here (and so in the checkpoint): the step, the
+parameters, the optimizer state, the root key of model randomness, the momentum-tracked loss,
+the non-finite-step counters and the traced hyperparameters a sweep may vary.
+"""
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array             # int32 []: steps taken (skipped non-finite steps count too)
+  params: Any                 # the model's parameters
+  opt_state: Any              # optax state
+  rng: jax.Array              # uint32 [2]: key data of jax.random.key(seed); folded with step
+  loss_momentum: jax.Array    # float32 []: L <- gamma L + (1 - gamma) L_batch (MISSION.md step 5)
+  nonfinite_run: jax.Array    # int32 []: consecutive skipped non-finite steps up to now
+  nonfinite_total: jax.Array  # int32 []: all skipped non-finite steps
+  hparams: dict               # traced scalars: beta, learning_rate (a population can be vmapped)
+
+
+def hparams_from_config(config):
+  """The sweepable scalars, as float32 arrays (traced inside the step, never baked in)."""
+  return {
+      'beta': jnp.asarray(config.objective.beta, jnp.float32),
+      'learning_rate': jnp.asarray(config.optim.learning_rate, jnp.float32),
+  }
+
+
+def create_train_state(params, tx, config):
+  """A fresh state at step 0 from initialised parameters."""
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=tx.init(params),
+      rng=jax.random.key_data(jax.random.key(config.seed)),
+      loss_momentum=jnp.zeros((), jnp.float32),
+      nonfinite_run=jnp.zeros((), jnp.int32),
+      nonfinite_total=jnp.zeros((), jnp.int32),
+      hparams=hparams_from_config(config),
+  )
+
+
+def model_key(state, stream):
+  """The key of one named randomness stream at the state's step: from (seed, step) only."""
+  key = jax.random.wrap_key_data(state.rng)
+  return jax.random.fold_in(jax.random.fold_in(key, stream), state.step)

@@ -1,0 +1,495 @@
+"""The train and eval steps (pure, jitted once with explicit shardings) and the training loop.
+
+Data flow of one fused call (k = config.steps_per_call steps in one `lax.scan`):
+  uint8 images (on device) -> preprocess (binarization keyed by data_seed, example, epoch)
+  -> eps from (seed, step) in the global view -> per-device loss and gradient (`jax.shard_map`)
+  -> optax update -> non-finite guard -> momentum-tracked loss -> metric sums (stay on device).
+Metrics leave the device only every log interval.
+"""
+
+import dataclasses
+import functools
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import PartitionSpec as P
+
+from vae_jax import checkpoint as ckpt_lib
+from vae_jax import data as data_lib
+from vae_jax import distributions, models, objectives, optim, sharding, validation
+from vae_jax import metrics as metrics_lib
+from vae_jax import state as state_lib
+from vae_jax.data.preprocess import preprocess
+
+# Named randomness streams folded into the root key (never a device or process index).
+STREAM_INIT = 0        # parameter initialisation
+STREAM_POSTERIOR = 1   # training posterior samples, folded with the step
+STREAM_EVAL = 2        # evaluation posterior samples, folded with the example's index
+STREAM_PRIOR = 3       # prior samples for the image grids
+
+# The metrics a train record reports as means over the logged steps.
+_MEAN_KEYS = ('loss', 'neg_elbo', 'recon', 'kl', 'grad_norm', 'learning_rate')
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything built once from the config before the loop (no arrays of the run's state)."""
+  config: Any
+  mesh: Any
+  info: Any               # data_lib.DataInfo of the dataset
+  model: Any
+  tx: Any
+  steps_per_epoch: int
+  abstract_state: Any     # ShapeDtypeStructs with shardings: the init and restore target
+
+
+def configure_jax(config):
+  """Process-wide JAX settings every run needs (idempotent)."""
+  # A random draw sharded over devices equals the unsharded one: results do not depend on the
+  # device count (INTERFACES.md determinism rules).
+  jax.config.update('jax_threefry_partitionable', True)
+  if config.compilation_cache:
+    path = os.path.expanduser(config.compilation_cache)
+    try:
+      os.makedirs(path, exist_ok=True)
+      jax.config.update('jax_compilation_cache_dir', path)
+      # Without these two the cache skips the small programs a VAE compiles (FACTS.md).
+      jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+      jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+    except OSError:
+      pass  # an unwritable cache folder costs only compile time
+
+
+def build_setup(config):
+  """Validates against the devices and the dataset, then builds mesh, model and optimizer."""
+  mesh = sharding.make_mesh(config)
+  validation.validate_batch_split(config, sharding.data_axis_size(mesh))
+  info = data_lib.dataset_info(config.data)
+  validation.validate_image_shape(config, info.image_shape)
+  n_train = info.num_examples[config.data.train_split]
+  if n_train < config.batch_size:
+    raise validation.ConfigError(
+        f'config.batch_size={config.batch_size} is larger than the {n_train} training examples '
+        f'of {config.data.name!r}.')
+  model = models.build_model(config.model, info.image_shape)
+  tx = optim.make_optimizer(config)
+  abstract = jax.eval_shape(functools.partial(_init_state, config, model, tx, info.image_shape))
+  shardings = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
+  abstract = ckpt_lib.abstract_with_shardings(abstract, shardings)
+  return Setup(config=config, mesh=mesh, info=info, model=model, tx=tx,
+               steps_per_epoch=n_train // config.batch_size, abstract_state=abstract)
+
+
+def _init_state(config, model, tx, image_shape):
+  key = jax.random.fold_in(jax.random.key(config.seed), STREAM_INIT)
+  dtype = jnp.int32 if config.data.preprocess == 'uint8' else jnp.float32
+  x = jnp.zeros((1, *image_shape), dtype)
+  eps = jnp.zeros((1, config.model.latent_dim), jnp.float32)
+  params = model.init(key, x, eps)['params']
+  return state_lib.create_train_state(params, tx, config)
+
+
+def init_state(setup):
+  """A fresh state, materialised directly with its (replicated) shardings."""
+  s = setup
+  out = jax.tree.map(lambda a: a.sharding, s.abstract_state)
+  init = jax.jit(functools.partial(_init_state, s.config, s.model, s.tx, s.info.image_shape),
+                 out_shardings=out)
+  return init()
+
+
+# ----------------------------------------------------------------------------------------------
+# The pure steps.
+
+
+def _x_dtype(config):
+  return jnp.int32 if config.data.preprocess == 'uint8' else jnp.float32
+
+
+def per_example_terms(model, likelihood, params, x, eps):
+  """recon, kl, neg_elbo: each [B], nats."""
+  out = model.apply({'params': params}, x, eps)
+  return objectives.elbo_terms(out['posterior'], out['likelihood'], x, likelihood)
+
+
+def make_train_step(setup):
+  """The pure single train step: (state, uint8 images [B,...], index [B]) -> (state, metrics)."""
+  config, mesh, model, tx = setup.config, setup.mesh, setup.model, setup.tx
+  batch = config.batch_size
+  latent = config.model.latent_dim
+  likelihood = config.model.likelihood
+  gamma = config.loss_momentum_gamma
+  schedule = optim.unit_schedule(config)
+
+  def local_loss(params, x, eps, beta):
+    terms = per_example_terms(model, likelihood, params, x, eps)   # each [B_local]
+    terms['loss'] = objectives.training_loss(terms, beta)           # [B_local]
+    weight = jnp.ones_like(terms['loss'])
+    # Local sums over the *global* batch size: the automatic psum of replicated-parameter
+    # gradients in shard_map then yields exactly the global mean's gradient (no pmean).
+    sums = objectives.reduce_terms(terms, weight, batch)
+    return sums['loss'], sums
+
+  def grads_and_sums(params, x, eps, beta):
+    (_, sums), grads = jax.value_and_grad(local_loss, has_aux=True)(params, x, eps, beta)
+    return grads, jax.lax.psum(sums, sharding.DATA_AXIS)
+
+  sharded_grads = jax.shard_map(
+      grads_and_sums, mesh=mesh,
+      in_specs=(P(), P(sharding.DATA_AXIS), P(sharding.DATA_AXIS), P()),
+      out_specs=(P(), P()))
+
+  def train_step(state, images, index):
+    epoch = state.step // setup.steps_per_epoch
+    x = preprocess(images, index, mode=config.data.preprocess, data_seed=config.data_seed,
+                   epoch=epoch)                                                   # [B, H, W, C]
+    eps = jax.random.normal(state_lib.model_key(state, STREAM_POSTERIOR), (batch, latent))
+    eps = jax.lax.with_sharding_constraint(eps, sharding.batch_sharding(mesh))  # [B, D]
+    grads, sums = sharded_grads(state.params, x, eps, state.hparams['beta'])
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    lr = state.hparams['learning_rate'] * schedule(state.step)
+    params = optax.apply_updates(state.params, optim.apply_learning_rate(updates, lr))
+    finite = jnp.isfinite(sums['loss']) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    momentum = objectives.momentum_update(state.loss_momentum, sums['loss'], gamma,
+                                          state.step == 0)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=keep(params, state.params),
+        opt_state=keep(opt_state, state.opt_state),
+        loss_momentum=jnp.where(finite, momentum, state.loss_momentum),
+        nonfinite_run=jnp.where(finite, 0, state.nonfinite_run + 1),
+        nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32),
+    )
+    step_metrics = dict(sums, grad_norm=grad_norm, learning_rate=lr,
+                        nonfinite=(~finite).astype(jnp.int32))
+    return new_state, step_metrics
+
+  return train_step
+
+
+def make_train_chunk(setup, backend):
+  """k fused steps in one lax.scan.
+
+  memory: (state, data uint8 [N,...] replicated, index [k, B]) -> gathers on device.
+  stream: (state, images uint8 [k, B, ...], index [k, B]).
+  Returns (state, chunk metric sums): each mean metric summed over the k steps, the number of
+  non-finite steps, the steps of the chunk, and the momentum-tracked loss at its end.
+  """
+  train_step = make_train_step(setup)
+
+  def body(state, xs):
+    if backend == 'memory':
+      data, index = xs
+      images = data[index]
+    else:
+      images, index = xs
+    state, m = train_step(state, images, index)
+    return state, m
+
+  def chunk(state, source, index):
+    if backend == 'memory':
+      state, ms = jax.lax.scan(lambda s, i: body(s, (source, i)), state, index)
+    else:
+      state, ms = jax.lax.scan(body, state, (source, index))
+    out = {k: jnp.sum(ms[k]) for k in _MEAN_KEYS}
+    out['nonfinite'] = jnp.sum(ms['nonfinite'])
+    out['steps'] = jnp.asarray(index.shape[0], jnp.int32)
+    out['loss_momentum'] = state.loss_momentum
+    return state, out
+
+  return chunk
+
+
+def jit_train_chunk(setup, backend):
+  """The fused chunk, jitted once with explicit shardings and the state donated."""
+  mesh = setup.mesh
+  state_sh = jax.tree.map(lambda a: a.sharding, setup.abstract_state)
+  rep = sharding.replicated(mesh)
+  source_sh = rep if backend == 'memory' else sharding.batch_sharding(mesh, leading_axes=1)
+  index_sh = sharding.batch_sharding(mesh, leading_axes=1)
+  return jax.jit(make_train_chunk(setup, backend),
+                 in_shardings=(state_sh, source_sh, index_sh),
+                 out_shardings=(state_sh, rep),
+                 donate_argnums=(0,))
+
+
+def make_eval_step(setup):
+  """(params, uint8 images [B,...], index [B], mask [B]) -> sums of recon, kl, neg_elbo, count.
+
+  Posterior samples are keyed by (seed, example index), so the numbers of one checkpoint do
+  not depend on the batch size, the padding or the device count.
+  """
+  config, model = setup.config, setup.model
+  latent = config.model.latent_dim
+  root = jax.random.fold_in(jax.random.key(config.seed), STREAM_EVAL)
+
+  def eval_step(params, images, index, mask):
+    x = preprocess(images, index, mode=config.data.preprocess, data_seed=config.data_seed)
+    eps = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(root, i), (latent,)))(index)
+    terms = per_example_terms(model, config.model.likelihood, params, x, eps)  # each [B]
+    weight = mask.astype(jnp.float32)
+    sums = objectives.reduce_terms(terms, weight, 1.0)
+    sums['count'] = jnp.sum(weight)
+    return sums
+
+  return eval_step
+
+
+def jit_eval_step(setup):
+  mesh = setup.mesh
+  rep, bat = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+  params_sh = jax.tree.map(lambda a: a.sharding, setup.abstract_state.params)
+  return jax.jit(make_eval_step(setup), in_shardings=(params_sh, bat, bat, bat),
+                 out_shardings=rep)
+
+
+def evaluate(setup, params, eval_step=None, split=None):
+  """Exact metrics over the whole split: every example once, padded batches masked.
+
+  Returns nats per example: neg_elbo, recon, kl, plus num_examples.
+  """
+  config, mesh = setup.config, setup.mesh
+  split = split or config.data.eval_split
+  eval_step = eval_step or jit_eval_step(setup)
+  totals = None
+  for batch in data_lib.eval_batches(config.data, split, batch_size=config.eval_batch_size,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count()):
+    g = sharding.host_to_global((batch['image'], batch['index'], batch['mask']), mesh)
+    sums = eval_step(params, *g)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = sharding.to_host(totals)
+  count = float(totals.pop('count'))
+  result = {k: float(v) / count for k, v in totals.items()}
+  result['num_examples'] = int(round(count))
+  return result
+
+
+def make_picture_fn(setup):
+  """(params, x [n,...]) -> (reconstructions [n,H,W,C], prior samples [n,H,W,C]) in [0,1]."""
+  config, model = setup.config, setup.model
+  likelihood = config.model.likelihood
+  key = jax.random.fold_in(jax.random.key(config.seed), STREAM_PRIOR)
+
+  def pictures(params, x):
+    post = model.apply({'params': params}, x, method=model.encode)
+    recon = model.apply({'params': params}, post['mean'], method=model.decode)
+    h = jax.random.normal(key, (x.shape[0], config.model.latent_dim))
+    samples = model.apply({'params': params}, h, method=model.decode)
+    return (distributions.likelihood_mean(likelihood, recon),
+            distributions.likelihood_mean(likelihood, samples))
+
+  return jax.jit(pictures)
+
+
+# ----------------------------------------------------------------------------------------------
+# Feeding the fused chunks.
+
+
+class ChunkFeeder:
+  """Produces the (source, index) arguments of each fused call, from any step.
+
+  memory: the split's uint8 array lives on device once (replicated); each call gets the
+  [k, B] global indices of its steps (each process builds only its own columns).
+  stream: each process reads its rows of each global batch from the TFDS stream.
+  """
+
+  def __init__(self, setup, start_step):
+    self.setup = setup
+    c = setup.config
+    self.backend = c.data.backend
+    self.k = c.steps_per_call
+    self.rows = sharding.process_rows(c.batch_size)
+    if self.backend == 'memory':
+      arrays = data_lib.load_arrays(c.data, c.data.train_split)
+      self.n = arrays['image'].shape[0]
+      self.data = jax.make_array_from_process_local_data(
+          sharding.replicated(setup.mesh), arrays['image'], arrays['image'].shape)
+    else:
+      self.iterator = data_lib.make_train_iterator(
+          c.data, batch_size=c.batch_size, data_seed=c.data_seed, start_step=start_step,
+          process_index=jax.process_index(), process_count=jax.process_count())
+
+  def __call__(self, step):
+    c, mesh = self.setup.config, self.setup.mesh
+    if self.backend == 'memory':
+      index = data_lib.train_indices(c.data_seed, step, self.k, c.batch_size, self.n)
+      return self.data, sharding.host_to_global(index[:, self.rows], mesh, leading_axes=1)
+    batches = [next(self.iterator) for _ in range(self.k)]
+    images = np.stack([b['image'] for b in batches])
+    index = np.stack([b['index'] for b in batches])
+    return sharding.host_to_global((images, index), mesh, leading_axes=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop.
+
+
+def restore_or_init(setup, checkpointer, log=print):
+  """Resume order: a checkpoint in the workdir > config.init_from > scratch."""
+  config = setup.config
+  step = checkpointer.latest_step()
+  if step is not None:
+    meta = checkpointer.restore_meta(step)
+    ckpt_lib.check_compatible(meta['config'], config, checkpointer.directory)
+    state, _ = checkpointer.restore(step, setup.abstract_state)
+    log(f'Resuming from the workdir checkpoint at step {step}.')
+    return state
+  if config.init_from:
+    source = ckpt_lib.Checkpointer(config.init_from, config, create=False) \
+        if not os.path.basename(config.init_from.rstrip('/')) == 'checkpoints' else \
+        ckpt_lib.Checkpointer(os.path.dirname(config.init_from.rstrip('/')), config, create=False)
+    step = source.latest_step()
+    if step is None:
+      raise validation.ConfigError(f'config.init_from={config.init_from!r} has no checkpoint.')
+    meta = source.restore_meta(step)
+    ckpt_lib.check_compatible(meta['config'], config, config.init_from)
+    restored, _ = source.restore(step, setup.abstract_state)
+    source.close()
+    log(f'Initialising parameters from {config.init_from} step {step}; training from step 0.')
+    fresh = init_state(setup)
+    return fresh.replace(params=restored.params)
+  log('Starting from scratch (no checkpoint in the workdir, no init_from).')
+  return init_state(setup)
+
+
+def _train_record(acc, batch_size, seconds):
+  steps = int(acc['steps'])
+  rec = {k: float(acc[k]) / steps for k in _MEAN_KEYS}
+  rec['loss_momentum'] = float(acc['loss_momentum'])
+  rec['nonfinite_steps'] = int(acc['nonfinite'])
+  rec['images_per_sec'] = steps * batch_size / seconds if seconds > 0 else float('nan')
+  return rec
+
+
+def train_and_evaluate(config, workdir, *, run_eval=True, save_checkpoints=True):
+  """Trains and evaluates a VAE as the config says; resumes from the workdir's checkpoints.
+
+  Writes DIR/config.json, DIR/metrics.jsonl, TensorBoard events, DIR/images/*.png,
+  DIR/checkpoints/ and DIR/DONE (the final step). `run_eval` and `save_checkpoints` exist for
+  scripts/benchmark.py, which times this same loop with both off.
+
+  Returns:
+    {'step': final step, 'compile_s': seconds to compile the fused chunk, 'eval': the last
+    eval record (None if none ran), 'num_devices': devices on the data axis}.
+  """
+  validation.validate_config(config)
+  workdir = validation.validate_workdir(workdir)
+  configure_jax(config)
+  data_lib.check_available(config.data)
+  setup = build_setup(config)
+  is_main = jax.process_index() == 0
+  log = print if is_main else (lambda *a, **k: None)
+
+  checkpointer = ckpt_lib.Checkpointer(workdir, config) if save_checkpoints else None
+  state = restore_or_init(setup, checkpointer, log) if checkpointer else init_state(setup)
+  metrics_lib.write_config(workdir, config)
+  writer = metrics_lib.MetricWriter(workdir)
+  step = int(state.step)
+  if step >= config.num_train_steps:
+    log(f'Nothing to do: step {step} >= num_train_steps {config.num_train_steps}.')
+
+  feeder = ChunkFeeder(setup, step)
+  eval_step = jit_eval_step(setup) if run_eval else None
+  pictures = make_picture_fn(setup) if run_eval else None
+  eval_images, last_eval = None, None
+  compile_s = 0.0
+  if step < config.num_train_steps:
+    t0 = time.perf_counter()
+    source, index = feeder(step)
+    chunk_fn = jit_train_chunk(setup, config.data.backend).lower(state, source, index).compile()
+    compile_s = time.perf_counter() - t0
+
+  progress = _progress(config, step, is_main)
+  acc, t_log = None, time.perf_counter()
+  while step < config.num_train_steps:
+    state, m = chunk_fn(state, source, index)
+    step += config.steps_per_call
+    acc = m if acc is None else _accumulate(acc, m)
+    final = step >= config.num_train_steps
+    if not final:  # prepare the next call's inputs while this one runs
+      source, index = feeder(step)
+    if step % config.log_every_steps == 0 or final:
+      acc = sharding.to_host(acc)
+      now = time.perf_counter()
+      rec = _train_record(acc, config.batch_size, now - t_log)
+      writer.write(step, 'train', rec)
+      _check_nonfinite(config, state, step)
+      progress.set_postfix(loss=f'{rec["loss"]:.2f}', neg_elbo=f'{rec["neg_elbo"]:.2f}',
+                           img_s=f'{rec["images_per_sec"]:.0f}')
+      progress.update(step - progress.n)
+      acc = None
+    t_pause = time.perf_counter()
+    if run_eval and (step % config.eval_every_steps == 0 or final):
+      last_eval = evaluate(setup, state.params, eval_step)
+      last_eval['split'] = config.data.eval_split
+      writer.write(step, 'eval', last_eval)
+      eval_images = _write_pictures(setup, workdir, step, state.params, pictures, eval_images)
+      if is_main:
+        progress.write(f'step {step}: {config.data.eval_split} neg_elbo '
+                       f'{last_eval["neg_elbo"]:.3f} = recon {last_eval["recon"]:.3f} '
+                       f'+ kl {last_eval["kl"]:.3f} nats/example')
+    if checkpointer and (step % config.checkpoint_every_steps == 0 or final):
+      checkpointer.save(step, state, config)
+    if acc is None:  # evaluation and saving are not training throughput
+      t_log = time.perf_counter()
+    else:
+      t_log += time.perf_counter() - t_pause
+  progress.close()
+  if checkpointer:
+    checkpointer.close()
+  writer.close()
+  if is_main and save_checkpoints:
+    with open(os.path.join(workdir, 'DONE'), 'w') as f:
+      f.write(f'{int(state.step)}\n')
+  return {'step': int(state.step), 'compile_s': compile_s, 'eval': last_eval,
+          'num_devices': sharding.data_axis_size(setup.mesh), 'state': state}
+
+
+def _accumulate(acc, m):
+  out = jax.tree.map(jnp.add, acc, m)
+  out['loss_momentum'] = m['loss_momentum']
+  return out
+
+
+def _check_nonfinite(config, state, step):
+  run = int(state.nonfinite_run)
+  if run > config.max_consecutive_nonfinite:
+    raise FloatingPointError(
+        f'{run} consecutive train steps up to step {step} had a non-finite loss or gradient '
+        f'(more than config.max_consecutive_nonfinite={config.max_consecutive_nonfinite}); '
+        'they were skipped and nothing new was saved. Lower the learning rate or enable '
+        'clipping (config.optim.clip_norm).')
+
+
+def _write_pictures(setup, workdir, step, params, pictures, eval_images):
+  config = setup.config
+  if eval_images is None:
+    n = min(config.images.num, setup.info.num_examples[config.data.eval_split])
+    batch = next(iter(data_lib.eval_batches(config.data, config.data.eval_split, batch_size=n)))
+    x = preprocess(jnp.asarray(batch['image']), jnp.asarray(batch['index']),
+                   mode=config.data.preprocess, data_seed=config.data_seed)
+    eval_images = (np.asarray(x), x)
+  shown, x = eval_images
+  params_host = jax.device_get(params)
+  recon, samples = pictures(params_host, x)
+  if jax.process_index() == 0:
+    scale = 255.0 if np.issubdtype(shown.dtype, np.integer) else 1.0
+    d = os.path.join(workdir, 'images')
+    metrics_lib.save_png(os.path.join(d, 'inputs.png'), shown / scale)
+    metrics_lib.save_png(os.path.join(d, f'reconstructions_step_{step}.png'), np.asarray(recon))
+    metrics_lib.save_png(os.path.join(d, f'samples_step_{step}.png'), np.asarray(samples))
+  return eval_images
+
+
+def _progress(config, start, enabled):
+  from tqdm import tqdm
+  return tqdm(total=config.num_train_steps, initial=start, disable=not enabled,
+              unit='step', dynamic_ncols=True, mininterval=1.0)
