@@ -43,8 +43,7 @@ def main(argv):
       config.checkpoint_every_steps = config.num_train_steps
       config.compilation_cache = ''  # compile time is part of the report
     validation.validate_config(config)
-    from vae_jax import data
-    data.check_available(config.data)
+    cli.check_data_available(config.data)
     from vae_jax import benchmarking
     with tempfile.TemporaryDirectory() as workdir:
       return benchmarking.benchmark(config, workdir, FLAGS.matmul_size)

@@ -33,8 +33,7 @@ def main(argv):
       raise validation.ConfigError('--config=configs/NAME.py is required.')
     validation.validate_config(config)
     validation.validate_workdir(FLAGS.workdir)
-    from vae_jax import data
-    data.check_available(config.data)
+    cli.check_data_available(config.data)
     from vae_jax import sharding
     sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id)

@@ -26,16 +26,31 @@ jd = types.SimpleNamespace(
 )
 
 
-def _random_posteriors(key, batch, d, dtype=jnp.float32):
-  """A diagonal and a full posterior with well-conditioned random parameters."""
-  k1, k2, k3, k4 = jax.random.split(key, 4)
-  mean = jax.random.normal(k1, (batch, d), dtype)
-  log_scale = 0.5 * jax.random.normal(k2, (batch, d), dtype)
-  offdiag = 0.5 * jax.random.normal(k3, (batch, d * (d - 1) // 2), dtype)
-  diag_raw = 0.5 * jax.random.normal(k4, (batch, d), dtype)
+def _normal(seed, shape):
+  return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+def _random_posteriors(seed, batch, d):
+  """A diagonal and a full posterior with well-conditioned random parameters (float32)."""
+  mean = _normal(seed, (batch, d))
+  log_scale = 0.5 * _normal(seed + 1, (batch, d))
+  offdiag = 0.5 * _normal(seed + 2, (batch, d * (d - 1) // 2))
+  diag_raw = 0.5 * _normal(seed + 3, (batch, d))
   diag = {'mean': mean, 'log_scale': log_scale}
-  full = {'mean': mean, 'scale_tril': jd.scale_tril_from_raw(diag_raw, offdiag)}
+  full = {'mean': mean, 'scale_tril': np.asarray(jd.scale_tril_from_raw(diag_raw, offdiag))}
   return diag, full
+
+
+def _shared(full):
+  """One covariance for the whole batch: L is [D, D]."""
+  return {'mean': full['mean'], 'scale_tril': full['scale_tril'][0]}
+
+
+def _mvn_logpdf(h, mean, cov):
+  """jax.scipy's multivariate normal in float64, vmapped over the batch: [K, B]."""
+  with jax.enable_x64(True):
+    fn = jax.jit(jax.vmap(stats.multivariate_normal.logpdf, in_axes=(1, 0, 0), out_axes=1))
+    return np.asarray(fn(*(np.asarray(a, np.float64) for a in (h, mean, cov))))
 
 
 def _cov(post):
@@ -70,32 +85,21 @@ def test_scale_tril_from_raw_structure():
 
 @pytest.mark.parametrize('kind', ['diag', 'full', 'shared'])
 def test_log_prob_matches_multivariate_normal(kind):
-  diag, full = _random_posteriors(jax.random.key(0), batch=4, d=3)
-  post = {'diag': diag, 'full': full}.get(kind)
-  if kind == 'shared':  # one covariance for the whole batch: L is [D, D]
-    post = {'mean': full['mean'], 'scale_tril': full['scale_tril'][0]}
-  h = jax.random.normal(jax.random.key(1), (5, 4, 3))  # [K, B, D]
+  diag, full = _random_posteriors(0, batch=4, d=3)
+  post = {'diag': diag, 'full': full, 'shared': _shared(full)}[kind]
+  h = 2 * _normal(1, (5, 4, 3))  # [K, B, D]
   log_prob = jd.gaussian_log_prob(post, h)
   assert log_prob.shape == (5, 4)
-  cov = np.broadcast_to(_cov(post), (4, 3, 3))
-  with jax.enable_x64(True):
-    expected = np.stack([
-        [stats.multivariate_normal.logpdf(
-            np.asarray(h[k, b], np.float64), np.asarray(post['mean'][b], np.float64), cov[b])
-         for b in range(4)] for k in range(5)])
+  expected = _mvn_logpdf(h, post['mean'], np.broadcast_to(_cov(post), (4, 3, 3)))
   np.testing.assert_allclose(log_prob, expected, rtol=1e-5, atol=1e-5)
-  if kind == 'diag':  # and as a product of univariate normals
-    scale = jnp.exp(post['log_scale'])
-    expected = jnp.sum(stats.norm.logpdf(h, post['mean'], scale), -1)
-    np.testing.assert_allclose(log_prob, expected, rtol=1e-5, atol=1e-5)
+  # Without sample axes: [B, D] -> [B].
+  np.testing.assert_allclose(jd.gaussian_log_prob(post, h[0]), expected[0], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize('kind', ['diag', 'full', 'shared'])
 def test_kl_and_entropy_closed_form(kind):
-  diag, full = _random_posteriors(jax.random.key(2), batch=6, d=4)
-  post = {'diag': diag, 'full': full}.get(kind)
-  if kind == 'shared':
-    post = {'mean': full['mean'], 'scale_tril': full['scale_tril'][0]}
+  diag, full = _random_posteriors(2, batch=6, d=4)
+  post = {'diag': diag, 'full': full, 'shared': _shared(full)}[kind]
   cov = np.broadcast_to(_cov(post), (6, 4, 4))
   mean = np.asarray(post['mean'], np.float64)
   kl = jd.gaussian_kl_to_standard_normal(post)
@@ -109,12 +113,10 @@ def test_kl_and_entropy_closed_form(kind):
 
 @pytest.mark.parametrize('kind', ['diag', 'full', 'shared'])
 def test_rsample_moments_kl_and_entropy_by_monte_carlo(kind):
-  diag, full = _random_posteriors(jax.random.key(3), batch=2, d=3)
-  post = {'diag': diag, 'full': full}.get(kind)
-  if kind == 'shared':
-    post = {'mean': full['mean'], 'scale_tril': full['scale_tril'][0]}
+  diag, full = _random_posteriors(3, batch=2, d=3)
+  post = {'diag': diag, 'full': full, 'shared': _shared(full)}[kind]
   n = 200_000
-  eps = jax.random.normal(jax.random.key(4), (n, 2, 3))
+  eps = _normal(4, (n, 2, 3))
   h = jd.gaussian_rsample(post, eps)  # [N, B, D]
   assert h.shape == (n, 2, 3)
   cov = np.broadcast_to(_cov(post), (2, 3, 3))
@@ -137,12 +139,12 @@ def test_rsample_moments_kl_and_entropy_by_monte_carlo(kind):
 
 
 def test_diag_and_full_agree_when_scale_tril_is_diagonal():
-  diag, _ = _random_posteriors(jax.random.key(5), batch=3, d=4)
+  diag, _ = _random_posteriors(5, batch=3, d=4)
   full = {
       'mean': diag['mean'],
       'scale_tril': jd.scale_tril_from_raw(diag['log_scale'], jnp.zeros((3, 6))),
   }
-  eps = jax.random.normal(jax.random.key(6), (7, 3, 4))
+  eps = _normal(6, (7, 3, 4))
   h_diag, h_full = jd.gaussian_rsample(diag, eps), jd.gaussian_rsample(full, eps)
   np.testing.assert_allclose(h_diag, h_full, rtol=1e-6, atol=1e-6)
   for fn in (jd.gaussian_entropy, jd.gaussian_kl_to_standard_normal):
@@ -170,9 +172,9 @@ def test_kl_float32_stable_near_the_prior():
 
 
 def test_standard_normal_log_prob():
-  h = jax.random.normal(jax.random.key(7), (2, 3, 5))
-  np.testing.assert_allclose(
-      jd.standard_normal_log_prob(h), stats.norm.logpdf(h).sum(-1), rtol=1e-6)
+  h = _normal(7, (2, 3, 5))
+  expected = _mvn_logpdf(h, np.zeros((3, 5)), np.broadcast_to(np.eye(5), (3, 5, 5)))
+  np.testing.assert_allclose(jd.standard_normal_log_prob(h), expected, rtol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------
@@ -201,10 +203,10 @@ def test_bernoulli_sums_to_one_and_matches_formula():
                                    _column([0.0, 1.0]))
   assert log_p.shape == (6, 2)
   np.testing.assert_allclose(np.exp(np.asarray(log_p, np.float64)).sum(1), 1.0, rtol=1e-6)
-  x = jax.random.bernoulli(jax.random.key(8), 0.4, (3, 4, 4, 2)).astype(jnp.float32)
-  lg = jax.random.normal(jax.random.key(9), (3, 4, 4, 2)) * 3
-  p = jax.nn.sigmoid(lg)
-  expected = jnp.sum(x * jnp.log(p) + (1 - x) * jnp.log1p(-p), axis=(1, 2, 3))
+  x = (np.random.default_rng(8).uniform(size=(3, 4, 4, 2)) < 0.4).astype(np.float32)
+  lg = 3 * _normal(9, (3, 4, 4, 2))
+  p = 1 / (1 + np.exp(-lg.astype(np.float64)))
+  expected = np.sum(x * np.log(p) + (1 - x) * np.log1p(-p), axis=(1, 2, 3))
   np.testing.assert_allclose(
       jd.likelihood_log_prob('bernoulli', {'logits': lg}, x), expected, rtol=1e-5)
 
@@ -300,11 +302,12 @@ def test_gaussian_integrates_to_one_and_matches_norm():
               'log_scale': _column(log_scale, jnp.float64)[:, None]}
     log_p = jd.likelihood_log_prob('gaussian', params, _column(x, jnp.float64))
     np.testing.assert_allclose(np.exp(np.asarray(log_p)) @ w, 1.0, atol=1e-8)
-  x = jax.random.uniform(jax.random.key(11), (2, 3, 3, 2))
-  loc = jax.random.uniform(jax.random.key(12), (2, 3, 3, 2))
+  x = np.random.default_rng(11).uniform(size=(2, 3, 3, 2)).astype(np.float32)
+  loc = np.random.default_rng(12).uniform(size=(2, 3, 3, 2)).astype(np.float32)
   log_scale = jnp.array([-2.0, 0.5])  # per channel, shared: broadcasts against loc
   log_p = jd.likelihood_log_prob('gaussian', {'loc': loc, 'log_scale': log_scale}, x)
-  expected = stats.norm.logpdf(x, loc, jnp.exp(log_scale)).sum((1, 2, 3))
+  norm_logpdf = jax.jit(stats.norm.logpdf)
+  expected = norm_logpdf(x, loc, jnp.exp(log_scale)).sum((1, 2, 3))
   np.testing.assert_allclose(log_p, expected, rtol=1e-5)
 
 

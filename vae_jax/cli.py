@@ -27,3 +27,12 @@ def run_reporting_user_errors(fn):
 def print_json(record):
   """The last stdout line of every script that reports numbers: one JSON object."""
   print(json.dumps(record, sort_keys=True), flush=True)
+
+
+def check_data_available(data_cfg):
+  """data.check_available, with an unknown dataset name reported as a ConfigError."""
+  from vae_jax import data, validation
+  try:
+    data.check_available(data_cfg)
+  except ValueError as e:
+    raise validation.ConfigError(str(e)) from None

@@ -8,7 +8,8 @@ broadcast to the batch.
 
 The decoder maps h [N,D] to the parameters of p(x|h), by likelihood:
   bernoulli, continuous_bernoulli: {'logits': [N,H,W,C]}
-  gaussian: {'loc': [N,H,W,C], 'log_scale': [H,W,C]}  (learned per pixel or constant)
+  gaussian: {'loc': [N,H,W,C] (unconstrained), 'log_scale': [H,W,C]} (log_scale a learned
+    per-pixel parameter initialised at log(gaussian_sigma), or that constant)
   discretized_logistic: {'loc', 'log_scale', 'logit_weights'}, each [N,H,W,C,K]; loc is
     unconstrained on the [-1, 1] data scale (the edge bins absorb values beyond it, as in
     PixelCNN++), log_scale is clipped below at -7.
@@ -111,11 +112,12 @@ class LikelihoodHead(nn.Module):
       return {'logits': raw[..., 0]}  # [N,H,W,C]
     if self.likelihood == 'gaussian':
       shape = tuple(self.image_shape)
-      init = nn.initializers.constant(math.log(self.gaussian_sigma))
+      log_sigma = math.log(self.gaussian_sigma)
       if self.learn_sigma:
+        init = nn.initializers.constant(log_sigma)
         log_scale = self.param('log_sigma', init, shape, jnp.float32)  # [H,W,C]
       else:
-        log_scale = init(None, shape, jnp.float32)  # [H,W,C], constant
+        log_scale = jnp.full(shape, log_sigma, jnp.float32)  # [H,W,C], constant
       return {'loc': raw[..., 0], 'log_scale': log_scale}
     k = self.logistic_mixtures
     return {
@@ -189,7 +191,7 @@ class ResBlock(nn.Module):
       y = nn.GroupNorm(_groups(self.channels), dtype=self.dtype, name=f'norm_{i}')(y)
       y = nn.swish(y)
       # The last conv starts at zero, so each block starts as the identity.
-      init = nn.initializers.zeros if i == 1 else nn.linear.default_kernel_init
+      init = nn.initializers.zeros if i == 1 else nn.initializers.lecun_normal()
       y = nn.Conv(self.channels, (3, 3), dtype=self.dtype, kernel_init=init, name=f'conv_{i}')(y)
     return x + y
 
@@ -318,14 +320,19 @@ class VAE(nn.Module):
     """h [..., D] (e.g. [N,D] or [K,B,D]) -> likelihood params with the same leading dims."""
     lead = h.shape[:-1]
     out = self.dec(h.reshape((-1, h.shape[-1])))  # [N,D] -> [N,...]
-    # The Gaussian log_scale is per pixel, not per example: it has no leading dim.
-    return {k: v if (k == 'log_scale' and self.likelihood == 'gaussian')
-            else v.reshape((*lead, *v.shape[1:])) for k, v in out.items()}
+    for k, v in out.items():
+      # The Gaussian log_scale is per pixel, not per example: it has no leading dims.
+      if not (k == 'log_scale' and self.likelihood == 'gaussian'):
+        out[k] = v.reshape((*lead, *v.shape[1:]))
+    return out
 
   def __call__(self, x: jax.Array, eps: jax.Array) -> dict[str, Any]:
-    """x [B,H,W,C], eps [B,D] standard normal -> {'posterior', 'h': [B,D], 'likelihood'}."""
+    """x [B,H,W,C], eps [B,D] standard normal -> {'posterior', 'h': [B,D], 'likelihood'}.
+
+    eps may carry leading sample dims, [K,B,D]; then h and the likelihood params do too.
+    """
     posterior = self.encode(x)
-    h = gaussian_rsample(posterior, eps)  # [B,D]
+    h = gaussian_rsample(posterior, eps)  # [B,D] or [K,B,D]
     return {'posterior': posterior, 'h': h, 'likelihood': self.decode(h)}
 
 

@@ -117,32 +117,42 @@ def per_example_terms(model, likelihood, params, x, eps):
   return objectives.elbo_terms(out['posterior'], out['likelihood'], x, likelihood)
 
 
-def make_train_step(setup):
-  """The pure single train step: (state, uint8 images [B,...], index [B]) -> (state, metrics)."""
-  config, mesh, model, tx = setup.config, setup.mesh, setup.model, setup.tx
+def make_grad_fn(setup):
+  """(params, x [B,...], eps [B,D], beta) -> (grads of the global mean loss, global metric means).
+
+  The per-device part runs under `jax.shard_map` over the data axis. Each device sums its
+  examples' losses and divides by the *global* batch size; with `check_vma` on, the gradient of
+  a replicated parameter comes out already summed over the axis, so this is exactly the global
+  mean's gradient. (A further pmean would multiply it by the device count: see FACTS.md.)
+  """
+  config, mesh, model = setup.config, setup.mesh, setup.model
   batch = config.batch_size
-  latent = config.model.latent_dim
   likelihood = config.model.likelihood
-  gamma = config.loss_momentum_gamma
-  schedule = optim.unit_schedule(config)
 
   def local_loss(params, x, eps, beta):
     terms = per_example_terms(model, likelihood, params, x, eps)   # each [B_local]
     terms['loss'] = objectives.training_loss(terms, beta)           # [B_local]
-    weight = jnp.ones_like(terms['loss'])
-    # Local sums over the *global* batch size: the automatic psum of replicated-parameter
-    # gradients in shard_map then yields exactly the global mean's gradient (no pmean).
-    sums = objectives.reduce_terms(terms, weight, batch)
+    sums = objectives.reduce_terms(terms, jnp.ones_like(terms['loss']), batch)
     return sums['loss'], sums
 
   def grads_and_sums(params, x, eps, beta):
     (_, sums), grads = jax.value_and_grad(local_loss, has_aux=True)(params, x, eps, beta)
     return grads, jax.lax.psum(sums, sharding.DATA_AXIS)
 
-  sharded_grads = jax.shard_map(
+  return jax.shard_map(
       grads_and_sums, mesh=mesh,
       in_specs=(P(), P(sharding.DATA_AXIS), P(sharding.DATA_AXIS), P()),
       out_specs=(P(), P()))
+
+
+def make_train_step(setup):
+  """The pure single train step: (state, uint8 images [B,...], index [B]) -> (state, metrics)."""
+  config, mesh, tx = setup.config, setup.mesh, setup.tx
+  batch = config.batch_size
+  latent = config.model.latent_dim
+  gamma = config.loss_momentum_gamma
+  schedule = optim.unit_schedule(config)
+  sharded_grads = make_grad_fn(setup)
 
   def train_step(state, images, index):
     epoch = state.step // setup.steps_per_epoch

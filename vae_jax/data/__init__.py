@@ -1,7 +1,9 @@
 """Data: TFDS datasets by name, offline preparation, the embedded sprites, and batches.
 
 Importing this package does not import TensorFlow or TFDS: they are imported inside the
-functions that need them, so configs can be checked within a second.
+functions that need them, so configs can be checked within a second. Preprocessing (jnp, for
+inside jit) is `vae_jax.data.preprocess.preprocess`; the submodule is deliberately not shadowed
+by a re-export of the function.
 """
 
 from vae_jax.data.checks import (
@@ -14,7 +16,6 @@ from vae_jax.data.checks import (
 from vae_jax.data.datasets import DataInfo, dataset_info, load_arrays, prepare
 from vae_jax.data.order import epoch_permutation, train_indices
 from vae_jax.data.pipeline import eval_batches, make_train_iterator
-from vae_jax.data.preprocess import preprocess
 
 __all__ = [
     'KNOWN_BACKENDS',
@@ -28,7 +29,6 @@ __all__ = [
     'load_arrays',
     'make_train_iterator',
     'prepare',
-    'preprocess',
     'train_indices',
     'validate_data_config',
 ]

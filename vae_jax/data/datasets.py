@@ -173,6 +173,21 @@ def make_decoder(builder, *, with_features, scale=1):
   return decode
 
 
+def encode_images(images, encoding='png'):
+  """uint8 [N, H, W, C] -> list of N encoded images (bytes), encoded in parallel by tf.data.
+
+  TFDS accepts encoded bytes for Image features; encoding here in one pipeline avoids its
+  per-example eager call (about 0.4 ms each: 27 s of Fashion-MNIST's preparation).
+  """
+  import tensorflow as tf
+
+  encode = {'png': tf.io.encode_png, 'jpeg': tf.io.encode_jpeg}[encoding]
+  ds = tf.data.Dataset.from_tensor_slices(images).batch(256).map(
+      lambda x: tf.map_fn(encode, x, fn_output_signature=tf.string),
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return [png for batch in ds.as_numpy_iterator() for png in batch.tolist()]
+
+
 def _read_records(builder, split, *, with_features, scale=1, limit=None):
   import numpy as np
   import tensorflow as tf

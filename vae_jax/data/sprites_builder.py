@@ -9,7 +9,7 @@ import dataclasses
 
 import tensorflow_datasets as tfds
 
-from vae_jax.data import sprites
+from vae_jax.data import datasets, sprites
 
 
 class SpritesConfig(tfds.core.BuilderConfig):
@@ -66,8 +66,9 @@ class Sprites(tfds.core.GeneratorBasedBuilder):
     return {split: self._generate_examples(data, rows) for split, rows in data['splits'].items()}
 
   def _generate_examples(self, data, rows):
-    for row in rows:
-      example = {'image': data['images'][row]}
+    encoded = datasets.encode_images(data['images'][rows])
+    for row, image in zip(rows, encoded, strict=True):
+      example = {'image': image}
       example.update(zip(sprites.FACTORS, (int(f) for f in data['factors'][row]), strict=True))
       # The flat render index is unique and stable across sizes of the split.
       yield int(data['render_index'][row]), example

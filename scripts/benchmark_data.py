@@ -1,0 +1,137 @@
+r"""Measures the data layer: preparation times and batch throughput of both back ends.
+
+  python scripts/benchmark_data.py [--manual_dir=/usr/share/datasets/fashion-mnist] \
+      [--data_dir=DIR] [--steps=2000] [--steps_per_call=100]
+
+Prepares Fashion-MNIST from --manual_dir (Debian's package by default) and the default sprites,
+each in a fresh process through scripts/prepare_data.py (wall time, TensorFlow import
+included), into a temporary data_dir unless --data_dir is given. Then times:
+- memory: uint8 train images on device (jax.device_put), indices from train_indices, gather +
+  preprocess jitted over steps_per_call steps at once, block_until_ready; per mode;
+- stream: make_train_iterator(backend='stream') batches on the host.
+Prints one JSON line last.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+import ml_collections
+
+_MANUAL_DIR = flags.DEFINE_string('manual_dir', '/usr/share/datasets/fashion-mnist',
+                                  'Fashion-MNIST idx files (Debian: dataset-fashion-mnist).')
+_DATA_DIR = flags.DEFINE_string('data_dir', '', 'TFDS data_dir; default: a new temp folder.')
+_STEPS = flags.DEFINE_integer('steps', 2000, 'Training steps timed per measurement.')
+_STEPS_PER_CALL = flags.DEFINE_integer('steps_per_call', 100, 'Steps gathered per jitted call.')
+_STREAM_STEPS = flags.DEFINE_integer('stream_steps', 1000, 'Stream batches timed.')
+_BATCH = flags.DEFINE_integer('batch_size', 128, 'Global batch size.')
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _time_prepare(dataset, data_dir, manual_dir=''):
+  """Runs prepare_data.py in a fresh process; returns (wall seconds, its JSON line)."""
+  cmd = [sys.executable, os.path.join(_ROOT, 'scripts', 'prepare_data.py'),
+         f'--dataset={dataset}', f'--data_dir={data_dir}']
+  if manual_dir:
+    cmd.append(f'--manual_dir={manual_dir}')
+  env = dict(os.environ, PYTHONPATH=_ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  start = time.time()
+  out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+  return time.time() - start, json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _cfg(data_dir, backend='memory'):
+  return ml_collections.ConfigDict({
+      'name': 'fashion_mnist', 'preprocess': 'grey', 'manual_dir': '', 'data_dir': data_dir,
+      'download': False, 'backend': backend, 'shuffle_buffer': 10_000, 'train_split': 'train',
+      'eval_split': 'test'})
+
+
+def _memory_rate(images, mode, *, batch_size, steps, steps_per_call, data_seed=0):
+  """Images/s of device batches: host indices -> device, jitted gather + preprocess."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from vae_jax.data import order, preprocess
+
+  n = images.shape[0]
+  spe = order.steps_per_epoch(n, batch_size)
+
+  @jax.jit
+  def batches(images, index, epoch):
+    # index: [k, B] -> [k, B, H, W, C], materialised (returned), like a fused train chunk's input.
+    return preprocess.preprocess(images[index], index, mode=mode, data_seed=data_seed,
+                                 epoch=epoch[:, None])
+
+  def call(step):
+    index = order.train_indices(data_seed, step, steps_per_call, batch_size, n)
+    epoch = (np.arange(step, step + steps_per_call) // spe).astype(np.int32)
+    return batches(images, jax.device_put(index), jax.device_put(epoch))
+
+  call(0).block_until_ready()  # compile
+  start = time.perf_counter()
+  out = None
+  for step in range(0, steps, steps_per_call):
+    out = call(step)
+  out.block_until_ready()
+  seconds = time.perf_counter() - start
+  assert out.dtype == (jnp.int32 if mode == 'uint8' else jnp.float32)
+  return steps // steps_per_call * steps_per_call * batch_size / seconds
+
+
+def _stream_rate(cfg, *, batch_size, steps):
+  from vae_jax import data
+
+  it = data.make_train_iterator(cfg, batch_size=batch_size, data_seed=0, start_step=0)
+  next(it)  # pipeline start-up (first block read) is not throughput
+  start = time.perf_counter()
+  count = sum(len(next(it)['index']) for _ in range(steps))
+  return count / (time.perf_counter() - start)
+
+
+def main(argv):
+  del argv
+  tmp = None
+  data_dir = _DATA_DIR.value
+  if not data_dir:
+    tmp = tempfile.TemporaryDirectory(prefix='vae_jax_bench_data_')
+    data_dir = tmp.name
+  result = {}
+  seconds, info = _time_prepare('fashion_mnist', data_dir, _MANUAL_DIR.value)
+  result['prepare_fashion_mnist_s'] = round(seconds, 1)
+  result['prepare_fashion_mnist_how'] = info['how']
+  seconds, info = _time_prepare('sprites', data_dir)
+  result['prepare_sprites_s'] = round(seconds, 1)
+  result['prepare_sprites_how'] = info['how']
+
+  import jax
+
+  from vae_jax import data
+
+  start = time.perf_counter()
+  arrays = data.load_arrays(_cfg(data_dir), 'train')
+  result['load_arrays_train_s'] = round(time.perf_counter() - start, 2)
+  images = jax.device_put(arrays['image'])
+  for mode in ('grey', 'dynamic_binarize', 'threshold', 'uint8'):
+    rate = _memory_rate(images, mode, batch_size=_BATCH.value, steps=_STEPS.value,
+                        steps_per_call=_STEPS_PER_CALL.value)
+    result[f'memory_{mode}_images_per_sec'] = round(rate)
+  rate = _stream_rate(_cfg(data_dir, 'stream'), batch_size=_BATCH.value,
+                      steps=_STREAM_STEPS.value)
+  result['stream_images_per_sec'] = round(rate)
+  result.update(batch_size=_BATCH.value, steps=_STEPS.value,
+                steps_per_call=_STEPS_PER_CALL.value, device=str(jax.devices()[0]),
+                cpu_count=os.cpu_count(), loadavg_1min=os.getloadavg()[0])
+  print(json.dumps(result))
+  if tmp is not None:
+    tmp.cleanup()
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,195 @@
+"""Real training on the generated sprites: steps, fusion, device-count invariance, resume."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.test_config import ROOT, load_config
+from vae_jax import metrics as metrics_lib
+from vae_jax import train
+
+
+def tiny_config(**overrides):
+  """A small, fast sprites config (8 fake devices split batch 32 into 4 per device)."""
+  c = load_config('default')
+  c.batch_size = 32
+  c.eval_batch_size = 512
+  c.num_train_steps = 20
+  c.steps_per_call = 5
+  c.log_every_steps = 5
+  c.eval_every_steps = 20
+  c.checkpoint_every_steps = 10
+  c.model.hidden = (64,)
+  c.model.latent_dim = 4
+  c.images.num = 16
+  c.compilation_cache = ''
+  c.checkpoint.async_save = False
+  for k, v in overrides.items():
+    node = c
+    *parents, leaf = k.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  return c
+
+
+def run_chunks(config, num_chunks):
+  """Trains num_chunks fused calls from scratch; returns (state, per-chunk mean losses)."""
+  train.configure_jax(config)
+  setup = train.build_setup(config)
+  state = train.init_state(setup)
+  feeder = train.ChunkFeeder(setup, 0)
+  fn = train.jit_train_chunk(setup, config.data.backend)
+  losses = []
+  for i in range(num_chunks):
+    source, index = feeder(i * config.steps_per_call)
+    state, m = fn(state, source, index)
+    losses.append(float(m['loss']) / config.steps_per_call)
+  return state, np.asarray(losses), fn
+
+
+def test_train_steps_lower_the_loss_and_compile_once():
+  config = tiny_config(steps_per_call=10)
+  _, losses, fn = run_chunks(config, 6)
+  assert losses[-1] < 0.8 * losses[0], losses
+  assert fn._cache_size() == 1  # one compile for all calls
+
+
+def test_fused_chunk_matches_single_steps():
+  fused, _, _ = run_chunks(tiny_config(steps_per_call=4, **{'mesh.data': 1}), 1)
+  single, _, _ = run_chunks(tiny_config(steps_per_call=1, **{'mesh.data': 1}), 4)
+  assert int(fused.step) == int(single.step) == 4
+  for a, b in zip(jax.tree.leaves(fused.params), jax.tree.leaves(single.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(fused.loss_momentum, single.loss_momentum, rtol=1e-5)
+
+
+def test_one_and_eight_devices_give_the_same_losses():
+  assert jax.device_count() == 8
+  _, one, _ = run_chunks(tiny_config(steps_per_call=1, **{'mesh.data': 1}), 20)
+  _, eight, _ = run_chunks(tiny_config(steps_per_call=1, **{'mesh.data': -1}), 20)
+  np.testing.assert_allclose(one, eight, rtol=1e-4)
+
+
+def test_shard_map_gradient_is_the_global_mean_gradient():
+  """The jax 0.10 trap: replicated-parameter gradients are already summed in shard_map."""
+  config = tiny_config()
+  train.configure_jax(config)
+  setup = train.build_setup(config)
+  assert setup.mesh.shape['data'] == 8
+  state = train.init_state(setup)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.random((32, 32, 32, 1)) < 0.3, jnp.float32)
+  eps = jnp.asarray(rng.normal(size=(32, 4)), jnp.float32)
+  grads, sums = jax.jit(train.make_grad_fn(setup))(state.params, x, eps, 1.0)
+
+  params = jax.device_get(state.params)
+
+  def mean_loss(p):
+    terms = train.per_example_terms(setup.model, 'bernoulli', p, x, eps)
+    return jnp.mean(terms['neg_elbo'])
+
+  want_loss, want = jax.value_and_grad(mean_loss)(params)
+  np.testing.assert_allclose(sums['loss'], want_loss, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
+
+
+def test_momentum_tracked_loss_follows_its_formula():
+  config = tiny_config(steps_per_call=1, loss_momentum_gamma=0.9, **{'mesh.data': 1})
+  train.configure_jax(config)
+  setup = train.build_setup(config)
+  state = train.init_state(setup)
+  feeder = train.ChunkFeeder(setup, 0)
+  fn = train.jit_train_chunk(setup, 'memory')
+  tracked = None
+  for i in range(5):
+    source, index = feeder(i)
+    state, m = fn(state, source, index)
+    batch_loss = float(m['loss'])
+    tracked = batch_loss if tracked is None else 0.9 * tracked + 0.1 * batch_loss
+    np.testing.assert_allclose(float(state.loss_momentum), tracked, rtol=1e-5)
+
+
+@pytest.fixture(scope='module')
+def trained_workdir(tmp_path_factory):
+  """One small real run through train_and_evaluate, shared by the tests that read a workdir."""
+  workdir = str(tmp_path_factory.mktemp('run'))
+  result = train.train_and_evaluate(tiny_config(), workdir)
+  return workdir, result
+
+
+def test_train_and_evaluate_writes_the_workdir(trained_workdir):
+  workdir, result = trained_workdir
+  for name in ('config.json', 'metrics.jsonl', 'DONE', 'checkpoints', 'images', 'tensorboard'):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  assert open(os.path.join(workdir, 'DONE')).read().strip() == '20'
+  train_recs = metrics_lib.read_metrics(workdir, 'train')
+  assert [r['step'] for r in train_recs] == [5, 10, 15, 20]
+  for key in ('loss', 'loss_momentum', 'neg_elbo', 'recon', 'kl', 'learning_rate', 'grad_norm',
+              'images_per_sec'):
+    assert np.isfinite(train_recs[-1][key]), key
+  ev = metrics_lib.read_metrics(workdir, 'eval')[-1]
+  assert ev['split'] == 'test' and ev['step'] == 20
+  np.testing.assert_allclose(ev['neg_elbo'], ev['recon'] + ev['kl'], rtol=1e-6)
+  # The whole test split, exactly once (eval batches of 512 leave a padded remainder).
+  from vae_jax import data
+  assert ev['num_examples'] == data.dataset_info(tiny_config().data).num_examples['test']
+  assert ev['num_examples'] % 512 != 0
+  images = sorted(os.listdir(os.path.join(workdir, 'images')))
+  assert 'reconstructions_step_20.png' in images and 'samples_step_20.png' in images
+  assert json.load(open(os.path.join(workdir, 'config.json')))['batch_size'] == 32
+
+
+def test_evaluation_does_not_depend_on_batch_size_or_devices(trained_workdir):
+  _, result = trained_workdir
+  params = jax.device_get(result['state'].params)
+  numbers = []
+  for eval_batch, mesh_data in ((512, -1), (1000, 1)):
+    config = tiny_config(eval_batch_size=eval_batch, **{'mesh.data': mesh_data})
+    setup = train.build_setup(config)
+    numbers.append(train.evaluate(setup, params))
+  for key in ('neg_elbo', 'recon', 'kl'):
+    np.testing.assert_allclose(numbers[0][key], numbers[1][key], rtol=1e-5)
+  assert numbers[0]['num_examples'] == numbers[1]['num_examples']
+
+
+def test_resume_continues_exactly(tmp_path):
+  straight = train.train_and_evaluate(tiny_config(), str(tmp_path / 'a'))
+  first = train.train_and_evaluate(tiny_config(num_train_steps=10), str(tmp_path / 'b'))
+  assert first['step'] == 10
+  resumed = train.train_and_evaluate(tiny_config(), str(tmp_path / 'b'))
+  assert resumed['step'] == 20
+  for a, b in zip(jax.tree.leaves(straight['state']), jax.tree.leaves(resumed['state'])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_resume_with_a_different_model_is_an_error(trained_workdir, tmp_path):
+  from vae_jax.checkpoint import IncompatibleCheckpointError
+  workdir, _ = trained_workdir
+  with pytest.raises(IncompatibleCheckpointError, match='model'):
+    train.train_and_evaluate(tiny_config(num_train_steps=30, **{'model.latent_dim': 6}), workdir)
+
+
+@pytest.mark.slow
+def test_readme_quickstart_command_runs(tmp_path):
+  """The README's first command (with few steps) so it cannot rot."""
+  workdir = tmp_path / 'quick'
+  cmd = [sys.executable, 'scripts/train.py', '--config=configs/default.py',
+         f'--workdir={workdir}', '--config.num_train_steps=20', '--config.steps_per_call=10',
+         '--config.log_every_steps=10', '--config.eval_every_steps=20',
+         '--config.checkpoint_every_steps=20', '--config.compilation_cache=']
+  readme = open(os.path.join(ROOT, 'README.md')).read()
+  assert 'python scripts/train.py --config=configs/default.py --workdir=' in readme
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  last = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert last['step'] == 20 and np.isfinite(last['neg_elbo'])
+  assert (workdir / 'DONE').exists()
+  assert (workdir / 'images' / 'samples_step_20.png').exists()
