@@ -66,8 +66,8 @@ def _memory_rate(images, mode, *, batch_size, steps, steps_per_call, data_seed=0
   @jax.jit
   def batches(images, index, epoch):
     # index: [k, B] -> [k, B, H, W, C], materialised (returned), like a fused train chunk's input.
-    return preprocess.preprocess(images[index], index, mode=mode, data_seed=data_seed,
-                                 epoch=epoch[:, None])
+    return preprocess.preprocess(preprocess.gather_images(images, index), index, mode=mode,
+                                 data_seed=data_seed, epoch=epoch[:, None])
 
   def call(step):
     index = order.train_indices(data_seed, step, steps_per_call, batch_size, n)

@@ -17,21 +17,22 @@ likelihood_log_prob = jax.jit(dist.likelihood_log_prob, static_argnums=0)
 kl_to_prior = jax.jit(dist.gaussian_kl_to_standard_normal)
 
 
-def _posterior(key, batch, d):
-  k1, k2, k3 = jax.random.split(key, 3)
+def _normal(seed, shape):
+  return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+def _posterior(seed, batch, d):
   return {
-      'mean': jax.random.normal(k1, (batch, d)),
-      'scale_tril': dist.scale_tril_from_raw(
-          0.3 * jax.random.normal(k2, (batch, d)),
-          0.3 * jax.random.normal(k3, (batch, d * (d - 1) // 2))),
+      'mean': _normal(seed, (batch, d)),
+      'scale_tril': np.asarray(dist.scale_tril_from_raw(
+          0.3 * _normal(seed + 1, (batch, d)), 0.3 * _normal(seed + 2, (batch, d * (d - 1) // 2)))),
   }
 
 
 def test_elbo_terms_compose_the_derived_objective():
-  key = jax.random.key(0)
-  post = _posterior(key, batch=5, d=3)
-  logits = jax.random.normal(jax.random.key(1), (5, 4, 4, 1))
-  x = jax.random.bernoulli(jax.random.key(2), 0.3, (5, 4, 4, 1)).astype(jnp.float32)
+  post = _posterior(0, batch=5, d=3)
+  logits = _normal(3, (5, 4, 4, 1))
+  x = (np.random.default_rng(4).uniform(size=(5, 4, 4, 1)) < 0.3).astype(np.float32)
   terms = elbo_terms(post, {'logits': logits}, x, 'bernoulli')
   assert all(v.shape == (5,) for v in terms.values())
   np.testing.assert_allclose(
@@ -39,7 +40,7 @@ def test_elbo_terms_compose_the_derived_objective():
   np.testing.assert_allclose(terms['kl'], kl_to_prior(post), rtol=1e-6)
   np.testing.assert_allclose(terms['neg_elbo'], terms['recon'] + terms['kl'], rtol=1e-6)
   # Several samples (a leading axis on the likelihood params): recon is their average.
-  many = jax.random.normal(jax.random.key(3), (3, 5, 4, 4, 1))
+  many = _normal(5, (3, 5, 4, 4, 1))
   terms = elbo_terms(post, {'logits': many}, x, 'bernoulli')
   per_sample = jnp.stack([likelihood_log_prob('bernoulli', {'logits': m}, x) for m in many])
   np.testing.assert_allclose(terms['recon'], -per_sample.mean(0), rtol=1e-6)
@@ -118,8 +119,8 @@ def _linear_gaussian(batch=4):
   s2 = math.exp(2 * LOG_S)
   sigma = np.linalg.inv(np.eye(D) + w.T @ w / s2)
   mu = (x - b) @ w @ sigma / s2  # Sigma is symmetric
-  log_px = np.array([stats.multivariate_normal.logpdf(xi, b, w @ w.T + s2 * np.eye(P))
-                     for xi in x])
+  with jax.enable_x64(True):
+    log_px = np.asarray(jax.jit(stats.multivariate_normal.logpdf)(x, b, w @ w.T + s2 * np.eye(P)))
   return w, b, x, mu, sigma, log_px
 
 
@@ -166,15 +167,14 @@ def _cov_of(post):
 
 def test_linear_gaussian_identities_exact():
   """log p(x) = ELBO(q) + KL(q || p(h|x)) for any Gaussian q, with equality at q = p(h|x)."""
+  w, b, x, mu, sigma, log_px = _linear_gaussian()
+  batch = x.shape[0]
+  exact = {'mean': mu, 'scale_tril': np.linalg.cholesky(sigma)}  # shared across the batch
+  full, diag = _other_posteriors(mu, batch)
   with jax.enable_x64(True):
-    w, b, x, mu, sigma, log_px = _linear_gaussian()
-    batch = x.shape[0]
-    exact = {'mean': mu, 'scale_tril': np.linalg.cholesky(sigma)}  # shared across the batch
-    full, diag = _other_posteriors(mu, batch)
     for post in (exact, full, diag):
       cov = np.broadcast_to(_cov_of(post), (batch, D, D))
-      kl_prior = np.asarray(dist.gaussian_kl_to_standard_normal(
-          {k: jnp.asarray(v) for k, v in post.items()}))
+      kl_prior = np.asarray(kl_to_prior(post))
       elbo = -(_expected_recon(w, b, x, np.asarray(post['mean']), cov) + kl_prior)
       gap = _gaussian_kl(np.asarray(post['mean']), cov, mu, np.broadcast_to(sigma, cov.shape))
       np.testing.assert_allclose(log_px - elbo, gap, rtol=1e-8, atol=1e-8)
@@ -184,14 +184,15 @@ def test_linear_gaussian_identities_exact():
                      np.broadcast_to(sigma, (batch, D, D))), 0.0, atol=1e-10)
     # At the exact posterior log p(x|h) + log p(h) - log q(h) = log p(x) for every h, not only
     # on average: a check of the log-densities themselves, sample by sample.
-    h = dist.gaussian_rsample(
-        {k: jnp.asarray(v) for k, v in exact.items()},
-        jax.random.normal(jax.random.key(0), (16, batch, D), jnp.float64))
-    log_joint_over_q = (
-        dist.likelihood_log_prob('gaussian', _decode(w, b, h), jnp.asarray(x).reshape(-1, *IMAGE))
-        + dist.standard_normal_log_prob(h)
-        - dist.gaussian_log_prob({k: jnp.asarray(v) for k, v in exact.items()}, h))
-    np.testing.assert_allclose(log_joint_over_q, np.broadcast_to(log_px, (16, batch)), rtol=1e-9)
+    @jax.jit
+    def log_joint_over_q(post, eps):
+      h = dist.gaussian_rsample(post, eps)
+      return (dist.likelihood_log_prob('gaussian', _decode(w, b, h), x.reshape(-1, *IMAGE))
+              + dist.standard_normal_log_prob(h) - dist.gaussian_log_prob(post, h))
+
+    eps = np.random.default_rng(2).normal(size=(16, batch, D))
+    np.testing.assert_allclose(
+        log_joint_over_q(exact, eps), np.broadcast_to(log_px, (16, batch)), rtol=1e-9)
 
 
 def test_linear_gaussian_elbo_terms_by_monte_carlo():
@@ -203,7 +204,7 @@ def test_linear_gaussian_elbo_terms_by_monte_carlo():
   full, diag = _other_posteriors(mu, batch)
   x_img = jnp.asarray(x, jnp.float32).reshape(-1, *IMAGE)
   num_samples = 20_000
-  eps = jax.random.normal(jax.random.key(1), (num_samples, batch, D))
+  eps = _normal(1, (num_samples, batch, D))
   w32, b32 = jnp.asarray(w, jnp.float32), jnp.asarray(b, jnp.float32)
 
   @jax.jit

@@ -31,7 +31,7 @@ def step_flops(setup):
   """
   c = setup.config
   step = train.make_train_step(setup)
-  shape = (c.batch_size, *setup.info.image_shape)
+  shape = (c.batch_size, *setup.image_shape)
   images = jax.ShapeDtypeStruct(shape, jnp.uint8)
   index = jax.ShapeDtypeStruct((c.batch_size,), jnp.int32)
   compiled = jax.jit(step).lower(setup.abstract_state, images, index).compile()

@@ -7,7 +7,6 @@ import json
 import sys
 
 
-
 def user_errors():
   """The exception types reported without a traceback (imported lazily, all cheap)."""
   from vae_jax import checkpoint, validation

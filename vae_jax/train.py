@@ -10,6 +10,7 @@ Metrics leave the device only every log interval.
 import dataclasses
 import functools
 import os
+import sys
 import time
 from typing import Any
 
@@ -41,7 +42,8 @@ class Setup:
   """Everything built once from the config before the loop (no arrays of the run's state)."""
   config: Any
   mesh: Any
-  info: Any               # data_lib.DataInfo of the dataset
+  info: Any               # data_lib.DataInfo of the dataset (None when reloaded for analysis)
+  image_shape: tuple      # (H, W, C)
   model: Any
   tx: Any
   steps_per_epoch: int
@@ -65,24 +67,32 @@ def configure_jax(config):
       pass  # an unwritable cache folder costs only compile time
 
 
-def build_setup(config):
-  """Validates against the devices and the dataset, then builds mesh, model and optimizer."""
-  mesh = sharding.make_mesh(config)
+def build_setup(config, mesh=None, image_shape=None):
+  """Validates against the devices and the dataset, then builds mesh, model and optimizer.
+
+  With `image_shape` given (reloading a run for analysis) the dataset is not read at all.
+  """
+  mesh = mesh if mesh is not None else sharding.make_mesh(config)
   validation.validate_batch_split(config, sharding.data_axis_size(mesh))
-  info = data_lib.dataset_info(config.data)
-  validation.validate_image_shape(config, info.image_shape)
-  n_train = info.num_examples[config.data.train_split]
-  if n_train < config.batch_size:
-    raise validation.ConfigError(
-        f'config.batch_size={config.batch_size} is larger than the {n_train} training examples '
-        f'of {config.data.name!r}.')
-  model = models.build_model(config.model, info.image_shape)
+  info, steps_per_epoch = None, 0
+  if image_shape is None:
+    info = data_lib.dataset_info(config.data)
+    image_shape = info.image_shape
+    n_train = info.num_examples[config.data.train_split]
+    if n_train < config.batch_size:
+      raise validation.ConfigError(
+          f'config.batch_size={config.batch_size} is larger than the {n_train} training '
+          f'examples of {config.data.name!r}.')
+    steps_per_epoch = n_train // config.batch_size
+  image_shape = tuple(image_shape)
+  validation.validate_image_shape(config, image_shape)
+  model = models.build_model(config.model, image_shape)
   tx = optim.make_optimizer(config)
-  abstract = jax.eval_shape(functools.partial(_init_state, config, model, tx, info.image_shape))
+  abstract = jax.eval_shape(functools.partial(_init_state, config, model, tx, image_shape))
   shardings = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
   abstract = ckpt_lib.abstract_with_shardings(abstract, shardings)
-  return Setup(config=config, mesh=mesh, info=info, model=model, tx=tx,
-               steps_per_epoch=n_train // config.batch_size, abstract_state=abstract)
+  return Setup(config=config, mesh=mesh, info=info, image_shape=image_shape, model=model, tx=tx,
+               steps_per_epoch=steps_per_epoch, abstract_state=abstract)
 
 
 def _init_state(config, model, tx, image_shape):
@@ -98,7 +108,7 @@ def init_state(setup):
   """A fresh state, materialised directly with its (replicated) shardings."""
   s = setup
   out = jax.tree.map(lambda a: a.sharding, s.abstract_state)
-  init = jax.jit(functools.partial(_init_state, s.config, s.model, s.tx, s.info.image_shape),
+  init = jax.jit(functools.partial(_init_state, s.config, s.model, s.tx, s.image_shape),
                  out_shardings=out)
   return init()
 
@@ -343,31 +353,34 @@ class ChunkFeeder:
 
 
 def restore_or_init(setup, checkpointer, log=print):
-  """Resume order: a checkpoint in the workdir > config.init_from > scratch."""
+  """Resume order: a checkpoint in the workdir > config.init_from > scratch.
+
+  Damaged checkpoint steps are skipped with a warning (see checkpoint.py).
+  """
   config = setup.config
-  step = checkpointer.latest_step()
-  if step is not None:
-    meta = checkpointer.restore_meta(step)
-    ckpt_lib.check_compatible(meta['config'], config, checkpointer.directory)
-    state, _ = checkpointer.restore(step, setup.abstract_state)
-    log(f'Resuming from the workdir checkpoint at step {step}.')
+  check = lambda meta: ckpt_lib.check_compatible(meta['config'], config, checkpointer.directory)
+  state, meta = checkpointer.restore_good(setup.abstract_state, check_config=check)
+  if state is not None:
+    log(f'Resuming from the workdir checkpoint at step {meta["step"]}.')
     return state
   if config.init_from:
-    source = ckpt_lib.Checkpointer(config.init_from, config, create=False) \
-        if not os.path.basename(config.init_from.rstrip('/')) == 'checkpoints' else \
-        ckpt_lib.Checkpointer(os.path.dirname(config.init_from.rstrip('/')), config, create=False)
-    step = source.latest_step()
-    if step is None:
-      raise validation.ConfigError(f'config.init_from={config.init_from!r} has no checkpoint.')
-    meta = source.restore_meta(step)
-    ckpt_lib.check_compatible(meta['config'], config, config.init_from)
-    restored, _ = source.restore(step, setup.abstract_state)
+    source = ckpt_lib.Checkpointer(_run_dir(config.init_from), config, create=False)
+    check = lambda meta: ckpt_lib.check_compatible(meta['config'], config, config.init_from)
+    restored, meta = source.restore_good(setup.abstract_state, check_config=check)
     source.close()
-    log(f'Initialising parameters from {config.init_from} step {step}; training from step 0.')
-    fresh = init_state(setup)
-    return fresh.replace(params=restored.params)
-  log('Starting from scratch (no checkpoint in the workdir, no init_from).')
+    if restored is None:
+      raise validation.ConfigError(f'config.init_from={config.init_from!r} holds no checkpoint.')
+    log(f'Initialising parameters from {config.init_from} step {meta["step"]}; training from '
+        'step 0 with a fresh optimizer.')
+    return init_state(setup).replace(params=restored.params)
+  log('Starting from scratch (no checkpoint in the workdir, no config.init_from).')
   return init_state(setup)
+
+
+def _run_dir(path):
+  """A workdir, given either it or its checkpoints/ folder."""
+  path = os.path.abspath(os.path.expanduser(path.rstrip('/')))
+  return os.path.dirname(path) if os.path.basename(path) == 'checkpoints' else path
 
 
 def _train_record(acc, batch_size, seconds):
@@ -419,48 +432,100 @@ def train_and_evaluate(config, workdir, *, run_eval=True, save_checkpoints=True)
 
   progress = _progress(config, step, is_main)
   acc, t_log = None, time.perf_counter()
-  while step < config.num_train_steps:
-    state, m = chunk_fn(state, source, index)
-    step += config.steps_per_call
-    acc = m if acc is None else _accumulate(acc, m)
-    final = step >= config.num_train_steps
-    if not final:  # prepare the next call's inputs while this one runs
-      source, index = feeder(step)
-    if step % config.log_every_steps == 0 or final:
-      acc = sharding.to_host(acc)
-      now = time.perf_counter()
-      rec = _train_record(acc, config.batch_size, now - t_log)
-      writer.write(step, 'train', rec)
-      _check_nonfinite(config, state, step)
-      progress.set_postfix(loss=f'{rec["loss"]:.2f}', neg_elbo=f'{rec["neg_elbo"]:.2f}',
-                           img_s=f'{rec["images_per_sec"]:.0f}')
-      progress.update(step - progress.n)
-      acc = None
-    t_pause = time.perf_counter()
-    if run_eval and (step % config.eval_every_steps == 0 or final):
-      last_eval = evaluate(setup, state.params, eval_step)
-      last_eval['split'] = config.data.eval_split
-      writer.write(step, 'eval', last_eval)
-      eval_images = _write_pictures(setup, workdir, step, state.params, pictures, eval_images)
-      if is_main:
-        progress.write(f'step {step}: {config.data.eval_split} neg_elbo '
-                       f'{last_eval["neg_elbo"]:.3f} = recon {last_eval["recon"]:.3f} '
-                       f'+ kl {last_eval["kl"]:.3f} nats/example')
-    if checkpointer and (step % config.checkpoint_every_steps == 0 or final):
-      checkpointer.save(step, state, config)
-    if acc is None:  # evaluation and saving are not training throughput
-      t_log = time.perf_counter()
-    else:
-      t_log += time.perf_counter() - t_pause
+  preempted = False
+  with _PreemptionFlag() as stop_requested:
+    while step < config.num_train_steps:
+      state, m = chunk_fn(state, source, index)
+      step += config.steps_per_call
+      acc = m if acc is None else _accumulate(acc, m)
+      final = step >= config.num_train_steps
+      preempted = not final and stop_requested()
+      if not (final or preempted):  # prepare the next call's inputs while this one runs
+        source, index = feeder(step)
+      if step % config.log_every_steps == 0 or final or preempted:
+        acc = sharding.to_host(acc)
+        now = time.perf_counter()
+        rec = _train_record(acc, config.batch_size, now - t_log)
+        writer.write(step, 'train', rec)
+        progress.set_postfix(loss=f'{rec["loss"]:.2f}', neg_elbo=f'{rec["neg_elbo"]:.2f}',
+                             img_s=f'{rec["images_per_sec"]:.0f}')
+        progress.update(step - progress.n)
+        acc = None
+      t_pause = time.perf_counter()
+      save_now = checkpointer and (step % config.checkpoint_every_steps == 0 or final
+                                   or preempted)
+      if save_now or step % config.log_every_steps == 0:
+        _check_nonfinite(config, state, step)  # before anything new is saved
+      did_eval = run_eval and not preempted and (step % config.eval_every_steps == 0 or final)
+      if did_eval:
+        last_eval = evaluate(setup, state.params, eval_step)
+        last_eval['split'] = config.data.eval_split
+        writer.write(step, 'eval', last_eval)
+        eval_images = _write_pictures(setup, workdir, step, state.params, pictures, eval_images)
+        if is_main:
+          progress.write(f'step {step}: {config.data.eval_split} neg_elbo '
+                         f'{last_eval["neg_elbo"]:.3f} = recon {last_eval["recon"]:.3f} '
+                         f'+ kl {last_eval["kl"]:.3f} nats/example')
+      if save_now:
+        checkpointer.save(step, state, config, setup.image_shape,
+                          last_eval if did_eval else None)
+      if preempted:
+        break
+      if acc is None:  # evaluation and saving are not training throughput
+        t_log = time.perf_counter()
+      else:
+        t_log += time.perf_counter() - t_pause
   progress.close()
   if checkpointer:
     checkpointer.close()
   writer.close()
-  if is_main and save_checkpoints:
+  if preempted:
+    log(f'Stopped by a signal at step {step}: checkpoint saved. Run the same command again to '
+        'resume exactly from here.')
+  elif is_main and save_checkpoints:
     with open(os.path.join(workdir, 'DONE'), 'w') as f:
       f.write(f'{int(state.step)}\n')
   return {'step': int(state.step), 'compile_s': compile_s, 'eval': last_eval,
-          'num_devices': sharding.data_axis_size(setup.mesh), 'state': state}
+          'num_devices': sharding.data_axis_size(setup.mesh), 'state': state,
+          'preempted': preempted}
+
+
+class _PreemptionFlag:
+  """SIGTERM / SIGINT ask the loop to finish its chunk, save and exit (a second one kills).
+
+  In a multi-process job the processes agree: the flag is combined across processes after
+  every chunk, so all of them stop at the same step.
+  """
+
+  def __enter__(self):
+    import signal
+    import threading
+    self._signal = signal
+    self._requested = False
+    self._previous = {}
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self.requested
+
+  def _handle(self, signum, frame):
+    del frame
+    self._requested = True
+    print(f'Received signal {signum}: finishing the current chunk, then saving and exiting.',
+          file=sys.stderr, flush=True)
+    self._signal.signal(signum, self._previous.get(signum, self._signal.SIG_DFL))
+
+  def requested(self):
+    if jax.process_count() == 1:
+      return self._requested
+    from jax.experimental import multihost_utils
+    flags = multihost_utils.process_allgather(np.asarray(self._requested, np.int32))
+    return bool(np.any(flags))
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      self._signal.signal(sig, handler)
+    return False
 
 
 def _accumulate(acc, m):
@@ -473,7 +538,8 @@ def _check_nonfinite(config, state, step):
   run = int(state.nonfinite_run)
   if run > config.max_consecutive_nonfinite:
     raise FloatingPointError(
-        f'{run} consecutive train steps up to step {step} had a non-finite loss or gradient '
+        f'{run} consecutive train steps (steps {step - run + 1} to {step}) had a non-finite '
+        'loss or gradient '
         f'(more than config.max_consecutive_nonfinite={config.max_consecutive_nonfinite}); '
         'they were skipped and nothing new was saved. Lower the learning rate or enable '
         'clipping (config.optim.clip_norm).')
