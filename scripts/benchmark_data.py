@@ -1,13 +1,14 @@
 r"""Measures the data layer: preparation times and batch throughput of both back ends.
 
   python scripts/benchmark_data.py [--manual_dir=/usr/share/datasets/fashion-mnist] \
-      [--data_dir=DIR] [--steps=2000] [--steps_per_call=100]
+      [--data_dir=DIR] [--steps=2000] [--steps_per_call=10,50,100]
 
 Prepares Fashion-MNIST from --manual_dir (Debian's package by default) and the default sprites,
 each in a fresh process through scripts/prepare_data.py (wall time, TensorFlow import
 included), into a temporary data_dir unless --data_dir is given. Then times:
 - memory: uint8 train images on device (jax.device_put), indices from train_indices, gather +
-  preprocess jitted over steps_per_call steps at once, block_until_ready; per mode;
+  preprocess jitted over k = steps_per_call steps at once (the [k, B, H, W, C] batches are the
+  output), block_until_ready; per mode and k (keys memory_MODE_kK_images_per_sec);
 - stream: make_train_iterator(backend='stream') batches on the host.
 Prints one JSON line last.
 """
@@ -26,7 +27,8 @@ _MANUAL_DIR = flags.DEFINE_string('manual_dir', '/usr/share/datasets/fashion-mni
                                   'Fashion-MNIST idx files (Debian: dataset-fashion-mnist).')
 _DATA_DIR = flags.DEFINE_string('data_dir', '', 'TFDS data_dir; default: a new temp folder.')
 _STEPS = flags.DEFINE_integer('steps', 2000, 'Training steps timed per measurement.')
-_STEPS_PER_CALL = flags.DEFINE_integer('steps_per_call', 100, 'Steps gathered per jitted call.')
+_STEPS_PER_CALL = flags.DEFINE_list('steps_per_call', ['10', '50', '100'],
+                                    'Steps gathered per jitted call (each is measured).')
 _STREAM_STEPS = flags.DEFINE_integer('stream_steps', 1000, 'Stream batches timed.')
 _BATCH = flags.DEFINE_integer('batch_size', 128, 'Global batch size.')
 
@@ -119,14 +121,14 @@ def main(argv):
   result['load_arrays_train_s'] = round(time.perf_counter() - start, 2)
   images = jax.device_put(arrays['image'])
   for mode in ('grey', 'dynamic_binarize', 'threshold', 'uint8'):
-    rate = _memory_rate(images, mode, batch_size=_BATCH.value, steps=_STEPS.value,
-                        steps_per_call=_STEPS_PER_CALL.value)
-    result[f'memory_{mode}_images_per_sec'] = round(rate)
+    for k in map(int, _STEPS_PER_CALL.value):
+      rate = _memory_rate(images, mode, batch_size=_BATCH.value, steps=_STEPS.value,
+                          steps_per_call=k)
+      result[f'memory_{mode}_k{k}_images_per_sec'] = round(rate)
   rate = _stream_rate(_cfg(data_dir, 'stream'), batch_size=_BATCH.value,
                       steps=_STREAM_STEPS.value)
   result['stream_images_per_sec'] = round(rate)
-  result.update(batch_size=_BATCH.value, steps=_STEPS.value,
-                steps_per_call=_STEPS_PER_CALL.value, device=str(jax.devices()[0]),
+  result.update(batch_size=_BATCH.value, steps=_STEPS.value, device=str(jax.devices()[0]),
                 cpu_count=os.cpu_count(), loadavg_1min=os.getloadavg()[0])
   print(json.dumps(result))
   if tmp is not None:

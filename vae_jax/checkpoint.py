@@ -33,6 +33,8 @@ _COMPATIBLE_KEYS = (
 # Test-only pause point between a save's commit and its digest (seconds), so a test can kill
 # the process exactly there.
 _PAUSE_ENV = 'VAE_JAX_TEST_PAUSE_BEFORE_DIGEST'
+# Test-only pause point right after an asynchronous save has started (the write is in flight).
+_PAUSE_SAVE_ENV = 'VAE_JAX_TEST_PAUSE_AFTER_SAVE_START'
 _BEST_METRIC = 'neg_elbo'
 
 
@@ -92,6 +94,10 @@ class Checkpointer:
     self._manager.save(int(step), force=True, metrics=metrics, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
     self._undigested.add(int(step))
+    pause = float(os.environ.get(_PAUSE_SAVE_ENV, '0') or 0)
+    if pause:
+      print(f'TEST PAUSE after save start of step {step}', flush=True)
+      time.sleep(pause)
 
   def wait(self):
     """Blocks until pending saves have committed, then writes their digests."""

@@ -91,7 +91,7 @@ def write_config(workdir, config):
 
 def image_grid(images):
   """[N, H, W, C] values in [0, 1] -> one uint8 [rows*H, cols*W, C] grid with 1-pixel gaps."""
-  images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
+  images = np.clip(np.nan_to_num(np.asarray(images, np.float32)), 0.0, 1.0)
   n, h, w, c = images.shape
   cols = int(math.ceil(math.sqrt(n)))
   rows = int(math.ceil(n / cols))

@@ -171,7 +171,7 @@ def make_train_step(setup):
     eps = jax.random.normal(state_lib.model_key(state, STREAM_POSTERIOR), (batch, latent))
     eps = jax.lax.with_sharding_constraint(eps, sharding.batch_sharding(mesh))  # [B, D]
     grads, sums = sharded_grads(state.params, x, eps, state.hparams['beta'])
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     lr = state.hparams['learning_rate'] * schedule(state.step)
     params = optax.apply_updates(state.params, optim.apply_learning_rate(updates, lr))

@@ -40,9 +40,10 @@ def make_train_iterator(data_cfg, *, batch_size, data_seed, start_step, process_
                          start_step=start_step, rows=slice(lo, lo + local))
   if data_cfg.backend == 'stream':
     builder = datasets.prepare(data_cfg)
-    return _stream_train(builder, data_cfg.train_split, batch_size=batch_size,
-                         data_seed=data_seed, start_step=start_step, lo=lo, local=local,
-                         block_size=data_cfg.shuffle_buffer)
+    ds = _stream_train(builder, data_cfg.train_split, batch_size=batch_size,
+                       data_seed=data_seed, start_step=start_step, lo=lo, local=local,
+                       block_size=data_cfg.shuffle_buffer)
+    return ds.as_numpy_iterator()
   raise ValueError(f'Unknown data.backend {data_cfg.backend!r}; valid: memory, stream.')
 
 
@@ -57,7 +58,7 @@ def _memory_train(images, *, batch_size, data_seed, start_step, rows):
 
 
 def _stream_train(builder, split, *, batch_size, data_seed, start_step, lo, local, block_size):
-  """tf.data over the split's records in `order.stream_epoch_plan` order, decoded in parallel.
+  """A tf.data.Dataset over the split's records in `order.stream_epoch_plan` order.
 
   Host memory is bounded by one block (block_size serialized records) plus a few prefetched
   batches. The order is computed in numpy from (data_seed, epoch), so a stream recreated at
@@ -116,8 +117,9 @@ def _stream_train(builder, split, *, batch_size, data_seed, start_step, lo, loca
 
   ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int32).max).flat_map(epoch_blocks)
   ds = ds.flat_map(read_block).batch(batch_size, drop_remainder=True)
+  # Decoding (the costly part) runs in parallel over batches; the order stays deterministic.
   ds = ds.map(local_rows, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  yield from ds.prefetch(4).as_numpy_iterator()
+  return ds.prefetch(4)
 
 
 def eval_batches(data_cfg, split, *, batch_size, process_index=0, process_count=1,

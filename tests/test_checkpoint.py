@@ -1,0 +1,296 @@
+"""Checkpoints you can trust: real Orbax round trips, kills at the hard moments, damaged steps,
+preemption, non-finite steps, bad input, and reloading a run for analysis."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import vae_jax
+from tests.test_config import ROOT
+from tests.test_train import tiny_config
+from vae_jax import checkpoint as ckpt_lib
+from vae_jax import metrics as metrics_lib
+from vae_jax import train
+
+SCRIPT = os.path.join(ROOT, 'scripts', 'train.py')
+# 40 steps in chunks of 5, a checkpoint every 10: small enough for subprocesses to be quick.
+RUN_FLAGS = ['--config=configs/default.py', '--config.batch_size=32',
+             '--config.eval_batch_size=512', '--config.num_train_steps=40',
+             '--config.steps_per_call=5', '--config.log_every_steps=5',
+             '--config.eval_every_steps=20', '--config.checkpoint_every_steps=10',
+             '--config.model.hidden=(64,)', '--config.model.latent_dim=4',
+             '--config.compilation_cache=']
+
+
+def _env(devices, **extra):
+  env = dict(os.environ)
+  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  env.update({k: str(v) for k, v in extra.items()})
+  return env
+
+
+def _leaves(state):
+  return [np.asarray(x) for x in jax.tree.leaves(state)]
+
+
+def _assert_bitwise(a, b):
+  for x, y in zip(_leaves(a), _leaves(b), strict=True):
+    np.testing.assert_array_equal(x, y)
+
+
+def _final_state(workdir):
+  return vae_jax.load_run(str(workdir)).state
+
+
+def _run(workdir, devices, timeout=300, **env):
+  return subprocess.run([sys.executable, SCRIPT, *RUN_FLAGS, f'--workdir={workdir}'],
+                        cwd=ROOT, env=_env(devices, **env), capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def _run_until_marker_then(workdir, devices, marker, sig, **env):
+  """Starts a run, waits for a line containing `marker` on stdout, then sends `sig`."""
+  proc = subprocess.Popen([sys.executable, SCRIPT, *RUN_FLAGS, f'--workdir={workdir}'],
+                          cwd=ROOT, env=_env(devices, **env), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  for line in proc.stdout:
+    if marker in line:
+      proc.send_signal(sig)
+      break
+    assert time.time() < deadline
+  out, err = proc.communicate(timeout=300)
+  return proc.returncode, out, err
+
+
+@pytest.fixture(scope='module')
+def straight_runs(tmp_path_factory):
+  """The uninterrupted reference runs on 1 and 8 devices."""
+  out = {}
+  for devices in (1, 8):
+    workdir = tmp_path_factory.mktemp(f'straight{devices}')
+    proc = _run(workdir, devices)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out[devices] = _final_state(workdir)
+  return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('devices', [1, 8])
+def test_sigkill_during_async_save_then_resume_is_bit_identical(tmp_path, devices,
+                                                                straight_runs):
+  code, _, _ = _run_until_marker_then(
+      tmp_path, devices, 'TEST PAUSE after save start of step 20', signal.SIGKILL,
+      VAE_JAX_TEST_PAUSE_AFTER_SAVE_START=5)
+  assert code == -signal.SIGKILL
+  assert not (tmp_path / 'DONE').exists()
+  proc = _run(tmp_path, devices)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'Resuming from the workdir checkpoint at step' in proc.stdout
+  _assert_bitwise(_final_state(tmp_path), straight_runs[devices])
+
+
+@pytest.mark.slow
+def test_sigkill_between_commit_and_digest_then_resume_is_bit_identical(tmp_path,
+                                                                         straight_runs):
+  code, _, _ = _run_until_marker_then(
+      tmp_path, 1, 'TEST PAUSE before digest of steps [10]', signal.SIGKILL,
+      VAE_JAX_TEST_PAUSE_BEFORE_DIGEST=30)
+  assert code == -signal.SIGKILL
+  assert os.path.isdir(tmp_path / 'checkpoints' / '10')
+  assert not (tmp_path / 'checkpoints' / 'digests' / '10.json').exists()
+  proc = _run(tmp_path, 1)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'Resuming from the workdir checkpoint at step 10' in proc.stdout
+  _assert_bitwise(_final_state(tmp_path), straight_runs[1])
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_then_resumes_exactly(tmp_path, straight_runs):
+  code, out, err = _run_until_marker_then(
+      tmp_path, 1, 'TEST PAUSE after save start of step 10', signal.SIGTERM,
+      VAE_JAX_TEST_PAUSE_AFTER_SAVE_START=1)
+  assert code == 0, err[-3000:]
+  assert 'Stopped by a signal at step' in out
+  assert not (tmp_path / 'DONE').exists()
+  saved = ckpt_lib.Checkpointer(str(tmp_path), tiny_config(), create=False)
+  last = saved.latest_step()
+  saved.close()
+  assert 10 < last < 40  # a checkpoint at the step where the signal was honoured
+  proc = _run(tmp_path, 1)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f'Resuming from the workdir checkpoint at step {last}' in proc.stdout
+  _assert_bitwise(_final_state(tmp_path), straight_runs[1])
+
+
+@pytest.fixture(scope='module')
+def run_with_checkpoints(tmp_path_factory):
+  """A 20-step run on 8 devices keeping checkpoints at 10 and 20."""
+  workdir = tmp_path_factory.mktemp('ckpts')
+  result = train.train_and_evaluate(tiny_config(), str(workdir))
+  return str(workdir), result
+
+
+def _copy(src, dst):
+  import shutil
+  shutil.copytree(src, dst)
+  return str(dst)
+
+
+def test_round_trip_is_bitwise_and_onto_another_mesh(run_with_checkpoints):
+  workdir, result = run_with_checkpoints
+  for mesh_data in (1, -1):  # saved on 8 devices; restored on 1 and on 8
+    config = tiny_config(**{'mesh.data': mesh_data})
+    setup = train.build_setup(config)
+    checkpointer = ckpt_lib.Checkpointer(workdir, config, create=False)
+    state, meta = checkpointer.restore_good(setup.abstract_state)
+    checkpointer.close()
+    assert meta['step'] == 20
+    _assert_bitwise(state, result['state'])
+    leaf = jax.tree.leaves(state.params)[0]
+    assert len(leaf.sharding.device_set) == (1 if mesh_data == 1 else 8)
+
+
+@pytest.mark.parametrize('damage', ['flip', 'truncate'])
+def test_damaged_step_falls_back_to_the_previous_one(run_with_checkpoints, tmp_path, damage,
+                                                     capfd):
+  workdir = _copy(run_with_checkpoints[0], tmp_path / 'w')
+  step_dir = os.path.join(workdir, 'checkpoints', '20', 'state')
+  files = [os.path.join(r, f) for r, _, fs in os.walk(step_dir) for f in fs]
+  target = max(files, key=os.path.getsize)  # the array data
+  with open(target, 'r+b') as f:
+    if damage == 'flip':
+      f.seek(os.path.getsize(target) // 2)
+      byte = f.read(1)
+      f.seek(-1, 1)
+      f.write(bytes([byte[0] ^ 0xFF]))
+    else:
+      f.truncate(os.path.getsize(target) // 2)
+  config = tiny_config()
+  setup = train.build_setup(config)
+  checkpointer = ckpt_lib.Checkpointer(workdir, config, create=False)
+  state, meta = checkpointer.restore_good(setup.abstract_state)
+  checkpointer.close()
+  assert meta['step'] == 10 and int(state.step) == 10
+  err = capfd.readouterr().err
+  assert 'checkpoint step 20' in err and 'falling back' in err
+
+
+def test_best_checkpoint_is_kept_beside_the_latest(tmp_path):
+  config = tiny_config(num_train_steps=40, eval_every_steps=10, checkpoint_every_steps=10,
+                       **{'checkpoint.keep': 1})
+  train.train_and_evaluate(config, str(tmp_path))
+  evals = {r['step']: r['neg_elbo'] for r in metrics_lib.read_metrics(str(tmp_path), 'eval')}
+  best = min(evals, key=evals.get)
+  checkpointer = ckpt_lib.Checkpointer(str(tmp_path), config, create=False)
+  steps = checkpointer.all_steps()
+  checkpointer.close()
+  assert steps == sorted({best, 40})
+
+
+def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path):
+  # An absurd learning rate sends the parameters to inf after one step; every later step is
+  # non-finite, is skipped, and after max_consecutive_nonfinite of them the run stops.
+  config = tiny_config(num_train_steps=40, checkpoint_every_steps=10,
+                       max_consecutive_nonfinite=3, **{'optim.learning_rate': 1e38})
+  with pytest.raises(FloatingPointError, match=r'steps \d+ to \d+'):
+    train.train_and_evaluate(config, str(tmp_path))
+  records = metrics_lib.read_metrics(str(tmp_path), 'train')
+  assert records and records[-1]['nonfinite_steps'] > 0
+  checkpointer = ckpt_lib.Checkpointer(str(tmp_path), config, create=False)
+  steps = checkpointer.all_steps()
+  checkpointer.close()
+  assert steps == []  # nothing was saved over the (absent) last good checkpoint
+  assert not (tmp_path / 'DONE').exists()
+
+
+def test_non_finite_steps_are_skipped_and_counted(tmp_path):
+  config = tiny_config(num_train_steps=10, max_consecutive_nonfinite=100,
+                       **{'optim.learning_rate': 1e38})
+  result = train.train_and_evaluate(config, str(tmp_path))
+  state = result['state']
+  assert int(state.nonfinite_total) >= 8  # all but the first step or two were skipped
+  assert int(state.step) == 10
+
+
+def test_load_run_gives_a_cpu_model_whatever_trained_it(run_with_checkpoints):
+  workdir, result = run_with_checkpoints
+  run = vae_jax.load_run(workdir)
+  assert run.step == 20 and run.config.model.latent_dim == 4
+  _assert_bitwise(run.state, result['state'])
+  leaf = jax.tree.leaves(run.state.params)[0]
+  assert len(leaf.sharding.device_set) == 1
+  x = np.zeros((3, *run.image_shape), np.float32)
+  out = run.model.apply({'params': run.state.params}, x, np.zeros((3, 4), np.float32))
+  assert out['h'].shape == (3, 4)
+  earlier = vae_jax.load_run(workdir, step=10)
+  assert earlier.step == 10 and int(earlier.state.step) == 10
+
+
+def test_init_from_copies_parameters_only(run_with_checkpoints, tmp_path):
+  workdir, result = run_with_checkpoints
+  config = tiny_config(num_train_steps=5, init_from=workdir)
+  setup = train.build_setup(config)
+  checkpointer = ckpt_lib.Checkpointer(str(tmp_path), config)
+  state = train.restore_or_init(setup, checkpointer, log=lambda *a: None)
+  checkpointer.close()
+  assert int(state.step) == 0
+  _assert_bitwise(state.params, result['state'].params)
+
+
+# -- bad input: each a clear one-paragraph error, no traceback, within seconds ---------------
+
+
+def _script_error(*flags, env=None):
+  t0 = time.perf_counter()
+  proc = subprocess.run([sys.executable, SCRIPT, *flags], cwd=ROOT, capture_output=True,
+                        text=True, timeout=120, env=env)
+  return proc, time.perf_counter() - t0
+
+
+def test_missing_dataset_offline_is_a_clear_error(tmp_path):
+  env = dict(os.environ, TFDS_DATA_DIR=str(tmp_path / 'empty'))
+  proc, seconds = _script_error('--config=configs/fashion_mnist.py', f'--workdir={tmp_path}/w',
+                                '--config.data.download=False', env=env)
+  assert proc.returncode == 2
+  assert 'prepare_data.py' in proc.stderr and 'Traceback' not in proc.stderr
+  assert seconds < 10
+
+
+def test_incompatible_checkpoint_via_the_script(run_with_checkpoints, tmp_path):
+  workdir = _copy(run_with_checkpoints[0], tmp_path / 'w')
+  proc, _ = _script_error(*RUN_FLAGS, '--config.model.latent_dim=6', f'--workdir={workdir}')
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert 'different experiment' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_batch_the_devices_cannot_split(tmp_path):
+  proc, seconds = _script_error(*RUN_FLAGS, '--config.batch_size=30', f'--workdir={tmp_path}',
+                                env=_env(8))
+  assert proc.returncode == 2
+  assert 'cannot be split evenly over 8 devices' in proc.stderr
+  assert 'Traceback' not in proc.stderr and seconds < 10
+  assert not os.path.exists(tmp_path / 'checkpoints')
+
+
+def test_unwritable_workdir(tmp_path):
+  # A path through a regular file cannot be created, even by root.
+  blocker = tmp_path / 'afile'
+  blocker.write_text('x')
+  target = str(blocker / 'w')
+  proc, _ = _script_error(*RUN_FLAGS, f'--workdir={target}')
+  assert proc.returncode == 2 and 'cannot be written' in proc.stderr
+  assert 'Traceback' not in proc.stderr
+
+
+def test_json_config_is_kept(run_with_checkpoints):
+  workdir, _ = run_with_checkpoints
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['model']['latent_dim'] == 4

@@ -1,0 +1,173 @@
+"""Training order, exact recreation at any step, process splits, and padded evaluation."""
+
+import itertools
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+
+from vae_jax import data
+from vae_jax.data import formats, order
+
+N_TRAIN, N_TEST = 300, 70
+BATCH = 32
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  """A tiny 'mnist' (300 / 70 examples) prepared offline from idx files."""
+  root = tmp_path_factory.mktemp('pipeline')
+  rng = np.random.default_rng(0)
+  manual = root / 'manual'
+  manual.mkdir()
+  for prefix, n in (('train', N_TRAIN), ('t10k', N_TEST)):
+    formats.write_idx(str(manual / f'{prefix}-images-idx3-ubyte.gz'),
+                      rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+    formats.write_idx(str(manual / f'{prefix}-labels-idx1-ubyte.gz'), np.arange(n) % 10)
+  data.prepare(cfg(root / 'tfds', manual_dir=str(manual)))
+  return root / 'tfds'
+
+
+def cfg(data_dir, **overrides):
+  c = ml_collections.ConfigDict({
+      'name': 'mnist', 'preprocess': 'grey', 'manual_dir': '', 'data_dir': str(data_dir),
+      'download': False, 'backend': 'memory', 'shuffle_buffer': 64, 'train_split': 'train',
+      'eval_split': 'test'})
+  c.update(overrides)
+  return c
+
+
+@pytest.fixture(scope='module')
+def train_arrays(data_dir):
+  return data.load_arrays(cfg(data_dir), 'train')
+
+
+def take(iterator, k):
+  return list(itertools.islice(iterator, k))
+
+
+def assert_batches_equal(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b, strict=True):
+    assert x.keys() == y.keys()
+    for key in x:
+      np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+
+
+def test_epoch_permutation_and_train_indices():
+  n, b = 100, 16
+  spe = n // b  # 6 batches per epoch; 4 examples of each permutation skipped
+  perm = data.epoch_permutation(3, 0, n)
+  assert perm.dtype == np.int32 and sorted(perm) == list(range(n))
+  np.testing.assert_array_equal(perm, data.epoch_permutation(3, 0, n))
+  assert not np.array_equal(perm, data.epoch_permutation(3, 1, n))
+  assert not np.array_equal(perm, data.epoch_permutation(4, 0, n))
+  indices = data.train_indices(3, 0, 3 * spe, b, n)
+  assert indices.shape == (3 * spe, b) and indices.dtype == np.int32
+  for epoch in range(3):
+    expected = data.epoch_permutation(3, epoch, n)[:spe * b].reshape(spe, b)
+    np.testing.assert_array_equal(indices[epoch * spe:(epoch + 1) * spe], expected)
+  # Any window equals the same rows of a longer run.
+  np.testing.assert_array_equal(data.train_indices(3, 5, 4, b, n), indices[5:9])
+
+
+def test_stream_plan_matches_documented_order():
+  n, b, block = 103, 10, 25
+  full = order.stream_epoch_order(7, 2, n, block)
+  assert sorted(full) == list(range(n))
+  starts, _, offsets, rows = order.stream_epoch_plan(7, 2, n, b, block)
+  emitted = np.concatenate([starts[j] + rows[offsets[j]:offsets[j + 1]]
+                            for j in range(len(starts))])
+  np.testing.assert_array_equal(emitted, full[:100])  # remainder of 3 cut
+  starts, _, offsets, rows = order.stream_epoch_plan(7, 2, n, b, block, skip_steps=4)
+  resumed = np.concatenate([starts[j] + rows[offsets[j]:offsets[j + 1]]
+                            for j in range(len(starts))])
+  np.testing.assert_array_equal(resumed, full[40:100])
+  assert order.shard_pieces(90, 30, [50, 50, 50]) == [(1, 40, 10), (2, 0, 20)]
+
+
+@pytest.mark.parametrize('backend', ['memory', 'stream'])
+def test_recreated_at_any_step(data_dir, backend):
+  c = cfg(data_dir, backend=backend)
+  spe = N_TRAIN // BATCH  # 9
+  from_start = take(data.make_train_iterator(c, batch_size=BATCH, data_seed=1, start_step=0),
+                    3 * spe + 2)
+  for s in (1, spe - 1, spe, 2 * spe + 3):
+    resumed = take(data.make_train_iterator(c, batch_size=BATCH, data_seed=1, start_step=s),
+                   len(from_start) - s)
+    assert_batches_equal(from_start[s:], resumed)
+  epochs = [int(x['epoch'][0]) for x in from_start]
+  assert epochs == [step // spe for step in range(len(from_start))]
+  for epoch in range(3):
+    seen = np.concatenate([x['index'] for x in from_start[epoch * spe:(epoch + 1) * spe]])
+    assert len(np.unique(seen)) == spe * BATCH  # no repeats within an epoch
+
+
+@pytest.mark.parametrize('backend', ['memory', 'stream'])
+def test_batches_content_and_order(data_dir, train_arrays, backend):
+  c = cfg(data_dir, backend=backend)
+  batches = take(data.make_train_iterator(c, batch_size=BATCH, data_seed=2, start_step=0), 10)
+  for x in batches:
+    assert x['image'].dtype == np.uint8 and x['image'].shape == (BATCH, 28, 28, 1)
+    assert x['index'].dtype == np.int32 and x['epoch'].dtype == np.int32
+    # 'index' is the canonical index in both back ends: the same image as load_arrays'.
+    np.testing.assert_array_equal(x['image'], train_arrays['image'][x['index']])
+  index = np.concatenate([x['index'] for x in batches])
+  spe = N_TRAIN // BATCH
+  if backend == 'memory':
+    expected = data.train_indices(2, 0, 10, BATCH, N_TRAIN).ravel()
+  else:
+    expected = np.concatenate([order.stream_epoch_order(2, e, N_TRAIN, 64)[:spe * BATCH]
+                               for e in range(2)])[:10 * BATCH]
+  np.testing.assert_array_equal(index, expected)
+
+
+@pytest.mark.parametrize('backend', ['memory', 'stream'])
+def test_processes_split_each_global_batch(data_dir, backend):
+  c = cfg(data_dir, backend=backend)
+  whole = take(data.make_train_iterator(c, batch_size=BATCH, data_seed=0, start_step=5), 4)
+  parts = [take(data.make_train_iterator(c, batch_size=BATCH, data_seed=0, start_step=5,
+                                         process_index=p, process_count=4), 4)
+           for p in range(4)]
+  for step, x in enumerate(whole):
+    for key in x:
+      np.testing.assert_array_equal(np.concatenate([p[step][key] for p in parts]), x[key])
+  with pytest.raises(ValueError, match='divisible'):
+    data.make_train_iterator(c, batch_size=30, data_seed=0, start_step=0, process_count=4)
+
+
+@pytest.mark.parametrize('backend', ['memory', 'stream'])
+@pytest.mark.parametrize('process_count', [1, 2])
+def test_eval_covers_every_example_once(data_dir, backend, process_count):
+  c = cfg(data_dir, backend=backend)
+  test = data.load_arrays(c, 'test')
+  seen, batches = [], 0
+  for p in range(process_count):
+    for x in data.eval_batches(c, 'test', batch_size=BATCH, process_index=p,
+                               process_count=process_count):
+      assert x['image'].shape == (BATCH // process_count, 28, 28, 1)
+      assert x['mask'].dtype == bool and x['index'].dtype == np.int32
+      valid = x['index'][x['mask']]
+      np.testing.assert_array_equal(x['image'][x['mask']], test['image'][valid])
+      assert (x['image'][~x['mask']] == 0).all()
+      seen.append(valid)
+      batches += 1
+  assert batches == process_count * -(-N_TEST // BATCH)  # the last batch padded, not dropped
+  np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.arange(N_TEST))
+
+
+def test_eval_with_preloaded_arrays(data_dir):
+  c = cfg(data_dir, backend='stream')
+  arrays = data.load_arrays(c, 'test')
+  from_arrays = list(data.eval_batches(c, 'test', batch_size=BATCH, arrays=arrays))
+  from_stream = list(data.eval_batches(c, 'test', batch_size=BATCH))
+  assert_batches_equal(from_arrays, from_stream)
+
+
+def test_dataset_info(data_dir):
+  info = data.dataset_info(cfg(data_dir))
+  assert info.name == 'mnist' and info.image_shape == (28, 28, 1)
+  assert info.num_examples == {'train': N_TRAIN, 'test': N_TEST}
+  assert info.entropy_nats is None and info.num_distinct is None
+  assert os.path.isdir(os.path.join(str(data_dir), 'mnist'))
