@@ -8,7 +8,8 @@ with runs that make the same choice (the Flax example, ../shared/bench/ref_*.py)
 likelihood use --config.model.likelihood=continuous_bernoulli or data.preprocess=dynamic_binarize.
 
 Offline here (Debian's package dataset-fashion-mnist), once:
-  python scripts/prepare_data.py --dataset=fashion_mnist --manual_dir=/usr/share/datasets/fashion-mnist
+  python scripts/prepare_data.py --dataset=fashion_mnist \
+      --manual_dir=/usr/share/datasets/fashion-mnist
 Then:
   python scripts/train.py --config=configs/fashion_mnist.py --workdir=/tmp/vae_fmnist
 

@@ -20,8 +20,10 @@ import sys
 import tempfile
 import time
 
-from absl import app, flags
-import ml_collections
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import ml_collections  # noqa: E402
+from absl import app, flags  # noqa: E402
 
 _MANUAL_DIR = flags.DEFINE_string('manual_dir', '/usr/share/datasets/fashion-mnist',
                                   'Fashion-MNIST idx files (Debian: dataset-fashion-mnist).')
@@ -41,9 +43,8 @@ def _time_prepare(dataset, data_dir, manual_dir=''):
          f'--dataset={dataset}', f'--data_dir={data_dir}']
   if manual_dir:
     cmd.append(f'--manual_dir={manual_dir}')
-  env = dict(os.environ, PYTHONPATH=_ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
   start = time.time()
-  out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+  out = subprocess.run(cmd, check=True, capture_output=True, text=True)
   return time.time() - start, json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -11,13 +11,16 @@ copies (e.g. Debian's dataset-fashion-mnist) are decoded and written under the o
 """
 
 import json
+import os
 import sys
 import time
 
-from absl import app, flags
-import ml_collections
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from vae_jax import data
+import ml_collections  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from vae_jax import data  # noqa: E402
 
 _DATASET = flags.DEFINE_string('dataset', None, "'sprites[/small]' or a TFDS name, e.g. mnist.",
                                required=True)

@@ -60,7 +60,7 @@ def test_two_processes_match_one_process_with_as_many_devices(tmp_path):
       cwd=ROOT, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
   outs = [p.communicate(timeout=600) for p in procs]
-  for p, (_, err) in zip(procs, outs):
+  for p, (_, err) in zip(procs, outs, strict=True):
     assert p.returncode == 0, err[-3000:]
 
   want, want_eval = _losses(single)

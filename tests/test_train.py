@@ -65,7 +65,7 @@ def test_fused_chunk_matches_single_steps():
   fused, _, _ = run_chunks(tiny_config(steps_per_call=4, **{'mesh.data': 1}), 1)
   single, _, _ = run_chunks(tiny_config(steps_per_call=1, **{'mesh.data': 1}), 4)
   assert int(fused.step) == int(single.step) == 4
-  for a, b in zip(jax.tree.leaves(fused.params), jax.tree.leaves(single.params)):
+  for a, b in zip(jax.tree.leaves(fused.params), jax.tree.leaves(single.params), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(fused.loss_momentum, single.loss_momentum, rtol=1e-5)
 
@@ -97,7 +97,7 @@ def test_shard_map_gradient_is_the_global_mean_gradient():
 
   want_loss, want = jax.value_and_grad(mean_loss)(params)
   np.testing.assert_allclose(sums['loss'], want_loss, rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want)):
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want), strict=True):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
 
 
@@ -166,7 +166,8 @@ def test_resume_continues_exactly(tmp_path):
   assert first['step'] == 10
   resumed = train.train_and_evaluate(tiny_config(), str(tmp_path / 'b'))
   assert resumed['step'] == 20
-  for a, b in zip(jax.tree.leaves(straight['state']), jax.tree.leaves(resumed['state'])):
+  pairs = zip(jax.tree.leaves(straight['state']), jax.tree.leaves(resumed['state']), strict=True)
+  for a, b in pairs:
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
