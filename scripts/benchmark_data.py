@@ -114,6 +114,7 @@ def main(argv):
   result['prepare_sprites_how'] = info['how']
 
   import jax
+  import tensorflow  # noqa: F401  (imported before timing load_arrays: ~5 s here)
 
   from vae_jax import data
 

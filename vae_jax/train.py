@@ -25,7 +25,7 @@ from vae_jax import data as data_lib
 from vae_jax import distributions, models, objectives, optim, sharding, validation
 from vae_jax import metrics as metrics_lib
 from vae_jax import state as state_lib
-from vae_jax.data.preprocess import preprocess
+from vae_jax.data.preprocess import gather_images, preprocess
 
 # Named randomness streams folded into the root key (never a device or process index).
 STREAM_INIT = 0        # parameter initialisation
@@ -207,7 +207,7 @@ def make_train_chunk(setup, backend):
   def body(state, xs):
     if backend == 'memory':
       data, index = xs
-      images = data[index]
+      images = gather_images(data, index)
     else:
       images, index = xs
     state, m = train_step(state, images, index)

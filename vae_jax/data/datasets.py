@@ -63,23 +63,30 @@ def ensure_prepared(data_cfg):
   builder = _load_builder(name, data_dir)
   if _is_prepared(builder):
     return builder, 'prepared'
-  if checks.split_name(name)[0] == checks.SPRITES:
-    how = 'generated'
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-  elif data_cfg.manual_dir:
-    from vae_jax.data import offline
+  try:
+    if checks.split_name(name)[0] == checks.SPRITES:
+      how = 'generated'
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    elif data_cfg.manual_dir:
+      from vae_jax.data import offline
 
-    how = offline.prepare_offline(name, data_cfg.manual_dir, data_dir)
-  elif data_cfg.download:
-    how = 'downloaded'
-    builder.download_and_prepare()
-  else:
-    # check_available saw some prepared version, but not the one this TFDS builds.
-    raise checks.DatasetMissingError(
-        f'{name} {builder.version} is not prepared in {data_dir} (found '
-        f'{checks.prepared_dirs(name, data_dir)}) and data.download=False. Prepare it with\n  '
-        f'{checks.prepare_command(data_cfg.name, data_cfg.data_dir)}')
+      how = offline.prepare_offline(name, data_cfg.manual_dir, data_dir)
+    elif data_cfg.download:
+      how = 'downloaded'
+      builder.download_and_prepare()
+    else:
+      # check_available saw some prepared version, but not the one this TFDS builds.
+      raise checks.DatasetMissingError(
+          f'{name} {builder.version} is not prepared in {data_dir} (found '
+          f'{checks.prepared_dirs(name, data_dir)}) and data.download=False. Prepare it '
+          f'with\n  {checks.prepare_command(data_cfg.name, data_cfg.data_dir)}')
+  except OSError:
+    # Processes sharing a data_dir may prepare at once: TFDS writes to a temporary folder
+    # and renames it, and only the first rename succeeds. The others use its result.
+    if not _is_prepared(builder):
+      raise
+    how = 'prepared'
   # A fresh builder reads everything (splits, label names, metadata) back from disk.
   return _load_builder(name, data_dir), how
 

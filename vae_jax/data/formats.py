@@ -122,14 +122,15 @@ _AMAT_SPLITS = {'train': 'train', 'validation': 'valid', 'test': 'test'}
 def read_amat(path):
   """Reads a .amat text file of single-digit values into uint8 [rows, values_per_row]."""
   with _open_maybe_gz(path) as f:
-    raw = np.frombuffer(f.read(), np.uint8)
-  # Vectorised parse (np.loadtxt takes ~10 s for the 50,000-row train file): every token must
-  # be one digit, separated by whitespace.
+    text = f.read()
+  raw = np.frombuffer(text, np.uint8)
+  # Vectorised parse, ~4x np.loadtxt's speed here (the train file has 39M values): every token
+  # must be one digit, separated by whitespace.
   digit = (raw >= ord('0')) & (raw <= ord('9'))
   space = np.isin(raw, np.frombuffer(b' \t\r\n', np.uint8))
   if not np.all(digit | space) or np.any(digit[1:] & digit[:-1]):
     raise ValueError(f'{path}: expected whitespace-separated single digits (binary .amat).')
-  lines = [line for line in bytes(raw).splitlines() if line.strip()]
+  lines = [line for line in text.splitlines() if line.strip()]
   values = raw[digit] - ord('0')
   if not lines or len(values) % len(lines):
     raise ValueError(f'{path}: {len(values)} values do not fill {len(lines)} rows.')
