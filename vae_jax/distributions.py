@@ -281,6 +281,26 @@ def _discretized_logistic_sample(loc, log_scale, logit_weights, key):
   return jnp.round((jnp.clip(y, -1.0, 1.0) + 1.0) * 127.5).astype(jnp.int32)
 
 
+def _flatten_events(params, x, trailing):
+  """Elementwise work on [..., B, H*W*C] rather than [..., B, H, W, C].
+
+  XLA's CPU loops over the 4-D form (trailing C = 1) ran the reconstruction term about 25%
+  slower here. Parameters that broadcast (a per-pixel sigma shared over the batch) are
+  broadcast first; anything that does not end in x's event shape is left as it was.
+  """
+  event = tuple(x.shape[1:])
+  n = len(event)
+  if n <= 1:
+    return params, x
+  shape = jnp.broadcast_shapes(*(v.shape for v in params.values()))
+  end = len(shape) - trailing
+  if end < n + 1 or tuple(shape[end - n:end]) != event:
+    return params, x
+  flat = shape[:end - n] + (math.prod(event),) + shape[end:]
+  params = {k: jnp.broadcast_to(v, shape).reshape(flat) for k, v in params.items()}
+  return params, x.reshape(x.shape[:1] + (-1,))
+
+
 def _check(name):
   if name not in LIKELIHOODS:
     raise ValueError(f'unknown likelihood {name!r}; expected one of {LIKELIHOODS}')
@@ -309,6 +329,7 @@ def likelihood_log_prob(name, params, x):
     log p(x|h): [B], or [..., B] with the params' leading sample axes.
   """
   _check(name)
+  params, x = _flatten_events(params, x, trailing=1 if name == 'discretized_logistic' else 0)
   if name == 'discretized_logistic':
     log_p = _discretized_logistic_log_prob(
         params['loc'], params['log_scale'], params['logit_weights'], x)

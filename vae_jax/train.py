@@ -172,17 +172,25 @@ def make_train_step(setup):
     eps = jax.lax.with_sharding_constraint(eps, sharding.batch_sharding(mesh))  # [B, D]
     grads, sums = sharded_grads(state.params, x, eps, state.hparams['beta'])
     grad_norm = optax.tree.norm(grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
     lr = state.hparams['learning_rate'] * schedule(state.step)
-    params = optax.apply_updates(state.params, optim.apply_learning_rate(updates, lr))
     finite = jnp.isfinite(sums['loss']) & jnp.isfinite(grad_norm)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+
+    def apply_update(operand):
+      grads, opt_state, params = operand
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, optim.apply_learning_rate(updates, lr)), opt_state
+
+    # A non-finite step changes nothing but the counters. lax.cond skips the whole optimizer
+    # update (cheaper than selecting between two copies of params and moments every step).
+    params, opt_state = jax.lax.cond(
+        finite, apply_update, lambda operand: (operand[2], operand[1]),
+        (grads, state.opt_state, state.params))
     momentum = objectives.momentum_update(state.loss_momentum, sums['loss'], gamma,
                                           state.step == 0)
     new_state = state.replace(
         step=state.step + 1,
-        params=keep(params, state.params),
-        opt_state=keep(opt_state, state.opt_state),
+        params=params,
+        opt_state=opt_state,
         loss_momentum=jnp.where(finite, momentum, state.loss_momentum),
         nonfinite_run=jnp.where(finite, 0, state.nonfinite_run + 1),
         nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32),
