@@ -46,7 +46,7 @@ def create_train_state(params, tx, config):
   )
 
 
-def model_key(state, stream):
-  """The key of one named randomness stream at the state's step: from (seed, step) only."""
-  key = jax.random.wrap_key_data(state.rng)
-  return jax.random.fold_in(jax.random.fold_in(key, stream), state.step)
+def model_key(state, stream, step=None):
+  """The key of one named randomness stream at a step (default: the state's): (seed, step)."""
+  key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), stream)
+  return jax.random.fold_in(key, state.step if step is None else step)

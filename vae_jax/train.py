@@ -149,10 +149,33 @@ def make_grad_fn(setup):
     (_, sums), grads = jax.value_and_grad(local_loss, has_aux=True)(params, x, eps, beta)
     return grads, jax.lax.psum(sums, sharding.DATA_AXIS)
 
+  if mesh.size == 1:
+    # One device: the shard_map would be the identity, but it kept XLA from fusing across its
+    # boundary (about 6% of the step on CPU here). Same maths, no psum needed.
+    def single_device(params, x, eps, beta):
+      (_, sums), grads = jax.value_and_grad(local_loss, has_aux=True)(params, x, eps, beta)
+      return grads, sums
+
+    return single_device
+
   return jax.shard_map(
       grads_and_sums, mesh=mesh,
       in_specs=(P(), P(sharding.DATA_AXIS), P(sharding.DATA_AXIS), P()),
       out_specs=(P(), P()))
+
+
+def posterior_noise(state, num_steps, batch, latent, mesh):
+  """eps [num_steps, B, D] for the steps state.step ... state.step + num_steps - 1.
+
+  Each step's draw comes from (seed, step) only; drawing a chunk's noise in one batched call
+  is the same as drawing it step by step, and cheaper than k small threefry calls on CPU.
+  With jax_threefry_partitionable the draw sharded over devices equals the unsharded one.
+  """
+  steps = state.step + jnp.arange(num_steps, dtype=state.step.dtype)
+  draw = lambda s: jax.random.normal(state_lib.model_key(state, STREAM_POSTERIOR, s),
+                                     (batch, latent))
+  eps = jax.vmap(draw)(steps)
+  return jax.lax.with_sharding_constraint(eps, sharding.batch_sharding(mesh, leading_axes=1))
 
 
 def make_train_step(setup):
@@ -164,12 +187,12 @@ def make_train_step(setup):
   schedule = optim.unit_schedule(config)
   sharded_grads = make_grad_fn(setup)
 
-  def train_step(state, images, index):
+  def train_step(state, images, index, eps=None):
     epoch = state.step // setup.steps_per_epoch
     x = preprocess(images, index, mode=config.data.preprocess, data_seed=config.data_seed,
                    epoch=epoch)                                                   # [B, H, W, C]
-    eps = jax.random.normal(state_lib.model_key(state, STREAM_POSTERIOR), (batch, latent))
-    eps = jax.lax.with_sharding_constraint(eps, sharding.batch_sharding(mesh))  # [B, D]
+    if eps is None:
+      eps = posterior_noise(state, 1, batch, latent, mesh)[0]                    # [B, D]
     grads, sums = sharded_grads(state.params, x, eps, state.hparams['beta'])
     grad_norm = optax.tree.norm(grads)
     lr = state.hparams['learning_rate'] * schedule(state.step)
@@ -212,20 +235,16 @@ def make_train_chunk(setup, backend):
   """
   train_step = make_train_step(setup)
 
-  def body(state, xs):
-    if backend == 'memory':
-      data, index = xs
-      images = gather_images(data, index)
-    else:
-      images, index = xs
-    state, m = train_step(state, images, index)
-    return state, m
+  c = setup.config
 
   def chunk(state, source, index):
+    eps = posterior_noise(state, index.shape[0], c.batch_size, c.model.latent_dim, setup.mesh)
     if backend == 'memory':
-      state, ms = jax.lax.scan(lambda s, i: body(s, (source, i)), state, index)
+      body = lambda s, xs: train_step(s, gather_images(source, xs[0]), xs[0], xs[1])
+      state, ms = jax.lax.scan(body, state, (index, eps))
     else:
-      state, ms = jax.lax.scan(body, state, (source, index))
+      body = lambda s, xs: train_step(s, *xs)
+      state, ms = jax.lax.scan(body, state, (source, index, eps))
     out = {k: jnp.sum(ms[k]) for k in _MEAN_KEYS}
     out['nonfinite'] = jnp.sum(ms['nonfinite'])
     out['steps'] = jnp.asarray(index.shape[0], jnp.int32)
