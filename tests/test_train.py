@@ -194,3 +194,14 @@ def test_readme_quickstart_command_runs(tmp_path):
   assert last['step'] == 20 and np.isfinite(last['neg_elbo'])
   assert (workdir / 'DONE').exists()
   assert (workdir / 'images' / 'samples_step_20.png').exists()
+
+
+@pytest.mark.slow
+def test_stream_and_memory_back_ends_train_deterministically_and_alike():
+  stream = tiny_config(steps_per_call=10, **{'data.backend': 'stream', 'data.shuffle_buffer': 4096})
+  _, first, _ = run_chunks(stream, 6)
+  _, again, _ = run_chunks(stream, 6)
+  np.testing.assert_array_equal(first, again)
+  _, memory, _ = run_chunks(tiny_config(steps_per_call=10), 6)
+  assert first[-1] < 0.8 * first[0] and memory[-1] < 0.8 * memory[0]
+  assert abs(first[-1] - memory[-1]) < 0.15 * memory[-1], (first, memory)
