@@ -1,10 +1,12 @@
 """The quickstart: an MLP VAE on the embedded generated sprites (no download).
 
-Command (about a minute of training on 2 CPU cores):
+Command (about 25 s of training on 2 CPU cores):
   python scripts/train.py --config=configs/default.py --workdir=/tmp/vae_sprites
 
-Expected result (measured here, see README): full test split neg_elbo about EXPECTED nats
-per example after 3000 steps. Tiny local smoke run:
+Expected result (measured here): full test split neg_elbo 37.8 nats per example after 3000
+steps (seed 0; about 25 s of training, plus about 15 s to generate the sprites the first time).
+The generated set's entropy is log 24488 = 10.11 nats, so the joint KL of the derivation,
+neg_elbo - H(data), is about 27.7 nats. Tiny local smoke run:
   python scripts/train.py --config=configs/default.py --workdir=/tmp/smoke \
       --config.num_train_steps=20 --config.steps_per_call=10 --config.log_every_steps=10 \
       --config.eval_every_steps=20 --config.checkpoint_every_steps=20
@@ -26,7 +28,7 @@ def get_config():
   c.data_seed = 0
   # Global batch over all devices and processes (split across the mesh's data axis).
   c.batch_size = 128
-  # About 17 epochs of the ~22k training sprites: converged enough to look good, ~1 minute.
+  # About 17 epochs of the 22k training sprites: converged enough to look good, ~25 s here.
   c.num_train_steps = 3000
   # Train steps fused into one jitted lax.scan call: amortises dispatch and host syncs.
   c.steps_per_call = 100
