@@ -158,6 +158,30 @@ def test_round_trip_is_bitwise_and_onto_another_mesh(run_with_checkpoints):
     assert len(leaf.sharding.device_set) == (1 if mesh_data == 1 else 8)
 
 
+def test_saved_on_one_device_restores_on_eight(tmp_path):
+  result = train.train_and_evaluate(tiny_config(num_train_steps=10, **{'mesh.data': 1}),
+                                    str(tmp_path))
+  config = tiny_config(num_train_steps=10)
+  setup = train.build_setup(config)
+  assert setup.mesh.size == 8
+  checkpointer = ckpt_lib.Checkpointer(str(tmp_path), config, create=False)
+  state, _ = checkpointer.restore_good(setup.abstract_state)
+  checkpointer.close()
+  _assert_bitwise(state, result['state'])
+  assert len(jax.tree.leaves(state.params)[0].sharding.device_set) == 8
+
+
+def test_resume_on_another_device_count_stays_within_1e_4(tmp_path):
+  straight = train.train_and_evaluate(tiny_config(**{'mesh.data': 1}), str(tmp_path / 'a'))
+  train.train_and_evaluate(tiny_config(num_train_steps=10, **{'mesh.data': 1}),
+                           str(tmp_path / 'b'))
+  resumed = train.train_and_evaluate(tiny_config(), str(tmp_path / 'b'))  # on 8 devices
+  assert resumed['num_devices'] == 8 and resumed['step'] == 20
+  pairs = zip(_leaves(straight['state'].params), _leaves(resumed['state'].params), strict=True)
+  for a, b in pairs:
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize('damage', ['flip', 'truncate'])
 def test_damaged_step_falls_back_to_the_previous_one(run_with_checkpoints, tmp_path, damage,
                                                      capfd):

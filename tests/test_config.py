@@ -111,8 +111,9 @@ def test_script_reports_user_errors_without_traceback(tmp_path, args, match):
 def test_script_rejects_a_mistyped_override(tmp_path):
   proc, _ = _run_script('--config=configs/default.py', f'--workdir={tmp_path}',
                         '--config.modle.latent_dim=3')
-  assert proc.returncode != 0
-  assert 'modle' in proc.stderr
+  assert proc.returncode == 2
+  assert 'modle' in proc.stderr and 'Did you mean "model"' in proc.stderr
+  assert 'Traceback' not in proc.stderr
 
 
 def test_script_rejects_a_workdir_that_is_a_file(tmp_path):

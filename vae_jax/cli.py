@@ -35,3 +35,21 @@ def check_data_available(data_cfg):
     data.check_available(data_cfg)
   except ValueError as e:
     raise validation.ConfigError(str(e)) from None
+
+
+def parse_flags(argv):
+  """absl flag parsing where a bad --config.a.b override is a one-line error, not a traceback.
+
+  Used as app.run(main, flags_parser=cli.parse_flags).
+  """
+  from absl import flags
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    message = str(e)
+  except (KeyError, AttributeError, TypeError, ValueError) as e:
+    message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+  print(f'error: {message}\nCheck the --config.* override against the fields declared in '
+        'configs/default.py (a config is locked: only existing fields can be set).',
+        file=sys.stderr)
+  sys.exit(2)
