@@ -54,7 +54,15 @@ def load_run(workdir, step=None, device=None):
   steps = checkpointer.all_steps()
   if not steps:
     raise FileNotFoundError(f'{workdir}/checkpoints holds no checkpoint.')
-  meta = checkpointer.restore_meta(step if step is not None else steps[-1])
+  meta = None
+  for candidate in ([step] if step is not None else reversed(steps)):
+    try:  # the newest readable metadata names the config and image shape
+      meta = checkpointer.restore_meta(candidate)
+      break
+    except Exception:  # noqa: BLE001 - a damaged step; restore_good below says which
+      continue
+  if meta is None:
+    raise FileNotFoundError(f'No readable checkpoint metadata in {workdir}/checkpoints.')
   config = ml_collections.ConfigDict(meta['config'])
   config.mesh.data = 1
   train.configure_jax(config)

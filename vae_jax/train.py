@@ -443,6 +443,11 @@ def train_and_evaluate(config, workdir, *, run_eval=True, save_checkpoints=True)
   metrics_lib.write_config(workdir, config)
   writer = metrics_lib.MetricWriter(workdir)
   step = int(state.step)
+  if step % config.steps_per_call:
+    raise validation.ConfigError(
+        f'The checkpoint is at step {step}, which is not a multiple of config.steps_per_call='
+        f'{config.steps_per_call}: fused chunks start at multiples of k. Resume with a '
+        'steps_per_call that divides it (e.g. the one the run was started with).')
   if step >= config.num_train_steps:
     log(f'Nothing to do: step {step} >= num_train_steps {config.num_train_steps}.')
 
