@@ -7,6 +7,7 @@ jax.make_array_from_process_local_data.
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -71,3 +72,38 @@ def test_two_processes_match_one_process_with_as_many_devices(tmp_path):
   assert got_eval['num_examples'] == want_eval['num_examples']
   # Only process 0 writes logs: one record per step, not two.
   assert (multi / 'DONE').read_text().strip() == '20'
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
+  """Only process 0 gets the signal; the flag is combined across processes every chunk, so
+  both finish the same chunk, write one checkpoint together and exit cleanly."""
+  script = os.path.join(ROOT, 'scripts', 'train.py')
+  flags = [f for f in FLAGS if not f.startswith(('--config.num_train_steps',
+                                                  '--config.steps_per_call',
+                                                  '--config.log_every_steps',
+                                                  '--config.checkpoint_every_steps'))]
+  flags += ['--config.num_train_steps=400', '--config.steps_per_call=5',
+            '--config.log_every_steps=5', '--config.checkpoint_every_steps=10']
+  port = _free_port()
+  env = dict(_env(2), VAE_JAX_TEST_PAUSE_AFTER_SAVE_START='1')
+  logs = [open(tmp_path / f'err{i}.txt', 'w') for i in range(2)]
+  procs = [subprocess.Popen(
+      [sys.executable, script, *flags, f'--workdir={tmp_path / "w"}',
+       f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}'],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE if i == 0 else subprocess.DEVNULL,
+      stderr=logs[i], text=True) for i in range(2)]
+  for line in procs[0].stdout:
+    if 'TEST PAUSE after save start of step 10' in line:
+      procs[0].send_signal(signal.SIGTERM)
+      break
+  out = procs[0].communicate(timeout=300)[0]
+  procs[1].wait(timeout=300)
+  for log in logs:
+    log.close()
+  assert procs[0].returncode == 0, (tmp_path / 'err0.txt').read_text()[-3000:]
+  assert procs[1].returncode == 0, (tmp_path / 'err1.txt').read_text()[-3000:]
+  assert 'Stopped by a signal at step' in out
+  steps = sorted(int(d) for d in os.listdir(tmp_path / 'w' / 'checkpoints') if d.isdigit())
+  assert 10 < steps[-1] < 400
+  assert not (tmp_path / 'w' / 'DONE').exists()
