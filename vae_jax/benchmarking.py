@@ -47,8 +47,7 @@ def benchmark(config, workdir, matmul_size=2048):
   records = metrics_lib.read_metrics(workdir, 'train')
   rates = [r['images_per_sec'] for r in records[1:]] or [records[0]['images_per_sec']]
   ips = statistics.median(rates)
-  setup = train.build_setup(config)
-  flops = step_flops(setup)
+  flops = step_flops(result['setup'])
   steps_per_sec = ips / config.batch_size
   matmul = matmul_flops_per_sec(matmul_size)
   return {

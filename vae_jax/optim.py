@@ -6,7 +6,6 @@ sweep over learning rates can share one compiled program (INTERFACES.md determin
 """
 
 import jax
-import jax.numpy as jnp
 import optax
 
 
@@ -43,7 +42,3 @@ def apply_learning_rate(updates, learning_rate):
   """updates * -learning_rate (a traced scalar)."""
   return jax.tree.map(lambda u: (-learning_rate * u).astype(u.dtype), updates)
 
-
-def learning_rate_at(config, step, learning_rate):
-  """The learning rate actually applied at `step` (for logs)."""
-  return learning_rate * unit_schedule(config)(step).astype(jnp.float32)

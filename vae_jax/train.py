@@ -95,10 +95,14 @@ def build_setup(config, mesh=None, image_shape=None):
                steps_per_epoch=steps_per_epoch, abstract_state=abstract)
 
 
+def _x_dtype(config):
+  """The model input's dtype: integers for discrete likelihoods, floats otherwise."""
+  return jnp.int32 if config.data.preprocess == 'uint8' else jnp.float32
+
+
 def _init_state(config, model, tx, image_shape):
   key = jax.random.fold_in(jax.random.key(config.seed), STREAM_INIT)
-  dtype = jnp.int32 if config.data.preprocess == 'uint8' else jnp.float32
-  x = jnp.zeros((1, *image_shape), dtype)
+  x = jnp.zeros((1, *image_shape), _x_dtype(config))
   eps = jnp.zeros((1, config.model.latent_dim), jnp.float32)
   params = model.init(key, x, eps)['params']
   return state_lib.create_train_state(params, tx, config)
@@ -115,10 +119,6 @@ def init_state(setup):
 
 # ----------------------------------------------------------------------------------------------
 # The pure steps.
-
-
-def _x_dtype(config):
-  return jnp.int32 if config.data.preprocess == 'uint8' else jnp.float32
 
 
 def per_example_terms(model, likelihood, params, x, eps):
@@ -147,19 +147,19 @@ def make_grad_fn(setup):
 
   def grads_and_sums(params, x, eps, beta):
     (_, sums), grads = jax.value_and_grad(local_loss, has_aux=True)(params, x, eps, beta)
-    return grads, jax.lax.psum(sums, sharding.DATA_AXIS)
+    return grads, sums
 
   if mesh.size == 1:
     # One device: the shard_map would be the identity, but it kept XLA from fusing across its
     # boundary (about 6% of the step on CPU here). Same maths, no psum needed.
-    def single_device(params, x, eps, beta):
-      (_, sums), grads = jax.value_and_grad(local_loss, has_aux=True)(params, x, eps, beta)
-      return grads, sums
+    return grads_and_sums
 
-    return single_device
+  def per_device(params, x, eps, beta):
+    grads, sums = grads_and_sums(params, x, eps, beta)
+    return grads, jax.lax.psum(sums, sharding.DATA_AXIS)
 
   return jax.shard_map(
-      grads_and_sums, mesh=mesh,
+      per_device, mesh=mesh,
       in_specs=(P(), P(sharding.DATA_AXIS), P(sharding.DATA_AXIS), P()),
       out_specs=(P(), P()))
 
@@ -297,10 +297,11 @@ def jit_eval_step(setup):
                  out_shardings=rep)
 
 
-def evaluate(setup, params, eval_step=None, split=None):
+def evaluate(setup, params, eval_step=None, split=None, arrays=None):
   """Exact metrics over the whole split: every example once, padded batches masked.
 
-  Returns nats per example: neg_elbo, recon, kl, plus num_examples.
+  `arrays` (from data.load_arrays) avoids reading the split again. Returns nats per example:
+  neg_elbo, recon, kl, plus num_examples.
   """
   config, mesh = setup.config, setup.mesh
   split = split or config.data.eval_split
@@ -308,7 +309,7 @@ def evaluate(setup, params, eval_step=None, split=None):
   totals = None
   for batch in data_lib.eval_batches(config.data, split, batch_size=config.eval_batch_size,
                                      process_index=jax.process_index(),
-                                     process_count=jax.process_count()):
+                                     process_count=jax.process_count(), arrays=arrays):
     g = sharding.host_to_global((batch['image'], batch['index'], batch['mask']), mesh)
     sums = eval_step(params, *g)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
@@ -428,7 +429,8 @@ def train_and_evaluate(config, workdir, *, run_eval=True, save_checkpoints=True)
 
   Returns:
     {'step': final step, 'compile_s': seconds to compile the fused chunk, 'eval': the last
-    eval record (None if none ran), 'num_devices': devices on the data axis}.
+    eval record (None if none ran), 'num_devices': devices on the data axis, 'state': the
+    final TrainState, 'setup': the Setup, 'preempted': whether a signal stopped the run}.
   """
   validation.validate_config(config)
   workdir = validation.validate_workdir(workdir)
@@ -440,20 +442,24 @@ def train_and_evaluate(config, workdir, *, run_eval=True, save_checkpoints=True)
 
   checkpointer = ckpt_lib.Checkpointer(workdir, config) if save_checkpoints else None
   state = restore_or_init(setup, checkpointer, log) if checkpointer else init_state(setup)
-  metrics_lib.write_config(workdir, config)
-  writer = metrics_lib.MetricWriter(workdir)
   step = int(state.step)
   if step % config.steps_per_call:
     raise validation.ConfigError(
         f'The checkpoint is at step {step}, which is not a multiple of config.steps_per_call='
         f'{config.steps_per_call}: fused chunks start at multiples of k. Resume with a '
         'steps_per_call that divides it (e.g. the one the run was started with).')
+  metrics_lib.write_config(workdir, config)
+  writer = metrics_lib.MetricWriter(workdir)
   if step >= config.num_train_steps:
     log(f'Nothing to do: step {step} >= num_train_steps {config.num_train_steps}.')
 
   feeder = ChunkFeeder(setup, step)
   eval_step = jit_eval_step(setup) if run_eval else None
   pictures = make_picture_fn(setup) if run_eval else None
+  # The memory back end holds the eval split once instead of re-reading it at every eval.
+  eval_arrays = None
+  if run_eval and config.data.backend == 'memory':
+    eval_arrays = data_lib.load_arrays(config.data, config.data.eval_split)
   eval_images, last_eval = None, None
   compile_s = 0.0
   if step < config.num_train_steps:
@@ -490,10 +496,11 @@ def train_and_evaluate(config, workdir, *, run_eval=True, save_checkpoints=True)
         _check_nonfinite(config, state, step)  # before anything new is saved
       did_eval = run_eval and not preempted and (step % config.eval_every_steps == 0 or final)
       if did_eval:
-        last_eval = evaluate(setup, state.params, eval_step)
+        last_eval = evaluate(setup, state.params, eval_step, arrays=eval_arrays)
         last_eval['split'] = config.data.eval_split
         writer.write(step, 'eval', last_eval)
-        eval_images = _write_pictures(setup, workdir, step, state.params, pictures, eval_images)
+        eval_images = _write_pictures(setup, workdir, step, state.params, pictures, eval_images,
+                                      eval_arrays)
         if is_main:
           progress.write(f'step {step}: {config.data.eval_split} neg_elbo '
                          f'{last_eval["neg_elbo"]:.3f} = recon {last_eval["recon"]:.3f} '
@@ -518,7 +525,7 @@ def train_and_evaluate(config, workdir, *, run_eval=True, save_checkpoints=True)
     with open(os.path.join(workdir, 'DONE'), 'w') as f:
       f.write(f'{int(state.step)}\n')
   return {'step': int(state.step), 'compile_s': compile_s, 'eval': last_eval,
-          'num_devices': sharding.data_axis_size(setup.mesh), 'state': state,
+          'num_devices': sharding.data_axis_size(setup.mesh), 'state': state, 'setup': setup,
           'preempted': preempted}
 
 
@@ -577,24 +584,25 @@ def _check_nonfinite(config, state, step):
         'clipping (config.optim.clip_norm).')
 
 
-def _write_pictures(setup, workdir, step, params, pictures, eval_images):
+def _write_pictures(setup, workdir, step, params, pictures, x, arrays=None):
+  """Reconstructions and prior samples of step `step` as PNG grids (inputs.png once).
+
+  Returns the preprocessed input images, for the next call.
+  """
   config = setup.config
-  if eval_images is None:
+  d = os.path.join(workdir, 'images')
+  if x is None:
     n = min(config.images.num, setup.info.num_examples[config.data.eval_split])
-    batch = next(iter(data_lib.eval_batches(config.data, config.data.eval_split, batch_size=n)))
+    batch = next(iter(data_lib.eval_batches(config.data, config.data.eval_split, batch_size=n,
+                                            arrays=arrays)))
     x = preprocess(jnp.asarray(batch['image']), jnp.asarray(batch['index']),
                    mode=config.data.preprocess, data_seed=config.data_seed)
-    eval_images = (np.asarray(x), x)
-  shown, x = eval_images
-  params_host = jax.device_get(params)
-  recon, samples = pictures(params_host, x)
-  if jax.process_index() == 0:
-    scale = 255.0 if np.issubdtype(shown.dtype, np.integer) else 1.0
-    d = os.path.join(workdir, 'images')
-    metrics_lib.save_png(os.path.join(d, 'inputs.png'), shown / scale)
-    metrics_lib.save_png(os.path.join(d, f'reconstructions_step_{step}.png'), np.asarray(recon))
-    metrics_lib.save_png(os.path.join(d, f'samples_step_{step}.png'), np.asarray(samples))
-  return eval_images
+    scale = 255.0 if jnp.issubdtype(x.dtype, jnp.integer) else 1.0
+    metrics_lib.save_png(os.path.join(d, 'inputs.png'), np.asarray(x) / scale)
+  recon, samples = pictures(jax.device_get(params), x)
+  metrics_lib.save_png(os.path.join(d, f'reconstructions_step_{step}.png'), np.asarray(recon))
+  metrics_lib.save_png(os.path.join(d, f'samples_step_{step}.png'), np.asarray(samples))
+  return x
 
 
 def _progress(config, start, enabled):

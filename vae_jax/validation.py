@@ -6,14 +6,14 @@ says what is wrong and what to do, so a bad sweep entry fails in seconds, not af
 
 import os
 
-ENCODERS = ('mlp', 'conv')
-DECODERS = ('mlp', 'conv')
-POSTERIORS = ('diag', 'full')
-LIKELIHOODS = ('bernoulli', 'continuous_bernoulli', 'gaussian', 'discretized_logistic')
+# The valid names live with the code that implements them (no TensorFlow is imported here).
+from vae_jax.data.checks import KNOWN_BACKENDS as BACKENDS
+from vae_jax.data.checks import KNOWN_PREPROCESS as PREPROCESS
+from vae_jax.distributions import LIKELIHOODS
+from vae_jax.models import DECODERS, ENCODERS, POSTERIORS
+
 OPTIMIZERS = ('adam', 'adamw')
 SCHEDULES = ('constant', 'warmup_cosine')
-PREPROCESS = ('grey', 'dynamic_binarize', 'threshold', 'uint8')
-BACKENDS = ('memory', 'stream')
 # Image sizes the conv encoder/decoder are built and tested for.
 CONV_SIZES = (28, 32, 64)
 
