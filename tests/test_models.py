@@ -242,6 +242,50 @@ def test_mlp_log_scale_is_half_the_logvar_head():
   np.testing.assert_allclose(q['log_scale'], 0.5 * logvar, rtol=1e-5, atol=1e-6)
 
 
+class _SeparateDenseHead(nn.Module):
+  """PosteriorHead's maths with one nn.Dense per head, as the Flax example writes it."""
+  latent_dim: int
+  posterior: str
+  shared: bool
+
+  @nn.compact
+  def __call__(self, feats):
+    d, b = self.latent_dim, feats.shape[0]
+    mean = nn.Dense(d, name='mean')(feats)
+    if self.shared:
+      logvar = jnp.broadcast_to(self.param('logvar', nn.initializers.zeros, (d,)), (b, d))
+    else:
+      logvar = nn.Dense(d, name='logvar')(feats)
+    if self.posterior == 'diag':
+      return {'mean': mean, 'log_scale': 0.5 * logvar}
+    n_off = d * (d - 1) // 2
+    if self.shared:
+      offdiag = jnp.broadcast_to(self.param('offdiag', nn.initializers.zeros, (n_off,)),
+                                 (b, n_off))
+    else:
+      offdiag = nn.Dense(n_off, kernel_init=nn.initializers.zeros, name='offdiag')(feats)
+    return {'mean': mean, 'scale_tril': models.scale_tril_from_raw(0.5 * logvar, offdiag)}
+
+
+@pytest.mark.parametrize('posterior,shared', itertools.product(models.POSTERIORS, (False, True)))
+def test_one_matmul_head_equals_separate_dense_heads(posterior, shared):
+  # The heads share one matmul of concatenated kernels; the parameter tree, its initial values
+  # and the outputs must be those of separate nn.Dense layers (checkpoints stay interchangeable).
+  feats = _x((7,), batch=5)
+  ours = models.PosteriorHead(4, posterior, shared)
+  theirs = _SeparateDenseHead(4, posterior, shared)
+  p_ours, p_theirs = ours.init(jax.random.key(0), feats), theirs.init(jax.random.key(0), feats)
+  assert jax.tree.structure(p_ours) == jax.tree.structure(p_theirs)
+  jax.tree.map(np.testing.assert_array_equal, p_ours, p_theirs)
+  # Random values everywhere (the off-diagonal head starts at zero).
+  leaves, tree = jax.tree.flatten(p_ours)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  params = tree.unflatten(
+      [jax.random.normal(k, a.shape) for k, a in zip(keys, leaves, strict=True)])
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6),
+               ours.apply(params, feats), theirs.apply(params, feats))
+
+
 def test_build_model_reads_config():
   cfg = _load_default_config()
   model = models.build_model(cfg.model, (32, 32, 1))

