@@ -137,6 +137,17 @@ def test_processes_split_each_global_batch(data_dir, backend):
     data.make_train_iterator(c, batch_size=30, data_seed=0, start_step=0, process_count=4)
 
 
+def test_process_rows():
+  # The one rule both the data iterators and the trainer's on-device feeder use.
+  assert data.process_rows(128, 0, 1) == (0, 128)
+  assert [data.process_rows(128, p, 4) for p in range(4)] == [(0, 32), (32, 32), (64, 32),
+                                                               (96, 32)]
+  with pytest.raises(ValueError, match='divisible'):
+    data.process_rows(30, 0, 4)
+  with pytest.raises(ValueError, match='process_index'):
+    data.process_rows(32, 4, 4)
+
+
 @pytest.mark.parametrize('backend', ['memory', 'stream'])
 @pytest.mark.parametrize('process_count', [1, 2])
 def test_eval_covers_every_example_once(data_dir, backend, process_count):

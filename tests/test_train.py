@@ -192,6 +192,8 @@ def test_readme_quickstart_command_runs(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   last = json.loads(proc.stdout.strip().splitlines()[-1])
   assert last['step'] == 20 and np.isfinite(last['neg_elbo'])
+  # Piped output: plain progress lines, no progress-bar redraws.
+  assert 'step 10/20: loss ' in proc.stdout and '\r' not in proc.stdout + proc.stderr
   assert (workdir / 'DONE').exists()
   assert (workdir / 'images' / 'samples_step_20.png').exists()
 

@@ -81,13 +81,6 @@ def host_to_global(local, mesh, leading_axes=0):
   return jax.tree.map(one, local)
 
 
-def process_rows(global_rows):
-  """This process's contiguous slice [p*n/P, (p+1)*n/P) of n global batch rows."""
-  p, count = jax.process_index(), jax.process_count()
-  per = global_rows // count
-  return slice(p * per, (p + 1) * per)
-
-
 def to_host(tree):
   """Fetches a (replicated or fully addressable) global tree as numpy, on every process."""
   return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)

@@ -354,7 +354,8 @@ class ChunkFeeder:
     c = setup.config
     self.backend = c.data.backend
     self.k = c.steps_per_call
-    self.rows = sharding.process_rows(c.batch_size)
+    lo, local = data_lib.process_rows(c.batch_size, jax.process_index(), jax.process_count())
+    self.rows = slice(lo, lo + local)
     if self.backend == 'memory':
       arrays = data_lib.load_arrays(c.data, c.data.train_split)
       self.n = arrays['image'].shape[0]
@@ -485,9 +486,13 @@ def train_and_evaluate(config, workdir, *, run_eval=True, save_checkpoints=True)
         now = time.perf_counter()
         rec = _train_record(acc, config.batch_size, now - t_log)
         writer.write(step, 'train', rec)
-        progress.set_postfix(loss=f'{rec["loss"]:.2f}', neg_elbo=f'{rec["neg_elbo"]:.2f}',
-                             img_s=f'{rec["images_per_sec"]:.0f}')
-        progress.update(step - progress.n)
+        if progress.disable:  # not a terminal: one plain line per log interval
+          log(f'step {step}/{config.num_train_steps}: loss {rec["loss"]:.3f}, neg_elbo '
+              f'{rec["neg_elbo"]:.3f} nats/example, {rec["images_per_sec"]:.0f} images/s')
+        else:
+          progress.set_postfix(loss=f'{rec["loss"]:.2f}', neg_elbo=f'{rec["neg_elbo"]:.2f}',
+                               img_s=f'{rec["images_per_sec"]:.0f}')
+          progress.update(step - progress.n)
         acc = None
       t_pause = time.perf_counter()
       save_now = checkpointer and (step % config.checkpoint_every_steps == 0 or final
@@ -606,6 +611,9 @@ def _write_pictures(setup, workdir, step, params, pictures, x, arrays=None):
 
 
 def _progress(config, start, enabled):
+  """A tqdm bar on a terminal; disabled (plain log lines instead) when stderr is a file or pipe,
+  where its carriage-return redraws would fill the log."""
   from tqdm import tqdm
-  return tqdm(total=config.num_train_steps, initial=start, disable=not enabled,
-              unit='step', dynamic_ncols=True, mininterval=1.0)
+  return tqdm(total=config.num_train_steps, initial=start,
+              disable=not (enabled and sys.stderr.isatty()), unit='step', dynamic_ncols=True,
+              mininterval=1.0)

@@ -15,7 +15,7 @@ from vae_jax.data.checks import (
 )
 from vae_jax.data.datasets import DataInfo, dataset_info, load_arrays, prepare
 from vae_jax.data.order import epoch_permutation, train_indices
-from vae_jax.data.pipeline import eval_batches, make_train_iterator
+from vae_jax.data.pipeline import eval_batches, make_train_iterator, process_rows
 
 __all__ = [
     'KNOWN_BACKENDS',
@@ -29,6 +29,7 @@ __all__ = [
     'load_arrays',
     'make_train_iterator',
     'prepare',
+    'process_rows',
     'train_indices',
     'validate_data_config',
 ]

@@ -15,7 +15,8 @@ from vae_jax.data import datasets, order
 _INDEX_CHUNK = 256
 
 
-def _process_rows(batch_size, process_index, process_count):
+def process_rows(batch_size, process_index, process_count):
+  """(first row, row count) of this process's contiguous share of each global batch."""
   if process_count < 1 or not 0 <= process_index < process_count:
     raise ValueError(f'Bad process_index {process_index} of process_count {process_count}.')
   if batch_size % process_count:
@@ -33,7 +34,7 @@ def make_train_iterator(data_cfg, *, batch_size, data_seed, start_step, process_
     {'image': uint8 [B/P, H, W, C], 'index': int32 [B/P], 'epoch': int32 [B/P]}. Batches from
     step s are the same whether reached from step 0 or recreated at s (see `order`).
   """
-  lo, local = _process_rows(batch_size, process_index, process_count)
+  lo, local = process_rows(batch_size, process_index, process_count)
   if data_cfg.backend == 'memory':
     arrays = datasets.load_arrays(data_cfg, data_cfg.train_split)
     return _memory_train(arrays['image'], batch_size=batch_size, data_seed=data_seed,
@@ -134,7 +135,7 @@ def eval_batches(data_cfg, split, *, batch_size, process_index=0, process_count=
   Yields:
     {'image': uint8 [B/P, H, W, C], 'index': int32 [B/P], 'mask': bool [B/P]}.
   """
-  lo, local = _process_rows(batch_size, process_index, process_count)
+  lo, local = process_rows(batch_size, process_index, process_count)
   if arrays is None and data_cfg.backend == 'memory':
     arrays = datasets.load_arrays(data_cfg, split)
   if arrays is not None:
