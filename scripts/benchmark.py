@@ -34,9 +34,7 @@ def main(argv):
   config = FLAGS.config
 
   def run():
-    if config is None:
-      raise validation.ConfigError('--config=configs/NAME.py is required.')
-    k = config.steps_per_call
+    k = cli.require_config(config).steps_per_call
     with config.unlocked():
       config.num_train_steps = k * (FLAGS.chunks + 1)
       config.log_every_steps = k

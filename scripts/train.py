@@ -30,8 +30,7 @@ def main(argv):
 
   def run():
     # Everything a user can get wrong is checked before TensorFlow or a compile.
-    if config is None:
-      raise validation.ConfigError('--config=configs/NAME.py is required.')
+    cli.require_config(config)
     validation.validate_config(config)
     validation.validate_workdir(FLAGS.workdir)
     cli.check_data_available(config.data)

@@ -314,6 +314,12 @@ def test_unwritable_workdir(tmp_path):
   assert 'Traceback' not in proc.stderr
 
 
+def test_missing_config_flag(tmp_path):
+  proc, _ = _script_error(f'--workdir={tmp_path / "w"}')
+  assert proc.returncode == 2 and '--config=configs/NAME.py is required' in proc.stderr
+  assert 'Traceback' not in proc.stderr
+
+
 def test_json_config_is_kept(run_with_checkpoints):
   workdir, _ = run_with_checkpoints
   with open(os.path.join(workdir, 'config.json')) as f:

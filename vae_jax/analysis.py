@@ -64,12 +64,9 @@ def load_run(workdir, step=None, device=None):
   if meta is None:
     raise FileNotFoundError(f'No readable checkpoint metadata in {workdir}/checkpoints.')
   config = ml_collections.ConfigDict(meta['config'])
-  config.mesh.data = 1
   train.configure_jax(config)
   device = device or jax.local_devices()[0]
-  mesh = Mesh(np.asarray([device]), (sharding.DATA_AXIS,))
-  with config.unlocked():
-    config.batch_size = config.eval_batch_size = 1  # one device: any batch splits
+  mesh = Mesh(np.asarray([device]), (sharding.DATA_AXIS,))  # one device: any batch splits
   setup = train.build_setup(config, mesh=mesh, image_shape=tuple(meta['image_shape']))
   state, meta = checkpointer.restore_good(setup.abstract_state, step=step)
   checkpointer.close()

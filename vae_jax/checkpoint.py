@@ -86,7 +86,7 @@ class Checkpointer:
   def save(self, step, state, config, image_shape, eval_metrics=None):
     """Saves (asynchronously if configured) the state, the data position and the config."""
     self._digest_committed()  # the previous save has committed by the time this one starts
-    meta = {'step': int(step), 'data_position': int(step), 'image_shape': list(image_shape),
+    meta = {'step': int(step), 'image_shape': list(image_shape),
             'config': json.loads(config.to_json())}
     metrics = None
     if eval_metrics is not None:

@@ -23,6 +23,14 @@ def run_reporting_user_errors(fn):
     sys.exit(2)
 
 
+def require_config(config):
+  """The --config flag's ConfigDict; a missing flag is a user error."""
+  if config is None:
+    from vae_jax import validation
+    raise validation.ConfigError('--config=configs/NAME.py is required.')
+  return config
+
+
 def print_json(record):
   """The last stdout line of every script that reports numbers: one JSON object."""
   print(json.dumps(record, sort_keys=True), flush=True)

@@ -52,6 +52,13 @@ def _log_diag(scale_tril):
   return jnp.log(jnp.diagonal(scale_tril, axis1=-2, axis2=-1))
 
 
+def _half_log_det(post):
+  """0.5 log det Sigma = log det L: [...] (the posterior's batch shape, or none if shared)."""
+  if _is_full(post):
+    return jnp.sum(_log_diag(post['scale_tril']), axis=-1)
+  return jnp.sum(post['log_scale'], axis=-1)
+
+
 def gaussian_rsample(post, eps):
   """Reparameterized sample h = mean + L eps.
 
@@ -80,21 +87,15 @@ def gaussian_log_prob(post, h):
     # z = L^{-1} (h - mean), so (h - mean)^T Sigma^{-1} (h - mean) = |z|^2; no inverse formed.
     z = jax.lax.linalg.triangular_solve(scale_tril, diff[..., None], left_side=True, lower=True)
     z = z[..., 0]
-    log_det_half = jnp.sum(_log_diag(scale_tril), axis=-1)  # log |L| = 0.5 log |Sigma|
   else:
     z = diff * jnp.exp(-post['log_scale'])
-    log_det_half = jnp.sum(post['log_scale'], axis=-1)
-  return -0.5 * jnp.sum(jnp.square(z), axis=-1) - log_det_half - 0.5 * d * _LOG_2PI
+  return -0.5 * jnp.sum(jnp.square(z), axis=-1) - _half_log_det(post) - 0.5 * d * _LOG_2PI
 
 
 def gaussian_entropy(post):
   """H[q] = 0.5 log det(2 pi e Sigma): [B]."""
   d = post['mean'].shape[-1]
-  if _is_full(post):
-    log_det_half = jnp.sum(_log_diag(post['scale_tril']), axis=-1)
-  else:
-    log_det_half = jnp.sum(post['log_scale'], axis=-1)
-  ent = log_det_half + 0.5 * d * (1.0 + _LOG_2PI)
+  ent = _half_log_det(post) + 0.5 * d * (1.0 + _LOG_2PI)
   return jnp.broadcast_to(ent, _batch_shape(post))
 
 

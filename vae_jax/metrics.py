@@ -16,8 +16,8 @@ import numpy as np
 class MetricWriter:
   """Appends one JSON object per line to DIR/metrics.jsonl and mirrors scalars to TensorBoard."""
 
-  def __init__(self, workdir, enabled=None):
-    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+  def __init__(self, workdir):
+    self.enabled = jax.process_index() == 0  # only process 0 writes
     self._path = os.path.join(workdir, 'metrics.jsonl')
     self._tb = None
     if self.enabled:

@@ -142,7 +142,7 @@ def make_grad_fn(setup):
   def local_loss(params, x, eps, beta):
     terms = per_example_terms(model, likelihood, params, x, eps)   # each [B_local]
     terms['loss'] = objectives.training_loss(terms, beta)           # [B_local]
-    sums = objectives.reduce_terms(terms, jnp.ones_like(terms['loss']), batch)
+    sums = objectives.reduce_terms(terms, None, batch)
     return sums['loss'], sums
 
   def grads_and_sums(params, x, eps, beta):
@@ -436,7 +436,6 @@ def train_and_evaluate(config, workdir, *, run_eval=True, save_checkpoints=True)
   validation.validate_config(config)
   workdir = validation.validate_workdir(workdir)
   configure_jax(config)
-  data_lib.check_available(config.data)
   setup = build_setup(config)
   is_main = jax.process_index() == 0
   log = print if is_main else (lambda *a, **k: None)

@@ -7,8 +7,7 @@ says what is wrong and what to do, so a bad sweep entry fails in seconds, not af
 import os
 
 # The valid names live with the code that implements them (no TensorFlow is imported here).
-from vae_jax.data.checks import KNOWN_BACKENDS as BACKENDS
-from vae_jax.data.checks import KNOWN_PREPROCESS as PREPROCESS
+from vae_jax.data.checks import validate_data_config
 from vae_jax.distributions import LIKELIHOODS
 from vae_jax.models import DECODERS, ENCODERS, POSTERIORS
 
@@ -72,11 +71,10 @@ def validate_config(config, num_devices=None):
     raise ConfigError('config.max_consecutive_nonfinite must be >= 0.')
 
   d = config.data
-  _choice(d.preprocess, PREPROCESS, 'data.preprocess')
-  _choice(d.backend, BACKENDS, 'data.backend')
-  if not isinstance(d.name, str) or not d.name:
-    raise ConfigError('config.data.name must be a dataset name: sprites or a TFDS name.')
-  _positive(d.shuffle_buffer, 'data.shuffle_buffer')
+  try:  # the data package owns its settings' rules
+    validate_data_config(d)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
 
   m = config.model
   _choice(m.encoder, ENCODERS, 'model.encoder')
@@ -126,11 +124,11 @@ def validate_batch_split(config, num_devices):
   for field in ('batch_size', 'eval_batch_size'):
     b = config[field]
     if b % num_devices:
-      lo = max(num_devices, (b // num_devices) * num_devices)
+      near = ' or '.join(str(v) for v in _nearest_multiples(b, num_devices))
       raise ConfigError(
           f'config.{field}={b} cannot be split evenly over {num_devices} devices on the data '
-          f'axis. Use a multiple of {num_devices} (e.g. {lo} or {lo + num_devices}), or run on '
-          'fewer devices (config.mesh.data).')
+          f'axis. Use a multiple of {num_devices} (e.g. {near}), or run on fewer devices '
+          '(config.mesh.data).')
 
 
 def validate_image_shape(config, image_shape):
@@ -155,7 +153,8 @@ def validate_workdir(workdir):
   probe = workdir
   while not os.path.exists(probe):
     probe = os.path.dirname(probe)
-  if not os.access(probe, os.W_OK | os.X_OK):
-    raise ConfigError(f'--workdir={workdir} cannot be written ({probe} is not writable). Choose '
+  if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
+    why = 'is a file' if not os.path.isdir(probe) else 'is not writable'
+    raise ConfigError(f'--workdir={workdir} cannot be written ({probe} {why}). Choose '
                       'a folder you can write to.')
   return workdir
