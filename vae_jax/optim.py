@@ -1,8 +1,10 @@
-"""The optax optimizer and learning-rate schedule from the config.
+"""The optax optimizer and the ONE learning-rate schedule that the update and the logs share.
 
-The peak learning rate is not baked into the transform: the transform ends with the schedule's
-*shape* (1 at the peak) and the step multiplies by the traced `hparams['learning_rate']`, so a
-sweep over learning rates can share one compiled program (INTERFACES.md determinism rules).
+The peak learning rate is not baked into the transform: the transform stops at the direction
+(clip -> Adam moments -> decoupled weight decay), and the train step multiplies it by
+`learning_rate(config, peak, step)`, whose peak is the traced `hparams['learning_rate']`. So a
+sweep over learning rates shares one compiled program, and the logged rate is the applied one.
+For adamw this is optax.adamw's update: the weight decay is scaled by the learning rate too.
 """
 
 import jax
@@ -10,7 +12,7 @@ import optax
 
 
 def unit_schedule(config):
-  """Learning-rate multiplier per step (peak 1)."""
+  """Learning-rate multiplier per step (peak 1), a function of the step counter."""
   o = config.optim
   if o.schedule == 'constant':
     return optax.constant_schedule(1.0)
@@ -21,11 +23,18 @@ def unit_schedule(config):
   raise ValueError(f'unknown schedule {o.schedule!r}')
 
 
-def make_optimizer(config):
-  """Clip (optional) -> Adam moments -> decoupled weight decay (adamw) -> schedule shape.
+def learning_rate(config, peak, step):
+  """The learning rate applied at `step` (skipped non-finite steps count, as the data moves on).
 
-  The caller scales the result by -learning_rate; for adamw that gives optax.adamw's update
-  (weight decay multiplied by the learning rate).
+  `peak` may be traced (state.hparams['learning_rate']).
+  """
+  return peak * unit_schedule(config)(step)
+
+
+def make_optimizer(config):
+  """Clip (optional) -> Adam moments -> decoupled weight decay (adamw): the update direction.
+
+  The caller scales the result by -learning_rate(config, peak, step) (`apply_learning_rate`).
   """
   o = config.optim
   parts = []
@@ -34,11 +43,9 @@ def make_optimizer(config):
   parts.append(optax.scale_by_adam())
   if o.name == 'adamw':
     parts.append(optax.add_decayed_weights(o.weight_decay))
-  parts.append(optax.scale_by_schedule(unit_schedule(config)))
   return optax.chain(*parts)
 
 
-def apply_learning_rate(updates, learning_rate):
-  """updates * -learning_rate (a traced scalar)."""
-  return jax.tree.map(lambda u: (-learning_rate * u).astype(u.dtype), updates)
-
+def apply_learning_rate(updates, lr):
+  """updates * -lr (a traced scalar)."""
+  return jax.tree.map(lambda u: (-lr * u).astype(u.dtype), updates)

@@ -184,7 +184,6 @@ def make_train_step(setup):
   batch = config.batch_size
   latent = config.model.latent_dim
   gamma = config.loss_momentum_gamma
-  schedule = optim.unit_schedule(config)
   sharded_grads = make_grad_fn(setup)
 
   def train_step(state, images, index, eps=None):
@@ -195,7 +194,7 @@ def make_train_step(setup):
       eps = posterior_noise(state, 1, batch, latent, mesh)[0]                    # [B, D]
     grads, sums = sharded_grads(state.params, x, eps, state.hparams['beta'])
     grad_norm = optax.tree.norm(grads)
-    lr = state.hparams['learning_rate'] * schedule(state.step)
+    lr = optim.learning_rate(config, state.hparams['learning_rate'], state.step)
     finite = jnp.isfinite(sums['loss']) & jnp.isfinite(grad_norm)
 
     def apply_update(operand):
