@@ -17,6 +17,8 @@ def get_config():
   c.data.name = 'binarized_mnist'
   c.data.preprocess = 'grey'          # the stored values are already 0/1
   c.data.download = True
+  c.data.train_split = 'train'
+  c.data.valid_split = 'validation'
   c.batch_size = 128
   c.num_train_steps = 3900            # 10 epochs of 50000 // 128 = 390 steps
   c.steps_per_call = 390

@@ -20,6 +20,8 @@ def get_config():
   c.data.name = 'cifar10'
   c.data.preprocess = 'uint8'
   c.data.download = True
+  c.data.train_split = 'train[:45000]'
+  c.data.valid_split = 'train[45000:]'
   c.batch_size = 128
   c.num_train_steps = 39000           # 100 epochs of 50000 // 128 = 390 steps
   c.steps_per_call = 390

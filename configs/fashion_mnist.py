@@ -26,6 +26,8 @@ def get_config():
   c.data.name = 'fashion_mnist'
   c.data.preprocess = 'grey'          # x / 255, as the Flax example
   c.data.download = True              # online: TFDS downloads; offline: set data.manual_dir
+  c.data.train_split = 'train[:55000]'
+  c.data.valid_split = 'train[55000:]'
   c.batch_size = 128
   c.num_train_steps = 4680            # 10 epochs of 60000 // 128 = 468 steps
   c.steps_per_call = 468              # one epoch per fused call

@@ -21,6 +21,8 @@ def get_config():
   c.data.name = 'mnist'
   c.data.preprocess = 'dynamic_binarize'
   c.data.download = True
+  c.data.train_split = 'train[:55000]'
+  c.data.valid_split = 'train[55000:]'
   c.batch_size = 128
   c.num_train_steps = 23400           # 50 epochs of 468 steps
   c.steps_per_call = 468

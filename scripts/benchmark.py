@@ -2,17 +2,17 @@
 
   python scripts/benchmark.py --config=configs/fashion_mnist.py [--chunks=5] [--config.a.b=v]
 
-Compiles, then runs `--chunks` fused calls of config.steps_per_call steps through
-`train.train_and_evaluate` itself (logging every chunk), so its figure is the one training
-logs. The last stdout line is one JSON object: images_per_sec (median over the timed chunks,
-compile excluded), step_ms, compile_s, peak_rss_mb, num_devices, global_batch_size, the model's
-FLOP/s (from the compiled single step's cost analysis) and a float32 matmul rate measured in
-the same process, for a sense of how close to the machine's peak the step runs.
+Compiles, then runs one warm-up and `--chunks` timed fused calls of config.steps_per_call steps
+of the trainer's own compiled chunk, with the next call's inputs prepared while one runs, as in
+the training loop (no evaluation, no checkpoints). The last stdout line is one JSON object:
+images_per_sec (median over the timed chunks, compile excluded), step_ms, compile_s,
+peak_rss_mb, num_devices, global_batch_size, the model's FLOP/s (from the compiled single
+step's cost analysis) and a float32 matmul rate measured in the same process, for a sense of
+how close to the machine's peak the step runs.
 """
 
 import os
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow (TFDS) start-up chatter
@@ -34,18 +34,13 @@ def main(argv):
   config = FLAGS.config
 
   def run():
-    k = cli.require_config(config).steps_per_call
+    cli.require_config(config)
     with config.unlocked():
-      config.num_train_steps = k * (FLAGS.chunks + 1)
-      config.log_every_steps = k
-      config.eval_every_steps = config.num_train_steps
-      config.checkpoint_every_steps = config.num_train_steps
       config.compilation_cache = ''  # compile time is part of the report
     validation.validate_config(config)
     cli.check_data_available(config.data)
     from vae_jax import benchmarking
-    with tempfile.TemporaryDirectory() as workdir:
-      return benchmarking.benchmark(config, workdir, FLAGS.matmul_size)
+    return benchmarking.benchmark(config, FLAGS.chunks, FLAGS.matmul_size)
 
   cli.print_json(cli.run_reporting_user_errors(run))
 

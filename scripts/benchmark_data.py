@@ -6,9 +6,10 @@ r"""Measures the data layer: preparation times and batch throughput of both back
 Prepares Fashion-MNIST from --manual_dir (Debian's package by default) and the default sprites,
 each in a fresh process through scripts/prepare_data.py (wall time, TensorFlow import
 included), into a temporary data_dir unless --data_dir is given. Then times:
-- memory: uint8 train images on device (jax.device_put), indices from train_indices, gather +
-  preprocess jitted over k = steps_per_call steps at once (the [k, B, H, W, C] batches are the
-  output), block_until_ready; per mode and k (keys memory_MODE_kK_images_per_sec);
+- memory: uint8 train images on device (jax.device_put), rows and keys from
+  memory_train_indices (the trainer's feeder's), gather + preprocess jitted over
+  k = steps_per_call steps at once (the [k, B, H, W, C] batches are the output),
+  block_until_ready; per mode and k (keys memory_MODE_kK_images_per_sec);
 - stream: make_train_iterator(backend='stream') batches on the host.
 Prints one JSON line last.
 """
@@ -23,8 +24,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow (TFDS) start-up chatter
 
-import ml_collections  # noqa: E402
 from absl import app, flags  # noqa: E402
+
+from configs import default  # noqa: E402
 
 _MANUAL_DIR = flags.DEFINE_string('manual_dir', '/usr/share/datasets/fashion-mnist',
                                   'Fashion-MNIST idx files (Debian: dataset-fashion-mnist).')
@@ -50,33 +52,37 @@ def _time_prepare(dataset, data_dir, manual_dir=''):
 
 
 def _cfg(data_dir, backend='memory'):
-  return ml_collections.ConfigDict({
-      'name': 'fashion_mnist', 'preprocess': 'grey', 'manual_dir': '', 'data_dir': data_dir,
-      'download': False, 'backend': backend, 'shuffle_buffer': 10_000, 'train_split': 'train',
-      'eval_split': 'test'})
+  """The default data config for the prepared Fashion-MNIST, training on the whole train split."""
+  cfg = default.get_config().data
+  cfg.update(name='fashion_mnist', data_dir=data_dir, backend=backend, shuffle_buffer=10_000,
+             train_split='train', valid_split='test', eval_split='test')
+  return cfg
 
 
-def _memory_rate(images, mode, *, batch_size, steps, steps_per_call, data_seed=0):
+def _memory_rate(images, base_index, mode, *, batch_size, steps, steps_per_call, data_seed=0):
   """Images/s of device batches: host indices -> device, jitted gather + preprocess."""
   import jax
   import jax.numpy as jnp
   import numpy as np
 
-  from vae_jax.data import order, preprocess
+  from vae_jax import data
+  from vae_jax.data import preprocess
 
   n = images.shape[0]
-  spe = order.steps_per_epoch(n, batch_size)
 
   @jax.jit
-  def batches(images, index, epoch):
-    # index: [k, B] -> [k, B, H, W, C], materialised (returned), like a fused train chunk's input.
-    return preprocess.preprocess(preprocess.gather_images(images, index), index, mode=mode,
+  def batches(images, positions, index, epoch):
+    # [k, B] -> [k, B, H, W, C], materialised (returned), like a fused train chunk's input.
+    return preprocess.preprocess(preprocess.gather_images(images, positions), index, mode=mode,
                                  data_seed=data_seed, epoch=epoch[:, None])
 
   def call(step):
-    index = order.train_indices(data_seed, step, steps_per_call, batch_size, n)
-    epoch = (np.arange(step, step + steps_per_call) // spe).astype(np.int32)
-    return batches(images, jax.device_put(index), jax.device_put(epoch))
+    positions, index = data.memory_train_indices(
+        base_index, data_seed=data_seed, start_step=step, num_steps=steps_per_call,
+        batch_size=batch_size)
+    epoch = data.epoch_of(np.arange(step, step + steps_per_call), n, batch_size)
+    return batches(images, jax.device_put(positions), jax.device_put(index),
+                   jax.device_put(epoch.astype(np.int32)))
 
   call(0).block_until_ready()  # compile
   start = time.perf_counter()
@@ -125,8 +131,8 @@ def main(argv):
   images = jax.device_put(arrays['image'])
   for mode in ('grey', 'dynamic_binarize', 'threshold', 'uint8'):
     for k in map(int, _STEPS_PER_CALL.value):
-      rate = _memory_rate(images, mode, batch_size=_BATCH.value, steps=_STEPS.value,
-                          steps_per_call=k)
+      rate = _memory_rate(images, arrays['index'], mode, batch_size=_BATCH.value,
+                          steps=_STEPS.value, steps_per_call=k)
       result[f'memory_{mode}_k{k}_images_per_sec'] = round(rate)
   rate = _stream_rate(_cfg(data_dir, 'stream'), batch_size=_BATCH.value,
                       steps=_STREAM_STEPS.value)

@@ -18,9 +18,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow (TFDS) start-up chatter
 
-import ml_collections  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from configs import default  # noqa: E402
 from vae_jax import data  # noqa: E402
 
 _DATASET = flags.DEFINE_string('dataset', None, "'sprites[/small]' or a TFDS name, e.g. mnist.",
@@ -34,10 +34,11 @@ _DOWNLOAD = flags.DEFINE_bool('download', False, 'Allow TFDS to download (networ
 def main(argv):
   del argv
   start = time.time()
-  cfg = ml_collections.ConfigDict({
-      'name': _DATASET.value, 'manual_dir': _MANUAL_DIR.value, 'data_dir': _DATA_DIR.value,
-      'download': _DOWNLOAD.value, 'preprocess': 'grey', 'backend': 'memory',
-      'shuffle_buffer': 1, 'train_split': 'train', 'eval_split': 'test'})
+  # The default data config (its split fields are only syntax-checked here: the dataset's
+  # splits are printed instead), for this dataset and folders.
+  cfg = default.get_config().data
+  cfg.update(name=_DATASET.value, manual_dir=_MANUAL_DIR.value, data_dir=_DATA_DIR.value,
+             download=_DOWNLOAD.value)
   try:
     data.check_available(cfg)  # before TensorFlow: a wrong name or folder fails in a second
   except (ValueError, data.DatasetMissingError) as e:

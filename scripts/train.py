@@ -41,8 +41,12 @@ def main(argv):
     return train.train_and_evaluate(config, FLAGS.workdir)
 
   result = cli.run_reporting_user_errors(run)
-  if result['eval'] is not None:
-    cli.print_json({'step': result['step'], **result['eval']})
+  evals = result['eval']
+  if evals:  # the test split's numbers (reporting), with the validation split's beside them
+    report = dict(evals[config.data.eval_split])
+    if config.data.valid_split != config.data.eval_split:
+      report['valid'] = evals[config.data.valid_split]
+    cli.print_json({'step': result['step'], **report})
 
 
 if __name__ == '__main__':

@@ -16,8 +16,8 @@ import vae_jax
 from tests.test_config import ROOT
 from tests.test_train import tiny_config
 from vae_jax import checkpoint as ckpt_lib
+from vae_jax import experiment, train
 from vae_jax import metrics as metrics_lib
-from vae_jax import train
 
 SCRIPT = os.path.join(ROOT, 'scripts', 'train.py')
 # 40 steps in chunks of 5, a checkpoint every 10: small enough for subprocesses to be quick.
@@ -148,7 +148,7 @@ def test_round_trip_is_bitwise_and_onto_another_mesh(run_with_checkpoints):
   workdir, result = run_with_checkpoints
   for mesh_data in (1, -1):  # saved on 8 devices; restored on 1 and on 8
     config = tiny_config(**{'mesh.data': mesh_data})
-    setup = train.build_setup(config)
+    setup = experiment.build(config)
     checkpointer = ckpt_lib.Checkpointer(workdir, config, create=False)
     state, meta = checkpointer.restore_good(setup.abstract_state)
     checkpointer.close()
@@ -162,7 +162,7 @@ def test_saved_on_one_device_restores_on_eight(tmp_path):
   result = train.train_and_evaluate(tiny_config(num_train_steps=10, **{'mesh.data': 1}),
                                     str(tmp_path))
   config = tiny_config(num_train_steps=10)
-  setup = train.build_setup(config)
+  setup = experiment.build(config)
   assert setup.mesh.size == 8
   checkpointer = ckpt_lib.Checkpointer(str(tmp_path), config, create=False)
   state, _ = checkpointer.restore_good(setup.abstract_state)
@@ -198,7 +198,7 @@ def test_damaged_step_falls_back_to_the_previous_one(run_with_checkpoints, tmp_p
     else:
       f.truncate(os.path.getsize(target) // 2)
   config = tiny_config()
-  setup = train.build_setup(config)
+  setup = experiment.build(config)
   checkpointer = ckpt_lib.Checkpointer(workdir, config, create=False)
   state, meta = checkpointer.restore_good(setup.abstract_state)
   checkpointer.close()
@@ -252,8 +252,9 @@ def test_load_run_gives_a_cpu_model_whatever_trained_it(run_with_checkpoints):
   leaf = jax.tree.leaves(run.state.params)[0]
   assert len(leaf.sharding.device_set) == 1
   x = np.zeros((3, *run.image_shape), np.float32)
-  out = run.model.apply({'params': run.state.params}, x, np.zeros((3, 4), np.float32))
-  assert out['h'].shape == (3, 4)
+  terms = run.model.terms(run.state.params, x, jax.random.key(0))
+  assert terms['neg_elbo'].shape == (3,) and np.all(np.isfinite(terms['neg_elbo']))
+  assert run.model.posterior_stats(run.state.params, x)['mean'].shape == (3, 4)
   earlier = vae_jax.load_run(workdir, step=10)
   assert earlier.step == 10 and int(earlier.state.step) == 10
 
@@ -261,9 +262,9 @@ def test_load_run_gives_a_cpu_model_whatever_trained_it(run_with_checkpoints):
 def test_init_from_copies_parameters_only(run_with_checkpoints, tmp_path):
   workdir, result = run_with_checkpoints
   config = tiny_config(num_train_steps=5, init_from=workdir)
-  setup = train.build_setup(config)
+  setup = experiment.build(config)
   checkpointer = ckpt_lib.Checkpointer(str(tmp_path), config)
-  state = train.restore_or_init(setup, checkpointer, log=lambda *a: None)
+  state, _ = train.restore_or_init(setup, checkpointer, log=lambda *a: None)
   checkpointer.close()
   assert int(state.step) == 0
   _assert_bitwise(state.params, result['state'].params)

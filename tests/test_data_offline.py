@@ -4,10 +4,10 @@ import hashlib
 import json
 import os
 
-import ml_collections
 import numpy as np
 import pytest
 
+from tests.test_data_checks import data_config
 from vae_jax import data
 from vae_jax.data import formats
 
@@ -15,12 +15,8 @@ DEBIAN_FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
 
 
 def data_cfg(name, data_dir, manual_dir='', **overrides):
-  cfg = ml_collections.ConfigDict({
-      'name': name, 'preprocess': 'grey', 'manual_dir': manual_dir, 'data_dir': str(data_dir),
-      'download': False, 'backend': 'memory', 'shuffle_buffer': 50, 'train_split': 'train',
-      'eval_split': 'test'})
-  cfg.update(overrides)
-  return cfg
+  return data_config(**{'name': name, 'manual_dir': manual_dir, 'data_dir': str(data_dir),
+                        'shuffle_buffer': 50, **overrides})
 
 
 def write_idx_set(folder, splits, gz):
@@ -104,6 +100,16 @@ def test_binarized_mnist_amat(tmp_path):
       data_cfg('binarized_mnist', tmp_path / 'tfds', backend='stream'), batch_size=8,
       data_seed=0, start_step=0)
   assert set(np.unique(next(stream)['image'])) <= {0, 255}
+  # Its own validation split is the one model selection uses; training keeps all of train.
+  own = data_cfg('binarized_mnist', tmp_path / 'tfds', train_split='train',
+                 valid_split='validation', eval_split='test')
+  info = data.dataset_info(own)
+  data.validate_splits(own, info)
+  assert info.split_size(own.valid_split) == 20
+  valid = next(data.eval_batches(own, 'validation', batch_size=32))
+  assert valid['mask'].sum() == 20 and set(np.unique(valid['image'][valid['mask']])) == {0, 255}
+  assert_same_examples({'image': valid['image'][valid['mask']] // 255},
+                       splits['valid'].reshape(-1, 28, 28, 1))
 
 
 def test_cifar10_python_tarball(tmp_path):
@@ -169,6 +175,16 @@ def test_debian_fashion_mnist(tmp_path):
   ours = np.sort(test['image'].reshape(10_000, -1).view(f'V{784}').ravel())
   theirs = np.sort(np.ascontiguousarray(raw.reshape(10_000, -1)).view(f'V{784}').ravel())
   assert (ours == theirs).all()
+  # A held-out slice of train: the base split's last 5000 rows, with their base indices.
+  held_out = data_cfg('fashion_mnist', tmp_path, train_split='train[:55000]',
+                      valid_split='train[55000:]')
+  data.validate_splits(held_out, info)
+  assert info.split_size(held_out.train_split) == 55_000
+  train = data.load_arrays(held_out, 'train')
+  valid = data.load_arrays(held_out, held_out.valid_split)
+  np.testing.assert_array_equal(valid['index'], np.arange(55_000, 60_000))
+  np.testing.assert_array_equal(valid['image'], train['image'][55_000:])
+  np.testing.assert_array_equal(valid['label'], train['label'][55_000:])
 
 
 def test_cifar100_python_tarball(tmp_path):

@@ -2,12 +2,12 @@
 
 import itertools
 
-import ml_collections
 import numpy as np
 import pytest
 
+from tests.test_data_checks import data_config
 from vae_jax import data
-from vae_jax.data import formats, order
+from vae_jax.data import formats, order, records, splits
 
 N_TRAIN, N_TEST = 300, 70
 BATCH = 32
@@ -29,12 +29,11 @@ def data_dir(tmp_path_factory):
 
 
 def cfg(data_dir, **overrides):
-  c = ml_collections.ConfigDict({
-      'name': 'mnist', 'preprocess': 'grey', 'manual_dir': '', 'data_dir': str(data_dir),
-      'download': False, 'backend': 'memory', 'shuffle_buffer': 64, 'train_split': 'train',
-      'eval_split': 'test'})
-  c.update(overrides)
-  return c
+  # Training on the whole train split unless a test says otherwise; the validation split is
+  # then another base split (these tests never select models).
+  return data_config(**{'name': 'mnist', 'data_dir': str(data_dir), 'backend': 'memory',
+                        'shuffle_buffer': 64, 'train_split': 'train', 'valid_split': 'test',
+                        'eval_split': 'test', **overrides})
 
 
 @pytest.fixture(scope='module')
@@ -124,8 +123,9 @@ def test_batches_content_and_order(data_dir, train_arrays, backend):
 
 
 @pytest.mark.parametrize('backend', ['memory', 'stream'])
-def test_processes_split_each_global_batch(data_dir, backend):
-  c = cfg(data_dir, backend=backend)
+@pytest.mark.parametrize('split', ['train', 'train[30:]'])
+def test_processes_split_each_global_batch(data_dir, backend, split):
+  c = cfg(data_dir, backend=backend, train_split=split)
   whole = take(data.make_train_iterator(c, batch_size=BATCH, data_seed=0, start_step=5), 4)
   parts = [take(data.make_train_iterator(c, batch_size=BATCH, data_seed=0, start_step=5,
                                          process_index=p, process_count=4), 4)
@@ -181,3 +181,127 @@ def test_dataset_info(data_dir):
   assert info.name == 'mnist' and info.image_shape == (28, 28, 1)
   assert info.num_examples == {'train': N_TRAIN, 'test': N_TEST}
   assert info.entropy_nats is None and info.num_distinct is None
+
+
+def test_dataset_info_split_sizes(data_dir):
+  info = data.dataset_info(cfg(data_dir))
+  assert info.split_size('train[:250]') == 250 and info.split_size('train[-10%:]') == 30
+  assert info.split_range('train[250:]') == ('train', 250, N_TRAIN)
+  with pytest.raises(ValueError, match=r"'test' \(70 examples\), 'train' \(300 examples\)"):
+    info.split_size('validation')
+
+
+# ---------------------------------------------------------------------------------------------
+# Slices of a split: base-split indices everywhere
+
+SLICES = ['train[:250]', 'train[250:]', 'train[-10%:]', 'train[12.5%:37.5%]', 'test[5:-5]']
+
+
+@pytest.mark.parametrize('split', SLICES)
+def test_slice_arrays_are_the_whole_splits_rows(data_dir, split):
+  c = cfg(data_dir)
+  base, start, stop = splits.resolve(split, {'train': N_TRAIN, 'test': N_TEST})
+  whole = data.load_arrays(c, base)
+  np.testing.assert_array_equal(whole['index'], np.arange(len(whole['image'])))
+  part = data.load_arrays(c, split)
+  assert part.keys() == whole.keys() == {'image', 'index', 'label'}
+  assert part['index'].dtype == np.int32
+  np.testing.assert_array_equal(part['index'], np.arange(start, stop))
+  for key in ('image', 'label'):
+    np.testing.assert_array_equal(part[key], whole[key][start:stop], err_msg=key)
+
+
+def test_slices_hold_what_tfds_gives_for_the_same_string(data_dir):
+  import tensorflow_datasets as tfds
+
+  builder = data.prepare(cfg(data_dir))
+  for split in SLICES + ['train[:33.3%]', 'train[-12.5%:]']:
+    theirs = tfds.as_numpy(builder.as_dataset(split, batch_size=-1, shuffle_files=False))
+    np.testing.assert_array_equal(data.load_arrays(cfg(data_dir), split)['image'],
+                                  theirs['image'], err_msg=split)
+
+
+def test_slice_records_across_shards(tmp_path):
+  import tensorflow as tf
+
+  lengths = [5, 3, 7]
+  files, value = [], 0
+  for i, length in enumerate(lengths):
+    files.append(str(tmp_path / f'shard{i}.tfrecord'))
+    with tf.io.TFRecordWriter(files[-1]) as writer:
+      for _ in range(length):
+        writer.write(str(value).encode())
+        value += 1
+  for start, size in ((0, 15), (0, 5), (3, 2), (4, 5), (5, 3), (2, 12), (14, 1)):
+    got = [int(r) for r in records.slice_records(files, lengths, start, size).as_numpy_iterator()]
+    assert got == list(range(start, start + size)), (start, size)
+
+
+@pytest.mark.parametrize('backend', ['memory', 'stream'])
+@pytest.mark.parametrize('process_count', [1, 2])
+def test_eval_of_a_slice(data_dir, train_arrays, backend, process_count):
+  c = cfg(data_dir, backend=backend)
+  split = 'train[37:-50]'  # 213 examples: the last batch of 32 is padded
+  seen = []
+  for p in range(process_count):
+    for x in data.eval_batches(c, split, batch_size=BATCH, process_index=p,
+                               process_count=process_count):
+      valid = x['index'][x['mask']]
+      np.testing.assert_array_equal(x['image'][x['mask']], train_arrays['image'][valid])
+      assert (x['image'][~x['mask']] == 0).all() and (x['index'][~x['mask']] == 0).all()
+      seen.append(valid)
+  np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.arange(37, N_TRAIN - 50))
+  if backend == 'stream':  # the same batches from preloaded arrays
+    arrays = data.load_arrays(c, split)
+    assert_batches_equal(list(data.eval_batches(c, split, batch_size=BATCH, arrays=arrays)),
+                         list(data.eval_batches(c, split, batch_size=BATCH)))
+
+
+@pytest.mark.parametrize('backend,split,start', [
+    ('memory', 'train[20:276]', 20), ('stream', 'train[20:276]', 20),
+    ('memory', 'train[-256:]', N_TRAIN - 256), ('stream', 'train[:256]', 0)])
+def test_train_on_a_slice(data_dir, train_arrays, backend, split, start):
+  n = 256  # 8 whole batches: every epoch visits exactly the slice's examples
+  spe = n // BATCH
+  c = cfg(data_dir, backend=backend, train_split=split, valid_split='test')
+  from_start = take(data.make_train_iterator(c, batch_size=BATCH, data_seed=4, start_step=0),
+                    2 * spe + 3)
+  for x in from_start:
+    np.testing.assert_array_equal(x['image'], train_arrays['image'][x['index']])
+  for epoch in range(2):
+    seen = np.concatenate([x['index'] for x in from_start[epoch * spe:(epoch + 1) * spe]])
+    np.testing.assert_array_equal(np.sort(seen), np.arange(start, start + n))
+  assert [int(x['epoch'][0]) for x in from_start] == [s // spe for s in range(len(from_start))]
+  # The order is the documented one over slice positions, shifted to base indices.
+  index = np.concatenate([x['index'] for x in from_start[:spe]])
+  if backend == 'memory':
+    expected = data.train_indices(4, 0, spe, BATCH, n).ravel()
+  else:
+    expected = order.stream_epoch_order(4, 0, n, 64)
+  np.testing.assert_array_equal(index, start + expected)
+  for s in (1, spe - 1, spe, spe + 3):
+    resumed = take(data.make_train_iterator(c, batch_size=BATCH, data_seed=4, start_step=s),
+                   len(from_start) - s)
+    assert_batches_equal(from_start[s:], resumed)
+
+
+def test_memory_train_indices_is_the_one_order():
+  base_index = np.arange(1000, 1100, dtype=np.int32)  # e.g. 'train[1000:1100]'
+  positions, index = data.memory_train_indices(base_index, data_seed=3, start_step=5,
+                                               num_steps=7, batch_size=16)
+  np.testing.assert_array_equal(positions, data.train_indices(3, 5, 7, 16, 100))
+  np.testing.assert_array_equal(index, 1000 + positions)
+  assert positions.dtype == index.dtype == np.int32
+  parts = [data.memory_train_indices(base_index, data_seed=3, start_step=5, num_steps=7,
+                                     batch_size=16, process_index=p, process_count=4)
+           for p in range(4)]
+  for k in range(2):
+    np.testing.assert_array_equal(np.concatenate([p[k] for p in parts], axis=1),
+                                  (positions, index)[k])
+
+
+def test_epoch_of():
+  assert [data.epoch_of(s, 100, 16) for s in (0, 5, 6, 11, 12)] == [0, 0, 1, 1, 2]
+  np.testing.assert_array_equal(data.epoch_of(np.arange(13), 100, 16), np.arange(13) // 6)
+  with pytest.raises(ValueError, match='batch_size'):
+    data.epoch_of(0, 10, 16)

@@ -2,10 +2,10 @@
 
 import math
 
-import ml_collections
 import numpy as np
 import pytest
 
+from tests.test_data_checks import data_config
 from vae_jax import data
 from vae_jax.data import sprites
 
@@ -56,10 +56,8 @@ def test_default_size_renders():
 
 
 def test_builder_metadata_and_dataset_info(tmp_path):
-  cfg = ml_collections.ConfigDict({
-      'name': 'sprites/small', 'preprocess': 'grey', 'manual_dir': '', 'data_dir': str(tmp_path),
-      'download': False, 'backend': 'memory', 'shuffle_buffer': 100, 'train_split': 'train',
-      'eval_split': 'test'})
+  cfg = data_config(name='sprites/small', data_dir=str(tmp_path), train_split='train[:90%]',
+                    valid_split='train[90%:]', eval_split='test')
   info = data.dataset_info(cfg)  # generates it: sprites never need a download
   generated = sprites.generate(SMALL)
   n = len(generated['images'])
@@ -73,7 +71,7 @@ def test_builder_metadata_and_dataset_info(tmp_path):
   builder = tfds.builder('sprites/small', data_dir=str(tmp_path))
   assert builder.info.metadata['num_renders'] == SMALL.num_renders
   train = data.load_arrays(cfg, 'train')
-  assert set(train) == {'image', *sprites.FACTORS}
+  assert set(train) == {'image', 'index', *sprites.FACTORS}
   # The stored examples are exactly the generated ones, factors attached to the right image.
   render_index = np.ravel_multi_index(
       tuple(train[f] for f in sprites.FACTORS), tuple(SMALL.factor_sizes.values()))
@@ -81,3 +79,11 @@ def test_builder_metadata_and_dataset_info(tmp_path):
   rows = np.array([lookup[r] for r in render_index.tolist()])
   np.testing.assert_array_equal(train['image'], generated['images'][rows])
   np.testing.assert_array_equal(np.sort(rows), generated['splits']['train'])
+  # A held-out slice of train for model selection: the last 10% of train's rows.
+  data.validate_splits(cfg, info)
+  n_train = info.num_examples['train']
+  valid = data.load_arrays(cfg, cfg.valid_split)
+  assert len(valid['index']) == info.split_size(cfg.valid_split) == n_train - round(0.9 * n_train)
+  np.testing.assert_array_equal(valid['index'], np.arange(round(0.9 * n_train), n_train))
+  for key in train:
+    np.testing.assert_array_equal(valid[key], train[key][valid['index']], err_msg=key)

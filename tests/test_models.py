@@ -288,7 +288,11 @@ def test_one_matmul_head_equals_separate_dense_heads(posterior, shared):
 
 def test_build_model_reads_config():
   cfg = _load_default_config()
-  model = models.build_model(cfg.model, (32, 32, 1))
+  family = models.build_model(cfg.model, (32, 32, 1))
+  assert isinstance(family, models.GaussianVAE)
+  assert family.likelihood == cfg.model.likelihood
+  assert family.latent_dim == cfg.model.latent_dim
+  model = family.network
   assert isinstance(model, models.VAE)
   assert model.hidden == tuple(cfg.model.hidden)
   assert model.latent_dim == cfg.model.latent_dim
@@ -297,7 +301,7 @@ def test_build_model_reads_config():
   assert model.dtype == jnp.float32
   cfg.model.update(encoder='conv', decoder='conv', posterior='full', shared_covariance=True,
                    likelihood='discretized_logistic', logistic_mixtures=3, conv_channels=(4, 8))
-  model = models.build_model(cfg.model, (32, 32, 3))
+  model = models.build_model(cfg.model, (32, 32, 3)).network
   x = jnp.zeros((B, 32, 32, 3), jnp.uint8)
   eps = jnp.zeros((B, cfg.model.latent_dim))
   out, _ = _trace(model, x, eps)
@@ -313,12 +317,40 @@ def test_unknown_names_raise():
       _trace(model, x, eps)
 
 
-def test_bfloat16_compute_keeps_float32_params_and_outputs():
+def _product_dtypes(fn, *args):
+  """The operand dtypes of every dot_general and convolution in fn's jaxpr (nested too)."""
+  found = []
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name in ('dot_general', 'conv_general_dilated'):
+        found.append((eqn.primitive.name, tuple(str(v.aval.dtype) for v in eqn.invars)))
+      for value in eqn.params.values():
+        for sub in value if isinstance(value, (list, tuple)) else (value,):
+          if hasattr(sub, 'eqns'):
+            walk(sub)
+          elif hasattr(sub, 'jaxpr') and hasattr(sub.jaxpr, 'eqns'):
+            walk(sub.jaxpr)
+
+  walk(jax.make_jaxpr(fn)(*args).jaxpr)
+  return found
+
+
+@pytest.mark.parametrize('dtype', ['bfloat16', 'float32'])
+def test_compute_dtype_reaches_every_matmul_and_conv(dtype):
   shape = (16, 16, 1)
-  model = models.VAE(image_shape=shape, encoder='conv', decoder='conv', dtype=jnp.bfloat16,
+  model = models.VAE(image_shape=shape, encoder='conv', decoder='conv', dtype=jnp.dtype(dtype),
                      **SMALL)
-  out, params = _trace(model, _x(shape), _eps())
+  x, eps = _x(shape), _eps()
+  out, params = _trace(model, x, eps)
+  # Parameters and the likelihood's parameters stay float32 whatever the compute dtype.
   assert all(a.dtype == jnp.float32 for a in jax.tree.leaves((params, out)))
+  params = _params(model, x, eps)
+  products = _product_dtypes(lambda p: model.apply(p, x, eps), params)
+  kinds = {name for name, _ in products}
+  assert kinds == {'dot_general', 'conv_general_dilated'}, kinds
+  for name, dtypes in products:
+    assert set(dtypes) == {dtype}, (name, dtypes)
 
 
 def _stand_in_loss(out):
@@ -343,9 +375,7 @@ def test_jit_apply_compiles_and_gradients_finite(kwargs):
     return jax.value_and_grad(lambda p: _stand_in_loss(model.apply(p, x, eps)))(params)
 
   loss, grads = loss_and_grad(params, x, eps)
-  loss2, _ = loss_and_grad(params, x + 0.0, eps)  # same shapes: no recompilation
-  assert loss_and_grad._cache_size() == 1
-  assert np.isfinite(loss) and loss == loss2
+  assert np.isfinite(loss)
   leaves = jax.tree.leaves(grads)
   assert all(np.all(np.isfinite(g)) for g in leaves)
   assert sum(float(jnp.sum(jnp.square(g))) for g in leaves) > 0

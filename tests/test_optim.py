@@ -7,8 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from tests.test_train import tiny_config
-from vae_jax import train
+from tests.test_train import build, tiny_config
+from vae_jax import experiment, train
 from vae_jax.data.preprocess import gather_images, preprocess
 
 NUM_STEPS = 6
@@ -37,33 +37,28 @@ def test_train_steps_equal_the_textbook_optax_optimizer(name, schedule, clip):
       'mesh.data': 1, 'optim.name': name, 'optim.schedule': schedule,
       'optim.warmup_steps': 4, 'optim.clip_norm': clip, 'optim.learning_rate': PEAK,
       'optim.weight_decay': 0.1})
-  train.configure_jax(config)
-  setup = train.build_setup(config)
-  state = train.init_state(setup)
-  feeder = train.ChunkFeeder(setup, 0)
-  chunk = train.jit_train_chunk(setup, 'memory')
+  exp = build(config)
+  state = experiment.init_state(exp)
+  feeder = train.ChunkFeeder(exp, 0)
+  chunk = train.jit_train_chunk(exp, 'memory')
   opt, lr = _textbook(config)
   opt_state = opt.init(jax.device_get(state.params))
   logged = []
 
   @jax.jit
-  def grads_at(params, x, eps):
-    loss = lambda p: jnp.mean(
-        train.per_example_terms(setup.model, 'bernoulli', p, x, eps)['neg_elbo'])
-    return jax.grad(loss)(params)
+  def grads_at(params, x, key):
+    return jax.grad(lambda p: jnp.mean(exp.model.terms(p, x, key)['neg_elbo']))(params)
 
   for step in range(NUM_STEPS):
-    source, index = feeder(step)
+    source, (positions, index) = feeder(step)
     # The same batch and noise the real step draws.
-    x = preprocess(gather_images(source, index[0]), index[0], mode=config.data.preprocess,
-                   data_seed=config.data_seed, epoch=step // setup.steps_per_epoch)
-    eps = train.posterior_noise(state, 1, config.batch_size, config.model.latent_dim,
-                                setup.mesh)[0]
+    x = preprocess(gather_images(source, positions[0]), index[0], mode=config.data.preprocess,
+                   data_seed=config.data_seed, epoch=step // exp.steps_per_epoch)
     # The textbook update from the step's own parameters: only the optimizer maths differ.
     params = jax.device_get(state.params)
-    updates, opt_state = opt.update(grads_at(params, x, eps), opt_state, params)
+    updates, opt_state = opt.update(grads_at(params, x, state.train_key()), opt_state, params)
     params = optax.apply_updates(params, updates)
-    state, metrics = chunk(state, source, index)
+    state, metrics = chunk(state, source, (positions, index))
     logged.append(float(metrics['learning_rate']))
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(params), strict=True):
       np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6, err_msg=f'step {step}')

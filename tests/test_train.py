@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from tests.test_config import ROOT, load_config
+from vae_jax import evaluate as eval_lib
+from vae_jax import experiment, sharding, train
 from vae_jax import metrics as metrics_lib
-from vae_jax import train
 
 
 def tiny_config(**overrides):
@@ -30,22 +31,31 @@ def tiny_config(**overrides):
   c.images.num = 16
   c.compilation_cache = ''
   c.checkpoint.async_save = False
+  return set_fields(c, **overrides)
+
+
+def set_fields(config, **overrides):
+  """config with dotted-key overrides applied ('model.latent_dim': 6)."""
   for k, v in overrides.items():
-    node = c
+    node = config
     *parents, leaf = k.split('.')
     for p in parents:
       node = node[p]
     node[leaf] = v
-  return c
+  return config
+
+
+def build(config):
+  experiment.configure_jax(config)
+  return experiment.build(config)
 
 
 def run_chunks(config, num_chunks):
-  """Trains num_chunks fused calls from scratch; returns (state, per-chunk mean losses)."""
-  train.configure_jax(config)
-  setup = train.build_setup(config)
-  state = train.init_state(setup)
-  feeder = train.ChunkFeeder(setup, 0)
-  fn = train.jit_train_chunk(setup, config.data.backend)
+  """Trains num_chunks fused calls from scratch; returns (state, per-chunk mean losses, fn)."""
+  exp = build(config)
+  state = experiment.init_state(exp)
+  feeder = train.ChunkFeeder(exp, 0)
+  fn = train.jit_train_chunk(exp, config.data.backend)
   losses = []
   for i in range(num_chunks):
     source, index = feeder(i * config.steps_per_call)
@@ -77,37 +87,35 @@ def test_one_and_eight_devices_give_the_same_losses():
   np.testing.assert_allclose(one, eight, rtol=1e-4)
 
 
-def test_shard_map_gradient_is_the_global_mean_gradient():
-  """The jax 0.10 trap: replicated-parameter gradients are already summed in shard_map."""
-  config = tiny_config()
-  train.configure_jax(config)
-  setup = train.build_setup(config)
-  assert setup.mesh.shape['data'] == 8
-  state = train.init_state(setup)
+def test_sharded_gradient_is_the_global_mean_gradient():
+  """On 8 devices the jitted step's gradient is that of the mean over the whole global batch
+  (not a per-device mean, nor a sum over devices), equal to the one-device computation."""
+  exp = build(tiny_config())
+  assert exp.mesh.shape['data'] == 8
+  state = experiment.init_state(exp)
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.random((32, 32, 32, 1)) < 0.3, jnp.float32)
-  eps = jnp.asarray(rng.normal(size=(32, 4)), jnp.float32)
-  grads, sums = jax.jit(train.make_grad_fn(setup))(state.params, x, eps, 1.0)
+  key = jax.random.key(3)
+  grad_fn = jax.value_and_grad(train.make_loss_fn(exp.model), has_aux=True)
+  x_sharded = jax.device_put(x, sharding.batch_sharding(exp.mesh))
+  (_, means), grads = jax.jit(grad_fn)(state.params, x_sharded, key, 1.0)
 
   params = jax.device_get(state.params)
-
-  def mean_loss(p):
-    terms = train.per_example_terms(setup.model, 'bernoulli', p, x, eps)
-    return jnp.mean(terms['neg_elbo'])
-
-  want_loss, want = jax.value_and_grad(mean_loss)(params)
-  np.testing.assert_allclose(sums['loss'], want_loss, rtol=1e-5)
+  one = jax.devices()[0]
+  mean_loss = lambda p: jnp.mean(exp.model.terms(p, x, key)['neg_elbo'])
+  with jax.default_device(one):
+    want_loss, want = jax.jit(jax.value_and_grad(mean_loss))(params)
+  np.testing.assert_allclose(means['loss'], want_loss, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want), strict=True):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
 
 
 def test_momentum_tracked_loss_follows_its_formula():
   config = tiny_config(steps_per_call=1, loss_momentum_gamma=0.9, **{'mesh.data': 1})
-  train.configure_jax(config)
-  setup = train.build_setup(config)
-  state = train.init_state(setup)
-  feeder = train.ChunkFeeder(setup, 0)
-  fn = train.jit_train_chunk(setup, 'memory')
+  exp = build(config)
+  state = experiment.init_state(exp)
+  feeder = train.ChunkFeeder(exp, 0)
+  fn = train.jit_train_chunk(exp, 'memory')
   tracked = None
   for i in range(5):
     source, index = feeder(i)
@@ -127,23 +135,31 @@ def trained_workdir(tmp_path_factory):
 
 def test_train_and_evaluate_writes_the_workdir(trained_workdir):
   workdir, result = trained_workdir
-  for name in ('config.json', 'metrics.jsonl', 'DONE', 'checkpoints', 'images', 'tensorboard'):
+  for name in ('config.json', 'config_history.jsonl', 'run.json', 'metrics.jsonl', 'DONE',
+               'checkpoints', 'images', 'tensorboard'):
     assert os.path.exists(os.path.join(workdir, name)), name
-  assert open(os.path.join(workdir, 'DONE')).read().strip() == '20'
+  done = json.load(open(os.path.join(workdir, 'DONE')))
+  assert done == train.done_record(tiny_config(), 20)
   train_recs = metrics_lib.read_metrics(workdir, 'train')
   assert [r['step'] for r in train_recs] == [5, 10, 15, 20]
   for key in ('loss', 'loss_momentum', 'neg_elbo', 'recon', 'kl', 'learning_rate', 'grad_norm',
               'images_per_sec'):
     assert np.isfinite(train_recs[-1][key]), key
-  ev = metrics_lib.read_metrics(workdir, 'eval')[-1]
-  assert ev['split'] == 'test' and ev['step'] == 20
-  np.testing.assert_allclose(ev['neg_elbo'], ev['recon'] + ev['kl'], rtol=1e-6)
-  # The whole test split, exactly once (eval batches of 512 leave a padded remainder).
+  evals = {r['split']: r for r in metrics_lib.read_metrics(workdir, 'eval') if r['step'] == 20}
+  config = tiny_config()
+  assert set(evals) == {config.data.valid_split, config.data.eval_split}
   from vae_jax import data
-  assert ev['num_examples'] == data.dataset_info(tiny_config().data).num_examples['test']
-  assert ev['num_examples'] % 512 != 0
+  info = data.dataset_info(config.data)
+  for split, ev in evals.items():
+    np.testing.assert_allclose(ev['neg_elbo'], ev['recon'] + ev['kl'], rtol=1e-6)
+    assert 0 < ev['neg_elbo_stderr'] < 0.2 * ev['neg_elbo']
+    # The whole split, exactly once (eval batches of 512 leave a padded remainder).
+    assert ev['num_examples'] == info.split_size(split)
+    assert ev['num_examples'] % 512 != 0
+  assert result['eval'][config.data.eval_split]['neg_elbo'] == evals['test']['neg_elbo']
   images = sorted(os.listdir(os.path.join(workdir, 'images')))
-  assert 'reconstructions_step_20.png' in images and 'samples_step_20.png' in images
+  for name in ('reconstructions', 'prior_means', 'prior_samples'):
+    assert f'{name}_step_20.png' in images, images
   assert json.load(open(os.path.join(workdir, 'config.json')))['batch_size'] == 32
 
 
@@ -153,8 +169,7 @@ def test_evaluation_does_not_depend_on_batch_size_or_devices(trained_workdir):
   numbers = []
   for eval_batch, mesh_data in ((512, -1), (1000, 1)):
     config = tiny_config(eval_batch_size=eval_batch, **{'mesh.data': mesh_data})
-    setup = train.build_setup(config)
-    numbers.append(train.evaluate(setup, params))
+    numbers.append(eval_lib.evaluate(build(config), params, 'test'))
   for key in ('neg_elbo', 'recon', 'kl'):
     np.testing.assert_allclose(numbers[0][key], numbers[1][key], rtol=1e-5)
   assert numbers[0]['num_examples'] == numbers[1]['num_examples']
@@ -195,7 +210,7 @@ def test_readme_quickstart_command_runs(tmp_path):
   # Piped output: plain progress lines, no progress-bar redraws.
   assert 'step 10/20: loss ' in proc.stdout and '\r' not in proc.stdout + proc.stderr
   assert (workdir / 'DONE').exists()
-  assert (workdir / 'images' / 'samples_step_20.png').exists()
+  assert (workdir / 'images' / 'prior_samples_step_20.png').exists()
 
 
 @pytest.mark.slow

@@ -1,20 +1,45 @@
 """The one owner of Orbax: saving, verifying and restoring the train state, data position and
-config.
+config, and deciding whether a checkpoint may be resumed under the current config.
 
 A checkpoint step holds two items: `state` (the whole TrainState) and `meta` (JSON: the step,
 which is also the data pipeline's position, the image shape and the resolved config). Restores
 go into an abstract state whose leaves carry the current mesh's shardings, so a run saved on one
 device count resumes on another (without shardings Orbax silently puts everything on device 0).
 
-Orbax 0.12 keeps no checksums: a flipped byte restores silently wrong values, and a truncated
-file still leaves `latest_step()` naming the damaged step. So once a save has committed, a
-SHA-256 digest of every file of the step is written to `checkpoints/digests/STEP.json`
-(atomically). A restore verifies it and, on a mismatch or a restore error, warns (naming the
-step) and falls back to the previous good step. A committed step whose digest was never written
-(the process died in between) is verified by a full restore instead.
+Digests. Orbax 0.12 keeps no checksums of the array data (its zarr chunks carry none; zarr3
+puts a crc32c on the shard index only): a flipped byte restores silently wrong values, and a
+full restore cannot tell. So every save writes a SHA-256 digest of each file of the step to
+`checkpoints/digests/STEP.json` (atomically) from inside Orbax's commit: Orbax's
+post-finalization callback runs, on its background thread and on process 0, once every
+process's data is written and finalized and before the step directory is renamed into place.
+Every save takes that path (a synchronous save simply waits for it), so a step that Orbax lists
+has its digest unless writing the digest failed (warned) or an older version of this module
+wrote the step. A kill before the rename leaves only a temporary directory that Orbax ignores.
+The two files Orbax writes during the rename itself (`_CHECKPOINT_METADATA`, which gains the
+commit time, and `commit_success.txt` at the step's top level) are left out of the digest.
+
+Restoring uses verified data only: the newest step whose files match its digest. A step whose
+files differ, whose digest is unreadable, whose restore fails, or which has no digest
+(unverified) is skipped with a warning naming it. A digest is never written on the strength of
+a restore, which cannot detect a flipped byte. The run's own checkpointer (`create=True`) then
+moves each skipped step newer than the restored one aside to `checkpoints/damaged/STEP`
+(`STEP.1`, `STEP.2`, ... when taken), its digest to `STEP.json` and the reason to
+`STEP.reason.txt` beside it: nothing is deleted, and the resumed run can save that step again
+(Orbax refuses to save a step it already lists). Readers (`create=False`: load_run,
+config.init_from) change nothing on disk. When no step verifies, nothing is moved and
+NoGoodCheckpointError says what to do.
+
+Compatibility (check_compatible). The saved config is compared with the current one field by
+field; any difference refuses the resume, except the fields that do not change the trajectory
+of training (RESUME_NEUTRAL), the traced hyperparameters the trainer applies from the resumed
+step on (APPLIED_ON_RESUME), and num_train_steps under a schedule that does not depend on it.
+A field the saved config lacks (added to vae_jax since) must have its default value
+(configs/default.py); a field only the saved config has (removed since) is ignored.
 """
 
+import functools
 import hashlib
+import importlib.util
 import json
 import os
 import sys
@@ -24,18 +49,31 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-# Config fields that define the model or the data: resuming with any of them changed would mix
-# two experiments. Everything else (steps, intervals, logging) may change across a resume.
-_COMPATIBLE_KEYS = (
-    ('model',), ('data', 'name'), ('data', 'preprocess'), ('data', 'train_split'),
-    ('batch_size',), ('seed',), ('data_seed',), ('optim', 'name'), ('optim', 'clip_norm'),
+# Fields that may differ on resume because they do not change the trajectory of training. A
+# name covers its whole subtree; a name may be listed before the field exists.
+RESUME_NEUTRAL = (
+    'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
+    'steps_per_call',  # the trainer checks that it divides the resumed step
+    'eval_batch_size', 'eval_num_samples', 'images', 'checkpoint', 'compilation_cache',
+    'init_from', 'mesh', 'max_consecutive_nonfinite',
+    'data.data_dir', 'data.manual_dir', 'data.download',
 )
-# Test-only pause point between a save's commit and its digest (seconds), so a test can kill
-# the process exactly there.
+# Traced hyperparameters (state.hparams): the trainer applies the current value from the
+# resumed step on and logs the change (config_changes).
+APPLIED_ON_RESUME = ('optim.learning_rate', 'objective.beta')
+# Schedules whose learning rate does not depend on num_train_steps.
+_LENGTH_FREE_SCHEDULES = ('constant',)
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               'configs', 'default.py')
+
+# Test-only pause point inside the commit, after the data is final and before its digest
+# (seconds), so a test can kill the process exactly there.
 _PAUSE_ENV = 'VAE_JAX_TEST_PAUSE_BEFORE_DIGEST'
 # Test-only pause point right after an asynchronous save has started (the write is in flight).
 _PAUSE_SAVE_ENV = 'VAE_JAX_TEST_PAUSE_AFTER_SAVE_START'
 _BEST_METRIC = 'neg_elbo'
+# Top-level files of a step that Orbax writes while renaming it into place, after the digest.
+_OUTSIDE_DIGEST = frozenset({'_CHECKPOINT_METADATA', 'commit_success.txt'})
 
 
 class IncompatibleCheckpointError(ValueError):
@@ -56,11 +94,25 @@ def _warn(message):
 
 
 class Checkpointer:
-  """Orbax CheckpointManager for one workdir, with digests and fallback past damaged steps."""
+  """Orbax CheckpointManager for one workdir, with digests and fallback past damaged steps.
+
+  Args:
+    workdir: the run's folder (checkpoints live in workdir/checkpoints).
+    config: the run's config (checkpoint.keep, checkpoint.async_save).
+    create: True for the run that owns the folder and saves into it: the folder is created,
+      and steps a restore falls back past are moved aside so they can be saved again. False
+      for readers, which change nothing on disk.
+  """
 
   def __init__(self, workdir, config, create=True):
     self.directory = checkpoint_dir(workdir)
     self.digest_dir = os.path.join(self.directory, 'digests')
+    self.damaged_dir = os.path.join(self.directory, 'damaged')
+    self._owner = create
+    self._async = config.checkpoint.async_save
+    # The step whose save is in flight; Orbax's commit thread reads it. One save at a time:
+    # each save first waits for the previous one (including its commit callback).
+    self._saving = None
     keep = config.checkpoint.keep
     # Keep the newest `keep` steps and, in addition, the best evaluated one.
     preservation = policies.AnyPreservationPolicy([
@@ -69,13 +121,16 @@ class Checkpointer:
                        keep_checkpoints_without_metrics=False),
     ])
     options = ocp.CheckpointManagerOptions(
-        enable_async_checkpointing=config.checkpoint.async_save,
+        # Always Orbax's asynchronous path: its post-finalization callback is the one moment
+        # the data is final and not yet committed, where the digest belongs. A synchronous
+        # save waits for it.
+        enable_async_checkpointing=True,
+        async_options=ocp.AsyncOptions(post_finalization_callback=self._digest_before_commit),
         create=create,
         preservation_policy=preservation,
     )
     self._manager = ocp.CheckpointManager(
         self.directory, options=options, item_names=('state', 'meta'))
-    self._undigested = set()
 
   def latest_step(self):
     return self._manager.latest_step()
@@ -84,49 +139,70 @@ class Checkpointer:
     return sorted(self._manager.all_steps())
 
   def save(self, step, state, config, image_shape, eval_metrics=None):
-    """Saves (asynchronously if configured) the state, the data position and the config."""
-    self._digest_committed()  # the previous save has committed by the time this one starts
-    meta = {'step': int(step), 'image_shape': list(image_shape),
+    """Saves the state, the data position and the config; the digest is part of the commit.
+
+    Asynchronous if config.checkpoint.async_save (training continues while it is written),
+    otherwise the step and its digest are on disk when this returns.
+    """
+    step = int(step)
+    self._settle()
+    meta = {'step': step, 'image_shape': list(image_shape),
             'config': json.loads(config.to_json())}
     metrics = None
     if eval_metrics is not None:
       metrics = {_BEST_METRIC: float(eval_metrics[_BEST_METRIC])}
-    self._manager.save(int(step), force=True, metrics=metrics, args=ocp.args.Composite(
+    self._saving = step
+    self._manager.save(step, force=True, metrics=metrics, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
-    self._undigested.add(int(step))
+    if not self._async:
+      self._settle()
     pause = float(os.environ.get(_PAUSE_SAVE_ENV, '0') or 0)
     if pause:
       print(f'TEST PAUSE after save start of step {step}', flush=True)
       time.sleep(pause)
 
   def wait(self):
-    """Blocks until pending saves have committed, then writes their digests."""
-    self._manager.wait_until_finished()
-    self._digest_committed()
+    """Blocks until pending saves have committed (with their digests)."""
+    self._settle()
 
   def close(self):
-    self.wait()
+    self._settle()
     self._manager.close()
+
+  def _settle(self):
+    """Waits for the save in flight, then drops digests of steps that no longer exist."""
+    self._manager.wait_until_finished()
+    if self._owner and jax.process_index() == 0:
+      self._remove_stale_digests(set(self.all_steps()))
 
   # -- digests ---------------------------------------------------------------------------------
 
-  def _digest_committed(self):
-    if not self._undigested:
-      return
-    self._manager.wait_until_finished()
+  def _digest_before_commit(self):
+    """Orbax's post-finalization callback: its background thread, process 0 only.
+
+    The step's data is final and still in its temporary directory (which the rename keeps
+    file for file); on file systems that commit with a marker file instead it is already in
+    the final one.
+    """
+    step = self._saving
     pause = float(os.environ.get(_PAUSE_ENV, '0') or 0)
     if pause:
-      print(f'TEST PAUSE before digest of steps {sorted(self._undigested)}', flush=True)
+      print(f'TEST PAUSE before digest of steps [{step}]', flush=True)
       time.sleep(pause)
-    committed = set(self.all_steps())
-    if jax.process_index() == 0:
-      for step in sorted(self._undigested & committed):
-        self._write_digest(step)
-      self._remove_stale_digests(committed)
-    self._undigested.clear()
+    final = self._step_dir(step)
+    candidates = [final + ocp.utils.TMP_DIR_SUFFIX, final]
+    found = [p for p in candidates if os.path.isdir(p)]
+    try:
+      if not found:
+        raise FileNotFoundError(f'none of {candidates} exists')
+      self._write_digest(step, found[0])
+    except OSError as e:
+      # The save itself is fine; without a digest a resume will not use this step.
+      _warn(f'could not write the digest of checkpoint step {step} ({e}); a resume will skip '
+            'this step as unverified.')
 
   def _remove_stale_digests(self, committed):
-    """Digests of steps the preservation policy has deleted."""
+    """Digests of steps the preservation policy deleted, or of saves killed before commit."""
     if not os.path.isdir(self.digest_dir):
       return
     for name in os.listdir(self.digest_dir):
@@ -137,24 +213,31 @@ class Checkpointer:
   def _step_dir(self, step):
     return os.path.join(self.directory, str(step))
 
-  def _write_digest(self, step):
+  def _digest_path(self, step):
+    return os.path.join(self.digest_dir, f'{step}.json')
+
+  def _write_digest(self, step, step_dir):
     os.makedirs(self.digest_dir, exist_ok=True)
-    path = os.path.join(self.digest_dir, f'{step}.json')
+    path = self._digest_path(step)
     tmp = path + '.tmp'
     with open(tmp, 'w') as f:
-      json.dump({'step': step, 'files': step_digest(self._step_dir(step))}, f)
+      json.dump({'step': step, 'files': step_digest(step_dir)}, f)
     os.replace(tmp, path)
 
   def verify(self, step):
-    """(True, '') if the step's files match its digest; (None, why) if it has no digest."""
-    path = os.path.join(self.digest_dir, f'{step}.json')
+    """(True, '') if the step's files match its digest, (False, why) if they do not or the
+    digest is unreadable, (None, why) if it has no digest."""
+    path = self._digest_path(step)
     if not os.path.exists(path):
-      return None, 'no digest was written (the process may have stopped right after the save)'
+      return None, ('it has no digest (the process stopped between its commit and its digest, '
+                    'or an older version of vae_jax wrote it)')
     try:
       with open(path) as f:
         want = json.load(f)['files']
     except (OSError, ValueError, KeyError) as e:
       return False, f'its digest file is unreadable ({e})'
+    # Digests written by earlier versions also cover the files Orbax writes during the commit.
+    want = {k: v for k, v in want.items() if k not in _OUTSIDE_DIGEST}
     got = step_digest(self._step_dir(step))
     if got != want:
       bad = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
@@ -175,10 +258,11 @@ class Checkpointer:
     return restored['meta']
 
   def restore_good(self, abstract_state, step=None, check_config=None):
-    """Restores the newest verified step (or `step`), falling back past damaged ones.
+    """Restores the newest verified step (or `step`), falling back past damaged and unverified
+    ones; the run's own checkpointer moves those aside (see the module docstring).
 
     Returns (state, meta) or (None, None) when the directory has no checkpoint.
-    `check_config(meta)` may raise to refuse an incompatible checkpoint.
+    `check_config(meta)` may raise IncompatibleCheckpointError to refuse a checkpoint.
     """
     steps = self.all_steps()
     if step is not None:
@@ -187,12 +271,13 @@ class Checkpointer:
       steps = [s for s in steps if s <= step]
     if not steps:
       return None, None
-    failures = []
+    skipped = []
     for s in reversed(steps):
       ok, why = self.verify(s)
-      if ok is False:
-        failures.append(s)
-        _warn(f'checkpoint step {s} in {self.directory} is damaged ({why}); falling back to '
+      if not ok:
+        kind = 'damaged' if ok is False else 'unverified'
+        skipped.append((s, kind, why))
+        _warn(f'checkpoint step {s} in {self.directory} is {kind} ({why}); falling back to '
               'the previous step.')
         continue
       try:
@@ -203,29 +288,70 @@ class Checkpointer:
       except IncompatibleCheckpointError:
         raise
       except Exception as e:  # noqa: BLE001 - any damage shows up as some error here
-        failures.append(s)
-        _warn(f'checkpoint step {s} in {self.directory} cannot be restored '
-              f'({type(e).__name__}: {str(e)[:200]}); falling back to the previous step.')
+        why = f'{type(e).__name__}: {str(e)[:200]}'
+        skipped.append((s, 'damaged', f'it cannot be restored ({why})'))
+        _warn(f'checkpoint step {s} in {self.directory} cannot be restored ({why}); falling '
+              'back to the previous step.')
         continue
-      if ok is None and jax.process_index() == 0:
-        self._write_digest(s)  # a full restore verified it
+      if skipped and self._owner:
+        self._set_aside(skipped, s)
       return state, meta
     raise NoGoodCheckpointError(
-        f'Every checkpoint in {self.directory} ({failures}) is damaged. Move the folder aside '
-        'to start again, or point config.init_from at a good copy.')
+        f'No checkpoint step in {self.directory} can be trusted ('
+        + '; '.join(f'step {s}: {kind}, {why}' for s, kind, why in skipped)
+        + '). Nothing was moved. Move the folder aside to start again, or point '
+        'config.init_from at a good copy.')
+
+  def _set_aside(self, skipped, restored):
+    """Moves the skipped steps to damaged/ so Orbax no longer lists them.
+
+    Every process reached the same decision from the same files; process 0 moves them once
+    all are done reading, and the others wait for it before re-reading the step list.
+    """
+    from jax.experimental import multihost_utils
+    multi = jax.process_count() > 1
+    if multi:
+      multihost_utils.sync_global_devices('vae_jax checkpoint: before setting steps aside')
+    if jax.process_index() == 0:
+      for s, kind, why in skipped:
+        dest = self._move_aside(s, f'{kind}: {why}')
+        _warn(f'moved {kind} checkpoint step {s} aside to {dest} (kept, not deleted); the run '
+              f'resumes from step {restored} and saves step {s} again.')
+    if multi:
+      multihost_utils.sync_global_devices('vae_jax checkpoint: steps set aside')
+    self._manager.reload()
+
+  def _move_aside(self, step, reason):
+    os.makedirs(self.damaged_dir, exist_ok=True)
+    name, n = str(step), 0
+    while any(os.path.exists(os.path.join(self.damaged_dir, name + ext))
+              for ext in ('', '.json', '.reason.txt')):
+      n += 1
+      name = f'{step}.{n}'
+    dest = os.path.join(self.damaged_dir, name)
+    os.rename(self._step_dir(step), dest)
+    if os.path.exists(self._digest_path(step)):
+      os.rename(self._digest_path(step), dest + '.json')
+    with open(dest + '.reason.txt', 'w') as f:
+      f.write(f'checkpoint step {step} was set aside as {reason}\n')
+    return dest
 
 
 def step_digest(step_dir):
-  """{relative path: sha256} of every file under one checkpoint step."""
+  """{relative path: sha256} of every file under one checkpoint step, except the top-level
+  files Orbax writes while committing it."""
   out = {}
   for root, _, files in os.walk(step_dir):
     for name in files:
       path = os.path.join(root, name)
+      rel = os.path.relpath(path, step_dir)
+      if rel in _OUTSIDE_DIGEST:
+        continue
       h = hashlib.sha256()
       with open(path, 'rb') as f:
         for block in iter(lambda: f.read(1 << 20), b''):
           h.update(block)
-      out[os.path.relpath(path, step_dir)] = h.hexdigest()
+      out[rel] = h.hexdigest()
   return out
 
 
@@ -235,19 +361,93 @@ def abstract_with_shardings(abstract_state, shardings):
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
 
 
+# -- compatibility -------------------------------------------------------------------------------
+
+
+def _flatten(tree, prefix=''):
+  """{dotted key: leaf} of a nested dict (lists and tuples are leaves)."""
+  out = {}
+  for key, value in tree.items():
+    name = f'{prefix}{key}'
+    if isinstance(value, dict):
+      out.update(_flatten(value, name + '.'))
+    else:
+      out[name] = value
+  return out
+
+
+def _covered(key, names):
+  return any(key == n or key.startswith(n + '.') for n in names)
+
+
+@functools.lru_cache(maxsize=1)
+def _defaults():
+  """Flattened configs/default.py, or None when the package was installed without it."""
+  if not os.path.exists(_DEFAULT_CONFIG):
+    return None
+  spec = importlib.util.spec_from_file_location('_vae_jax_default_config', _DEFAULT_CONFIG)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return _flatten(json.loads(module.get_config().to_json()))
+
+
+_ABSENT = object()
+
+
+def _saved_value(saved, key):
+  """The saved value of `key`; a field added since the checkpoint ran as its default."""
+  if key in saved:
+    return saved[key]
+  defaults = _defaults()
+  if defaults is None or key not in defaults:
+    return _ABSENT  # nothing to compare with: accepted
+  return defaults[key]
+
+
 def check_compatible(saved_config, config, where):
-  """Raises IncompatibleCheckpointError when the saved run defines a different experiment."""
-  current = json.loads(config.to_json())
+  """Raises IncompatibleCheckpointError when the saved run defines a different experiment.
+
+  Args:
+    saved_config: the config dict stored in the checkpoint's meta.
+    config: the current ConfigDict.
+    where: the checkpoint's folder, for the message.
+  """
+  saved = _flatten(saved_config)
+  now = _flatten(json.loads(config.to_json()))
   diffs = []
-  for path in _COMPATIBLE_KEYS:
-    a, b = saved_config, current
-    for key in path:
-      a = a.get(key) if isinstance(a, dict) else None
-      b = b.get(key) if isinstance(b, dict) else None
-    if a != b:
-      diffs.append(f'{".".join(path)}: saved {a!r}, now {b!r}')
+  for key in sorted(now):
+    if _covered(key, RESUME_NEUTRAL + APPLIED_ON_RESUME):
+      continue
+    before = _saved_value(saved, key)
+    if before is _ABSENT or before == now[key]:
+      continue
+    if key == 'num_train_steps':
+      schedule = now.get('optim.schedule')
+      if schedule in _LENGTH_FREE_SCHEDULES:
+        continue
+      diffs.append(f'num_train_steps: saved {before!r}, now {now[key]!r} (under '
+                   f'optim.schedule={schedule!r} it is the length of the decay, so changing it '
+                   'changes the learning rate of every later step)')
+    elif key in saved:
+      diffs.append(f'{key}: saved {before!r}, now {now[key]!r}')
+    else:
+      diffs.append(f'{key}: absent from the checkpoint (added to vae_jax since; the run used '
+                   f'its default {before!r}), now {now[key]!r}')
   if diffs:
     raise IncompatibleCheckpointError(
-        f'The checkpoint in {where} was written by a different experiment ('
-        + '; '.join(diffs) + '). Resuming would mix two runs. Use a new --workdir, or restore '
-        'the original values of these fields (steps, intervals and logging may change).')
+        f'The checkpoint in {where} was written by a different experiment: '
+        + '; '.join(diffs) + '. Resuming would mix two runs. Use a new --workdir, or restore '
+        'these values (intervals, eval and image settings, checkpointing, the mesh and '
+        f'{", ".join(APPLIED_ON_RESUME)} may change on resume).')
+
+
+def config_changes(saved_config, config):
+  """[(dotted key, saved, now)] of the APPLIED_ON_RESUME fields that differ, for the log."""
+  saved = _flatten(saved_config)
+  now = _flatten(json.loads(config.to_json()))
+  out = []
+  for key in APPLIED_ON_RESUME:
+    before = _saved_value(saved, key)
+    if key in now and before is not _ABSENT and before != now[key]:
+      out.append((key, before, now[key]))
+  return out

@@ -4,6 +4,7 @@ Only process 0 writes; other processes get writers that do nothing, so callers n
 TensorBoard events are written with the `tensorboard` package's own event writer (no TF import).
 """
 
+import hashlib
 import json
 import math
 import os
@@ -61,10 +62,10 @@ class MetricWriter:
 
 
 def _plain(v):
+  # Non-finite floats stay numbers: Python's json writes and reads NaN and Infinity, so a
+  # reader doing arithmetic on metrics.jsonl never meets strings.
   if isinstance(v, (np.generic, np.ndarray)) or hasattr(v, 'dtype'):
     v = np.asarray(v).item()
-  if isinstance(v, float) and not math.isfinite(v):
-    return repr(v)  # JSON has no NaN/inf; keep them visible as strings
   return v
 
 
@@ -79,7 +80,10 @@ def read_metrics(workdir, kind=None):
 
 
 def write_config(workdir, config):
-  """DIR/config.json: the resolved config (process 0)."""
+  """DIR/config.json: the resolved config of the latest start (process 0).
+
+  Earlier starts' configs are kept in config_history.jsonl (append_config_history).
+  """
   if jax.process_index() != 0:
     return
   os.makedirs(workdir, exist_ok=True)
@@ -87,6 +91,26 @@ def write_config(workdir, config):
   with open(tmp, 'w') as f:
     f.write(config.to_json(indent=2, sort_keys=True))
   os.replace(tmp, os.path.join(workdir, 'config.json'))
+
+
+def config_digest(config):
+  """SHA-256 of the resolved config (sorted JSON): what identifies a config in DONE."""
+  return hashlib.sha256(config.to_json(sort_keys=True).encode()).hexdigest()
+
+
+def append_config_history(workdir, config, step, changes=()):
+  """One line per start of a run in DIR/config_history.jsonl (process 0).
+
+  Each line: the step the start trained from, the time, the changes applied at that step
+  ([dotted key, old, new]) and the whole config, so no earlier config is ever lost.
+  """
+  if jax.process_index() != 0:
+    return
+  record = {'step': int(step), 'time': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+            'changes': [list(c) for c in changes], 'config_sha256': config_digest(config),
+            'config': json.loads(config.to_json())}
+  with open(os.path.join(workdir, 'config_history.jsonl'), 'a') as f:
+    f.write(json.dumps(record) + '\n')
 
 
 def image_grid(images):

@@ -1,11 +1,10 @@
-"""The derived objective (MISSION.md): per-example terms, their one reduction, the tracked loss.
+"""The derived objective: per-example terms, their one reduction, the momentum-tracked loss.
 
 Minimising KL(P_phi(X, h) || P_theta(X, h)) is, up to the data entropy, minimising the negative
 ELBO per example:
   neg_elbo(x) = recon(x) + kl(x),  recon = -E_q log p(x|h),  kl = KL(q(h|x) || p(h)),
 with q(h|x) Gaussian, p(h) = N(0, I), the KL analytic and E_q estimated with reparameterized
-samples. Importance-sampled log p(x) (IWAE bound, posterior gap), free bits and KL warm-up
-belong beside these functions and are not built yet.
+samples.
 """
 
 import jax.numpy as jnp
@@ -61,7 +60,7 @@ def reduce_terms(per_example, weight, denominator):
 
 
 def momentum_update(prev, batch_loss, gamma, first):
-  """The momentum-tracked loss (MISSION.md step 5).
+  """The momentum-tracked loss over mini-batches.
 
   L_0 = the first batch's loss; then L <- gamma L + (1 - gamma) L_batch. `first` may be a traced
   bool: jnp.where selects, so a placeholder (even NaN) in `prev` never leaks into L_0.

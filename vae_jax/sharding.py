@@ -84,3 +84,9 @@ def host_to_global(local, mesh, leading_axes=0):
 def to_host(tree):
   """Fetches a (replicated or fully addressable) global tree as numpy, on every process."""
   return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+
+def with_shardings(abstract, shardings):
+  """ShapeDtypeStructs carrying target shardings: an init target and an Orbax restore target."""
+  return jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)

@@ -131,6 +131,21 @@ def validate_batch_split(config, num_devices):
           '(config.mesh.data).')
 
 
+def validate_data_splits(config, info):
+  """The configured splits exist in the dataset (known once its info is read), fit the batch
+  sizes, and the validation slice does not overlap the training one."""
+  from vae_jax import data as data_lib
+  try:
+    data_lib.validate_splits(config.data, info)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  n_train = info.split_size(config.data.train_split)
+  if n_train < config.batch_size:
+    raise ConfigError(
+        f'config.batch_size={config.batch_size} is larger than the {n_train} training '
+        f'examples of {config.data.name!r} (data.train_split={config.data.train_split!r}).')
+
+
 def validate_image_shape(config, image_shape):
   """Checks the model fits the dataset's images (known once the dataset info is read)."""
   h, w, _ = image_shape

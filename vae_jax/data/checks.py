@@ -9,11 +9,13 @@ import glob
 import os
 import re
 
-from vae_jax.data import formats, sprites
+from vae_jax.data import formats, splits, sprites
 
 KNOWN_PREPROCESS = ('grey', 'dynamic_binarize', 'threshold', 'uint8')
 KNOWN_BACKENDS = ('memory', 'stream')
 SPRITES = 'sprites'
+# The data.* fields that name a split (or a slice of one).
+SPLIT_FIELDS = ('train_split', 'valid_split', 'eval_split')
 _VERSION_DIR = re.compile(r'^\d+\.\d+\.\d+$')
 
 
@@ -22,7 +24,10 @@ class DatasetMissingError(RuntimeError):
 
 
 def validate_data_config(data_cfg):
-  """Raises ValueError naming the valid values for any unknown data.* setting."""
+  """Raises ValueError naming the valid values for any unknown data.* setting.
+
+  Split fields are checked for syntax only (their sizes need the dataset: validate_splits).
+  """
   _one_of('data.preprocess', data_cfg.preprocess, KNOWN_PREPROCESS)
   _one_of('data.backend', data_cfg.backend, KNOWN_BACKENDS)
   if not data_cfg.name:
@@ -32,9 +37,61 @@ def validate_data_config(data_cfg):
     _one_of('sprites config', config, tuple(sprites.SPRITE_SPECS))
   if data_cfg.shuffle_buffer < 1:
     raise ValueError(f'data.shuffle_buffer must be >= 1, got {data_cfg.shuffle_buffer}.')
-  for field in ('train_split', 'eval_split'):
-    if not getattr(data_cfg, field):
-      raise ValueError(f'data.{field} is empty (e.g. train, test, validation).')
+  for field in SPLIT_FIELDS:
+    value = getattr(data_cfg, field)
+    if not value:
+      raise ValueError(f'data.{field} is empty: use {splits.SYNTAX}.')
+    try:
+      splits.parse(value)
+    except ValueError as e:
+      raise ValueError(f'data.{field}: {e}') from None
+  train, valid = splits.parse(data_cfg.train_split), splits.parse(data_cfg.valid_split)
+  # Decidable without the split sizes; validate_splits checks every other overlap.
+  if train.base == valid.base and (train.whole or valid.whole):
+    raise ValueError(_overlap_message(data_cfg, None))
+
+
+def validate_splits(data_cfg, info):
+  """Checks data.train_split, valid_split and eval_split against the dataset's splits.
+
+  Call it once the DataInfo is known and before anything compiles.
+
+  Args:
+    data_cfg: the data config.
+    info: the dataset's DataInfo (only its num_examples is used).
+
+  Raises:
+    ValueError: a split (or slice) the dataset does not have, a slice out of range or empty,
+      or training and validation splits that share examples.
+  """
+  for field in SPLIT_FIELDS:
+    value = getattr(data_cfg, field)
+    try:
+      splits.resolve(value, info.num_examples)
+    except ValueError as e:
+      hint = ''
+      if field == 'valid_split' and splits.parse(value).base not in info.num_examples:
+        hint = (f' {info.name!r} has no such split to select models on: hold out a slice of '
+                f"train instead, e.g. data.train_split='train[:90%]' with "
+                f"data.valid_split='train[90%:]'.")
+      raise ValueError(f'data.{field}={value!r} does not fit {info.name!r}: {e}{hint}') from None
+  shared = splits.overlap(data_cfg.train_split, data_cfg.valid_split, info.num_examples)
+  if shared is not None:
+    raise ValueError(_overlap_message(data_cfg, shared))
+
+
+def _overlap_message(data_cfg, shared):
+  train, valid = data_cfg.train_split, data_cfg.valid_split
+  where = f' (base indices [{shared[0]}, {shared[1]}))' if shared else ''
+  rest = splits.complement(valid)
+  if rest:
+    fix = f'train on the rest, data.train_split={rest!r}'
+  else:
+    fix = "hold out a slice, e.g. data.train_split='train[:90%]', data.valid_split='train[90%:]'"
+  return (f'data.train_split={train!r} and data.valid_split={valid!r} share examples{where}: '
+          'model selection on the validation split would read training examples. Use '
+          f"disjoint splits: {fix}; or use the dataset's own validation split where it has "
+          "one (e.g. data.valid_split='validation').")
 
 
 def _one_of(what, value, valid):

@@ -1,20 +1,19 @@
-"""Preparing, describing and reading whole datasets (TFDS records -> uint8 numpy arrays).
+"""Preparing, describing and loading datasets (TFDS records -> uint8 numpy arrays).
 
-Every dataset comes out as uint8 0..255 [N, H, W, C]: datasets stored as 0/1 (binarized_mnist)
-are scaled to {0, 255} when read, so preprocessing is the same for all. The order of a split is
-its canonical TFDS order (shard files in order, records in order): an example's index in it is
-what binarization keys and evaluation use, for both back ends.
+Every dataset comes out as uint8 0..255 [N, H, W, C] (see `records`). Splits may be slices of
+a base split ('train[:90%]', see `splits`); an example's index is always its index in the base
+split's canonical TFDS order (shard files in order, records in order): it is what binarization
+keys and evaluation use, for both back ends.
+
+Imports go one way: datasets imports offline and sprites_builder (inside the functions that
+need them: both import TFDS at their top), and all three import records (TFRecord reading and
+image encoding), which imports neither.
 """
 
 import dataclasses
 import os
 
-from vae_jax.data import checks
-
-# Rows sampled to tell a 0/1-valued dataset from a 0..255 one. Decided from the first split's
-# first rows, never per split or per batch, so all splits and both back ends scale alike.
-_SCALE_SAMPLE = 1024
-_scale_cache = {}
+from vae_jax.data import checks, records, splits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +34,19 @@ class DataInfo:
   entropy_nats: float | None = None
   num_distinct: int | None = None
 
+  def split_size(self, split):
+    """Number of examples of a split or slice, e.g. 'test', 'train[:55000]', 'train[90%:]'.
+
+    Raises:
+      ValueError: an unknown split, bad slice syntax, or a slice out of range or empty; the
+        message names the available splits and the slice syntax.
+    """
+    return splits.size(split, self.num_examples)
+
+  def split_range(self, split):
+    """(base split, start, stop): the split's examples are base indices [start, stop)."""
+    return splits.resolve(split, self.num_examples)
+
 
 def _load_builder(name, data_dir):
   import tensorflow_datasets as tfds
@@ -54,7 +66,74 @@ def ensure_prepared(data_cfg):
   Returns:
     (tfds builder of the prepared dataset, how): how is 'prepared' (found), 'generated'
     (sprites), 'tfds-manual-dir' / 'decoded-local-files' (offline) or 'downloaded'.
+
+  Raises:
+    DatasetMissingError: not prepared and not preparable as configured; with data.download
+      also when a download host is unreachable or the download fails. The message gives the
+      offline command.
   """
+
+  def download_or_explain(builder):
+    # A download that fails fast, with the offline command instead of a traceback.
+    import socket
+    import urllib.parse
+    import urllib.request
+
+    import requests
+
+    def one_line(e):
+      return f'{type(e).__name__}: {" ".join(str(e).split())}'
+
+    def unreachable(url):
+      """Why url's host (or the proxy requests would use for it) refuses a connection, or None."""
+      parts = urllib.parse.urlsplit(url)
+      host, port = parts.hostname, parts.port or {'http': 80, 'https': 443}.get(parts.scheme)
+      proxies, via = urllib.request.getproxies(), ''
+      proxy = proxies.get(parts.scheme) or proxies.get('all')
+      if proxy and not urllib.request.proxy_bypass(host):
+        p = urllib.parse.urlsplit(proxy if '//' in proxy else f'//{proxy}')
+        host, port, via = p.hostname, p.port or 80, f' (the proxy for {parts.hostname})'
+      if not host or not port:
+        return None
+      try:
+        socket.create_connection((host, port), timeout=5).close()
+      except OSError as e:
+        return f'cannot connect to {host}:{port}{via} ({one_line(e)})'
+      return None
+
+    def failed(why):
+      # Debian packages holding a dataset's original files (valid input to prepare_data.py).
+      package, folder = {'fashion_mnist': ('dataset-fashion-mnist',
+                                           '/usr/share/datasets/fashion-mnist')}.get(
+                                               checks.split_name(name)[0], (None, None))
+      if package and os.path.isdir(folder):
+        source = f"Debian's {package} installed its files in {folder}; prepare from them"
+        manual_dir = folder
+      elif package:
+        source = (f'`apt-get install {package}` provides the original files (in {folder}); '
+                  'or take a folder DIR holding them, and prepare')
+        manual_dir = 'DIR'
+      else:
+        source = 'Take a folder DIR holding the original files and prepare'
+        manual_dir = 'DIR'
+      return checks.DatasetMissingError(
+          f'Downloading {name!r} failed: {why.rstrip(".")}. {source} offline with\n'
+          f'  {checks.prepare_command(data_cfg.name, data_cfg.data_dir, manual_dir)}\n'
+          f'and run again, or pass --config.data.manual_dir={manual_dir} to prepare it at start.')
+
+    # On a failure to connect TFDS retries for minutes (10 tries, exponential backoff) and
+    # then ends in a requests traceback; a connect to each host of the registered URLs first
+    # fails within seconds instead.
+    hosts = {urllib.parse.urlsplit(url).netloc: url for url in builder.url_infos or {}}
+    for url in hosts.values():
+      why = unreachable(url)
+      if why:
+        raise failed(why)
+    try:
+      builder.download_and_prepare()
+    except (requests.RequestException, tfds.download.DownloadError) as e:
+      raise failed(one_line(e)) from None
+
   checks.check_available(data_cfg)  # fails fast, before TensorFlow, with the prepare command
   import tensorflow_datasets as tfds
 
@@ -74,7 +153,7 @@ def ensure_prepared(data_cfg):
       how = offline.prepare_offline(name, data_cfg.manual_dir, data_dir)
     elif data_cfg.download:
       how = 'downloaded'
-      builder.download_and_prepare()
+      download_or_explain(builder)
     else:
       # check_available saw some prepared version, but not the one this TFDS builds.
       raise checks.DatasetMissingError(
@@ -113,120 +192,11 @@ def dataset_info(data_cfg):
   )
 
 
-# ---------------------------------------------------------------------------------------------
-# Reading records
-
-
-def record_files(builder, split):
-  """(paths of the split's TFRecord shards in canonical order, examples per shard)."""
-  import tensorflow_datasets as tfds
-
-  splits = builder.info.splits
-  if split not in splits:
-    raise ValueError(f'{builder.name} has no split {split!r}; it has {sorted(splits)}.')
-  if builder.info.file_format != tfds.core.FileFormat.TFRECORD:
-    raise ValueError(f'{builder.name} is stored as {builder.info.file_format}; the readers here '
-                     'need TFRecord (TFDS\'s default): prepare it again without file_format.')
-  info = splits[split]
-  return [os.fspath(p) for p in info.filepaths], [int(n) for n in info.shard_lengths]
-
-
-def _image_feature(builder):
-  image = builder.info.features['image']
-  if None in image.shape:
-    raise ValueError(f'{builder.name} images have variable shape {image.shape}: only '
-                     'fixed-size image datasets are supported.')
-  return image
-
-
-def _numeric_specs(builder):
-  """tf.io parse specs of the scalar / fixed-shape numeric features besides the image."""
-  import tensorflow as tf
-
-  specs = {}
-  serialized = builder.info.features.get_serialized_info()
-  for key, info in serialized.items():
-    if key == 'image' or not hasattr(info, 'shape') or None in tuple(info.shape):
-      continue
-    dtype = tf.as_dtype(info.np_dtype)
-    if dtype.is_integer or dtype.is_floating:
-      specs[key] = tf.io.FixedLenFeature(tuple(info.shape), dtype)
-  return specs
-
-
-def make_decoder(builder, *, with_features, scale=1):
-  """A tf function: serialized records [b] -> {'image': uint8 [b, H, W, C], ...features}."""
-  import tensorflow as tf
-
-  image = _image_feature(builder)
-  shape = tuple(image.shape)
-  specs = {'image': tf.io.FixedLenFeature([], tf.string)}
-  if with_features:
-    specs.update(_numeric_specs(builder))
-
-  def decode_one(data):
-    img = tf.io.decode_image(data, channels=shape[-1], expand_animations=False)
-    return tf.ensure_shape(img, shape)
-
-  def decode(serialized):
-    parsed = tf.io.parse_example(serialized, specs)
-    # Batched parse, per-image decode: about 2x the per-record map rate here.
-    images = tf.map_fn(decode_one, parsed.pop('image'),
-                       fn_output_signature=tf.TensorSpec(shape, tf.uint8))
-    if scale != 1:
-      images = images * tf.constant(scale, tf.uint8)
-    return {'image': images, **parsed}
-
-  return decode
-
-
-def encode_images(images, encoding='png'):
-  """uint8 [N, H, W, C] -> list of N encoded images (bytes), encoded in parallel by tf.data.
-
-  TFDS accepts encoded bytes for Image features; encoding here in one pipeline avoids its
-  per-example eager call (about 0.4 ms each: 27 s of Fashion-MNIST's preparation).
-  """
-  import tensorflow as tf
-
-  encode = {'png': tf.io.encode_png, 'jpeg': tf.io.encode_jpeg}[encoding]
-  ds = tf.data.Dataset.from_tensor_slices(images).batch(256).map(
-      lambda x: tf.map_fn(encode, x, fn_output_signature=tf.string),
-      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return [png for batch in ds.as_numpy_iterator() for png in batch.tolist()]
-
-
-def _read_records(builder, split, *, with_features, scale=1, limit=None):
-  import numpy as np
-  import tensorflow as tf
-
-  files, _ = record_files(builder, split)
-  ds = tf.data.TFRecordDataset(files, buffer_size=8 << 20)
-  if limit is not None:
-    ds = ds.take(limit)
-  decode = make_decoder(builder, with_features=with_features, scale=scale)
-  ds = ds.batch(1024).map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  batches = list(ds.prefetch(2).as_numpy_iterator())
-  if not batches:
-    raise ValueError(f'Split {split!r} of {builder.name} is empty.')
-  return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
-
-
-def value_scale(builder):
-  """255 for datasets stored as 0/1 (to make them 0/255), else 1."""
-  key = os.fspath(builder.data_dir)
-  if key not in _scale_cache:
-    splits = builder.info.splits
-    first = 'train' if 'train' in splits else sorted(splits)[0]
-    sample = _read_records(builder, first, with_features=False, limit=_SCALE_SAMPLE)
-    _scale_cache[key] = 255 if int(sample['image'].max()) <= 1 else 1
-  return _scale_cache[key]
-
-
-def read_split(builder, split):
-  """{'image': uint8 [N, H, W, C] 0..255, plus numeric features} of a prepared split."""
-  return _read_records(builder, split, with_features=True, scale=value_scale(builder))
-
-
 def load_arrays(data_cfg, split):
-  """The whole split as numpy: 'image' uint8 [N, H, W, C] (0..255), plus 'label' / factors."""
-  return read_split(prepare(data_cfg), split)
+  """A split or slice as numpy arrays (prepares the dataset first if needed).
+
+  Returns:
+    {'image': uint8 [N, H, W, C] (0..255), 'index': int32 [N] (each example's index in the base
+    split: 'train[55000:]' gives 55000, 55001, ...), plus 'label' / factors, each [N, ...]}.
+  """
+  return records.read_split(prepare(data_cfg), split)

@@ -18,7 +18,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from vae_jax.data import checks, datasets, formats
+from vae_jax.data import checks, formats, records
 
 PROVENANCE_FILE = 'vae_jax_provenance.json'
 
@@ -110,7 +110,7 @@ def _local_builder_cls(official_cls, fmt, paths, record):
       missing = [k for k in features if k not in arrays and k != 'id']
       if missing:
         raise ValueError(f'{fmt.name} files lack features {missing} of {self.name}.')
-      encoded = datasets.encode_images(images, features['image'].encoding_format or 'png')
+      encoded = records.encode_images(images, features['image'].encoding_format or 'png')
       for i in range(len(images)):
         example = {k: int(arrays[k][i]) for k in features if k not in ('image', 'id')}
         example['image'] = encoded[i]

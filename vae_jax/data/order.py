@@ -1,5 +1,8 @@
 """Training example order: a pure function of (data_seed, epoch), so any step can be recreated.
 
+Orders are over positions 0..n-1 of the training split (a slice 'train[a:b]' has n = b - a;
+its example at position p has index a + p in the base split).
+
 Memory back end: epoch e is `epoch_permutation(data_seed, e, n)`, cut into n // B batches (the
 remainder skipped); step s is batch s % (n // B) of epoch s // (n // B). The data position a
 checkpoint needs is therefore just the step.
@@ -28,9 +31,18 @@ def _rng(data_seed, stream, epoch):
 
 
 def steps_per_epoch(n, batch_size):
+  """Whole batches of an epoch of n examples (the remainder n % batch_size is skipped)."""
   if batch_size < 1 or n < batch_size:
     raise ValueError(f'Need 1 <= batch_size <= examples, got batch {batch_size}, {n} examples.')
   return n // batch_size
+
+
+def epoch_of(step, n, batch_size):
+  """The epoch of training step `step` (int, numpy or traced jax array) over n examples.
+
+  The one rule of both back ends: step s is in epoch s // steps_per_epoch(n, batch_size).
+  """
+  return step // steps_per_epoch(n, batch_size)
 
 
 @functools.lru_cache(maxsize=8)
@@ -42,7 +54,7 @@ def epoch_permutation(data_seed, epoch, n):
 
 
 def train_indices(data_seed, start_step, num_steps, batch_size, n):
-  """int32 [num_steps, batch_size]: dataset indices of steps start_step .. + num_steps - 1."""
+  """int32 [num_steps, batch_size]: split positions of steps start_step .. + num_steps - 1."""
   spe = steps_per_epoch(n, batch_size)
   steps = np.arange(start_step, start_step + num_steps)
   epochs, within = np.divmod(steps, spe)

@@ -2,14 +2,15 @@
 
 Batches are global (batch_size over all processes); process p gets rows
 [p * B / P, (p + 1) * B / P) of each. Each batch carries 'index' (the example's index in the
-split's canonical order) and, for training, 'epoch', the inputs of the binarization keys.
+base split's canonical order, also for slices: 'train[55000:]' starts at 55000) and, for
+training, 'epoch', the inputs of the binarization keys.
 """
 
 import itertools
 
 import numpy as np
 
-from vae_jax.data import datasets, order
+from vae_jax.data import datasets, order, records
 
 # Steps of indices computed at once by the memory iterator (amortises the numpy calls).
 _INDEX_CHUNK = 256
@@ -37,8 +38,9 @@ def make_train_iterator(data_cfg, *, batch_size, data_seed, start_step, process_
   lo, local = process_rows(batch_size, process_index, process_count)
   if data_cfg.backend == 'memory':
     arrays = datasets.load_arrays(data_cfg, data_cfg.train_split)
-    return _memory_train(arrays['image'], batch_size=batch_size, data_seed=data_seed,
-                         start_step=start_step, rows=slice(lo, lo + local))
+    return _memory_train(arrays, batch_size=batch_size, data_seed=data_seed,
+                         start_step=start_step, process_index=process_index,
+                         process_count=process_count)
   if data_cfg.backend == 'stream':
     builder = datasets.prepare(data_cfg)
     ds = _stream_train(builder, data_cfg.train_split, batch_size=batch_size,
@@ -48,27 +50,55 @@ def make_train_iterator(data_cfg, *, batch_size, data_seed, start_step, process_
   raise ValueError(f'Unknown data.backend {data_cfg.backend!r}; valid: memory, stream.')
 
 
-def _memory_train(images, *, batch_size, data_seed, start_step, rows):
-  n = len(images)
-  spe = order.steps_per_epoch(n, batch_size)
+def memory_train_indices(base_index, *, data_seed, start_step, num_steps, batch_size,
+                         process_index=0, process_count=1):
+  """The memory back end's rows of steps start_step .. start_step + num_steps - 1 for a process.
+
+  The one definition of the memory training order: the iterator here and the trainer's
+  on-device feeder both use it.
+
+  Args:
+    base_index: int [n], load_arrays(...)['index'] of the training split: each loaded row's
+      index in the base split.
+    data_seed, start_step, num_steps, batch_size: as for order.train_indices.
+    process_index, process_count: which share of each global batch (see process_rows).
+
+  Returns:
+    (positions, index), each int32 [num_steps, batch_size / process_count]: positions are rows
+    of the loaded arrays to gather; index is base_index[positions], the examples' indices in the
+    base split (the binarization keys).
+  """
+  lo, local = process_rows(batch_size, process_index, process_count)
+  positions = order.train_indices(data_seed, start_step, num_steps, batch_size,
+                                  len(base_index))[:, lo:lo + local]
+  return positions, np.asarray(base_index, np.int32)[positions]
+
+
+def _memory_train(arrays, *, batch_size, data_seed, start_step, process_index, process_count):
+  images, n = arrays['image'], len(arrays['image'])
   for chunk_start in itertools.count(start_step, _INDEX_CHUNK):
-    indices = order.train_indices(data_seed, chunk_start, _INDEX_CHUNK, batch_size, n)
-    for step, row in enumerate(indices[:, rows], chunk_start):
-      yield {'image': images[row], 'index': row,
-             'epoch': np.full(len(row), step // spe, np.int32)}
+    positions, index = memory_train_indices(
+        arrays['index'], data_seed=data_seed, start_step=chunk_start, num_steps=_INDEX_CHUNK,
+        batch_size=batch_size, process_index=process_index, process_count=process_count)
+    for step, (pos, idx) in enumerate(zip(positions, index, strict=True), chunk_start):
+      yield {'image': images[pos], 'index': idx,
+             'epoch': np.full(len(idx), order.epoch_of(step, n, batch_size), np.int32)}
 
 
 def _stream_train(builder, split, *, batch_size, data_seed, start_step, lo, local, block_size):
   """A tf.data.Dataset over the split's records in `order.stream_epoch_plan` order.
 
+  The plan is over positions 0..n-1 of the split (a slice: of its range [first, first + n) of
+  the base split); blocks are read from the base split's shards at first + their start.
   Host memory is bounded by one block (block_size serialized records) plus a few prefetched
   batches. The order is computed in numpy from (data_seed, epoch), so a stream recreated at
   step s starts exactly where the one from step 0 is at step s.
   """
   import tensorflow as tf
 
-  files, lengths = datasets.record_files(builder, split)
-  n = sum(lengths)
+  base, first, stop = records.resolve(builder, split)
+  files, lengths = records.record_files(builder, base)
+  n = stop - first
   block_size = min(block_size, n)
   spe = order.steps_per_epoch(n, batch_size)
   first_epoch, skip_steps = divmod(start_step, spe)
@@ -78,6 +108,7 @@ def _stream_train(builder, split, *, batch_size, data_seed, start_step, lo, loca
     starts, sizes, offsets, rows = order.stream_epoch_plan(
         data_seed, epoch, n, batch_size, block_size,
         skip_steps=skip_steps if epoch == first_epoch else 0)
+    starts = (starts + first).astype(np.int32)  # base-split indices of the blocks
     pieces = [order.shard_pieces(a, m, lengths) for a, m in zip(starts, sizes, strict=True)]
     flat = np.array([p for ps in pieces for p in ps], np.int64).reshape(-1, 3)
     piece_offsets = np.cumsum([0] + [len(ps) for ps in pieces]).astype(np.int64)
@@ -100,16 +131,17 @@ def _stream_train(builder, split, *, batch_size, data_seed, start_step, lo, loca
     return tf.data.Dataset.range(tf.size(starts, out_type=tf.int64)).map(block)
 
   def read_block(b):
-    records = tf.data.Dataset.from_tensor_slices((b['paths'], b['skips'], b['takes'])).flat_map(
+    serialized = tf.data.Dataset.from_tensor_slices((b['paths'], b['skips'], b['takes']))
+    serialized = serialized.flat_map(
         lambda p, k, t: tf.data.TFRecordDataset(p, buffer_size=1 << 20).skip(k).take(t))
     # The whole block as one element (the shuffle window), then its examples in `rows` order.
-    return records.batch(block_size).map(lambda block: {
+    return serialized.batch(block_size).map(lambda block: {
         'serialized': tf.gather(block, b['rows']),
         'index': b['start'] + b['rows'],
         'epoch': tf.fill(tf.shape(b['rows']), b['epoch']),
     }).unbatch()
 
-  decode = datasets.make_decoder(builder, with_features=False, scale=datasets.value_scale(builder))
+  decode = records.make_decoder(builder, with_features=False, scale=records.value_scale(builder))
 
   def local_rows(batch):
     batch = {k: v[lo:lo + local] for k, v in batch.items()}
@@ -125,12 +157,12 @@ def _stream_train(builder, split, *, batch_size, data_seed, start_step, lo, loca
 
 def eval_batches(data_cfg, split, *, batch_size, process_index=0, process_count=1,
                  arrays=None):
-  """One pass over the whole split in canonical order, in global batches of batch_size.
+  """One pass over the whole split (or slice) in canonical order, in global batches.
 
   The last global batch is padded (mask False, image zeros, index 0), never dropped, so every
-  example is seen exactly once over all processes. Pass `arrays` (from load_arrays) to reuse
-  them across evaluations; otherwise the memory back end loads the split and the stream back
-  end reads it.
+  example is seen exactly once over all processes. 'index' is the example's index in the base
+  split. Pass `arrays` (load_arrays(data_cfg, split), with its 'index') to reuse them across
+  evaluations; otherwise the memory back end loads the split and the stream back end reads it.
 
   Yields:
     {'image': uint8 [B/P, H, W, C], 'index': int32 [B/P], 'mask': bool [B/P]}.
@@ -139,34 +171,40 @@ def eval_batches(data_cfg, split, *, batch_size, process_index=0, process_count=
   if arrays is None and data_cfg.backend == 'memory':
     arrays = datasets.load_arrays(data_cfg, split)
   if arrays is not None:
-    images = arrays['image']
+    if 'index' not in arrays:
+      raise ValueError("eval_batches: arrays lack 'index' (the base-split index of each row); "
+                       'pass load_arrays(data_cfg, split) as it is.')
+    images, base_index = arrays['image'], np.asarray(arrays['index'], np.int32)
     n = len(images)
     for start in range(0, n, batch_size):
-      index, mask = _eval_rows(start, lo, local, n)
-      yield {'image': np.where(mask[:, None, None, None], images[index], 0).astype(np.uint8),
-             'index': index, 'mask': mask}
+      pos, mask = _eval_rows(start, lo, local, n)
+      yield {'image': np.where(mask[:, None, None, None], images[pos], 0).astype(np.uint8),
+             'index': np.where(mask, base_index[pos], 0).astype(np.int32), 'mask': mask}
     return
   yield from _stream_eval(datasets.prepare(data_cfg), split, batch_size=batch_size, lo=lo,
                           local=local)
 
 
 def _eval_rows(start, lo, local, n):
-  index = start + lo + np.arange(local, dtype=np.int32)
-  mask = index < n
-  return np.where(mask, index, 0).astype(np.int32), mask
+  """(positions in the split, clipped to 0 where padded, and the mask) of one batch's rows."""
+  pos = start + lo + np.arange(local, dtype=np.int32)
+  mask = pos < n
+  return np.where(mask, pos, 0).astype(np.int32), mask
 
 
 def _stream_eval(builder, split, *, batch_size, lo, local):
   import tensorflow as tf
 
-  files, lengths = datasets.record_files(builder, split)
-  n = sum(lengths)
-  decode = datasets.make_decoder(builder, with_features=False, scale=datasets.value_scale(builder))
-  ds = tf.data.TFRecordDataset(files, buffer_size=8 << 20).batch(batch_size)
+  base, first, stop = records.resolve(builder, split)
+  files, lengths = records.record_files(builder, base)
+  n = stop - first
+  decode = records.make_decoder(builder, with_features=False, scale=records.value_scale(builder))
+  ds = records.slice_records(files, lengths, first, n).batch(batch_size)
   ds = ds.map(lambda s: decode(s[lo:lo + local])['image'],
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(4)
   for start, images in zip(range(0, n, batch_size), ds.as_numpy_iterator(), strict=True):
-    index, mask = _eval_rows(start, lo, local, n)
+    pos, mask = _eval_rows(start, lo, local, n)
     padded = np.zeros((local,) + images.shape[1:], np.uint8)
     padded[:len(images)] = images
-    yield {'image': padded, 'index': index, 'mask': mask}
+    yield {'image': padded, 'index': np.where(mask, first + pos, 0).astype(np.int32),
+           'mask': mask}

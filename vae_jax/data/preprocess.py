@@ -1,10 +1,8 @@
 """Image preprocessing in jnp, usable inside jit (batches are uint8 0..255 throughout).
 
-Dynamic binarization draws every example's pixels from its own key, made from the data seed,
-the example's index in the split and (training only) the epoch:
-  training:   k = fold_in(fold_in(fold_in(key(data_seed), 1), epoch), index)
-  evaluation: k = fold_in(fold_in(key(data_seed), 2), index)
-  x = uniform(k, image.shape) < image / 255
+Dynamic binarization draws every example's pixels from its own key (`vae_jax.streams`): from
+the data seed's root, the example's index in its split and (training only) the epoch,
+  x = uniform(k, image.shape) < image / 255.
 The draw therefore never depends on how a batch is split over devices or processes, and
 evaluation draws are the same at every step. Never fold in a device or process index here.
 """
@@ -15,21 +13,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_TRAIN_STREAM = 1
-_EVAL_STREAM = 2
+from vae_jax import streams
 
 
 def example_keys(index, *, data_seed, epoch=None):
-  """Typed keys, one per example: index [...] (and epoch, broadcastable) -> keys [...]."""
-  index = jnp.asarray(index)
-  base = jax.random.key(data_seed)
-  if epoch is None:
-    k = jax.random.fold_in(base, _EVAL_STREAM)
-    return jnp.vectorize(lambda i: jax.random.fold_in(k, i))(index)
-  k = jax.random.fold_in(base, _TRAIN_STREAM)
-  epoch = jnp.broadcast_to(jnp.asarray(epoch), index.shape)
-  fold = jnp.vectorize(lambda e, i: jax.random.fold_in(jax.random.fold_in(k, e), i))
-  return fold(epoch, index)
+  """Binarization keys, one per example: index [...] (and epoch) -> keys [...]."""
+  return streams.binarize_keys(index, data_seed=data_seed, epoch=epoch)
 
 
 def _rotate_left(x, r):

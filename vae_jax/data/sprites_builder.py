@@ -9,7 +9,7 @@ import dataclasses
 
 import tensorflow_datasets as tfds
 
-from vae_jax.data import datasets, sprites
+from vae_jax.data import records, sprites
 
 
 class SpritesConfig(tfds.core.BuilderConfig):
@@ -66,7 +66,7 @@ class Sprites(tfds.core.GeneratorBasedBuilder):
     return {split: self._generate_examples(data, rows) for split, rows in data['splits'].items()}
 
   def _generate_examples(self, data, rows):
-    encoded = datasets.encode_images(data['images'][rows])
+    encoded = records.encode_images(data['images'][rows])
     for row, image in zip(rows, encoded, strict=True):
       example = {'image': image}
       example.update(zip(sprites.FACTORS, (int(f) for f in data['factors'][row]), strict=True))

@@ -1,4 +1,4 @@
-"""Flax modules: encoders, decoders and the VAE that wires them together.
+"""Flax networks: encoders, decoders and the VAE network that wires them together.
 
 The encoder maps x [B,H,W,C] to the parameters of q(h|x):
   diag: {'mean': [B,D], 'log_scale': [B,D]}
@@ -14,7 +14,8 @@ The decoder maps h [N,D] to the parameters of p(x|h), by likelihood:
     unconstrained on the [-1, 1] data scale (the edge bins absorb values beyond it, as in
     PixelCNN++), log_scale is clipped below at -7.
 
-No losses live here: the maths of these parameters is in distributions.py.
+No losses and no randomness live here: the maths of these parameters is in distributions.py,
+and the model family built on these networks (`gaussian_vae`) draws the noise eps.
 """
 
 import math
@@ -370,8 +371,8 @@ class VAE(nn.Module):
     return {'posterior': posterior, 'h': h, 'likelihood': self.decode(h)}
 
 
-def build_model(model_cfg, image_shape: Sequence[int]) -> VAE:
-  """The VAE described by `config.model` (an ml_collections ConfigDict) for image_shape."""
+def build_network(model_cfg, image_shape: Sequence[int]) -> VAE:
+  """The Flax VAE network described by `config.model` for images of image_shape."""
   return VAE(
       image_shape=tuple(image_shape),
       encoder=model_cfg.encoder,
@@ -386,6 +387,5 @@ def build_model(model_cfg, image_shape: Sequence[int]) -> VAE:
       learn_sigma=model_cfg.learn_sigma,
       gaussian_sigma=model_cfg.gaussian_sigma,
       logistic_mixtures=model_cfg.logistic_mixtures,
-      # Optional until mixed precision lands in the configs.
-      dtype=jnp.dtype(model_cfg.get('dtype', 'float32')),
+      dtype=jnp.dtype(model_cfg.dtype),
   )

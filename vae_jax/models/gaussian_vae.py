@@ -1,0 +1,104 @@
+"""The single-stochastic-layer VAE: q(h|x) Gaussian (diagonal or full), p(h) = N(0, I).
+
+This is the model contract every family provides, as pure functions of the parameters:
+- `terms(params, x, key)` -> dict of [B] arrays: `recon`, `kl`, `neg_elbo` (nats). `key` is
+  one key for the whole batch (training: one per step; the batch's noise is drawn in the
+  global view, so with `jax_threefry_partitionable` a sharded draw equals the unsharded one) or
+  keys [B], one per example (evaluation: example i's sample k comes from fold_in(key_i, k), so
+  the batch size, padding and device count change nothing).
+- `log_weights(params, x, keys, num_samples, sample_offset)` -> [K, B] of
+  log p(x|h) + log p(h) - log q(h|x) for samples sample_offset .. sample_offset + K - 1 of each
+  example; chunks with offsets 0, Kc, 2Kc, ... concatenate to the unchunked result.
+- `sample(params, key, n, temperature)` -> prior draws decoded: {'means': E[x|h],
+  'samples': x ~ p(x|h)}, each [n, H, W, C] in the data's display range.
+- `reconstruct(params, x)` -> E[x|h] at h = the posterior mean, [B, H, W, C].
+- `posterior_stats(params, x)` -> {'mean': [B, U], 'var': [B, U]} per latent unit.
+- `init(key, x)` -> params.
+Callers hand keys, never noise: nobody outside this module knows the latent's size.
+"""
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from vae_jax import distributions, objectives
+from vae_jax.models import networks
+
+
+@dataclasses.dataclass(frozen=True)
+class GaussianVAE:
+  """The contract over one Flax `networks.VAE` (its encoder, decoder and likelihood)."""
+
+  network: networks.VAE
+  likelihood: str
+  latent_dim: int
+  x_dtype: Any = jnp.float32  # the model input's dtype (int32 for 8-bit discrete data)
+
+  def init(self, key, x):
+    """Parameters for inputs shaped like x [B, H, W, C]."""
+    eps = jnp.zeros((x.shape[0], self.latent_dim), jnp.float32)
+    return self.network.init(key, x, eps)['params']
+
+  def _noise(self, key, batch, num_samples=None, sample_offset=0):
+    """Standard normal eps: [B, D] from one key, or from keys [B] ([K, B, D] with samples)."""
+    d = self.latent_dim
+    if key.ndim == 0:
+      return jax.random.normal(key, (batch, d))  # [B, D]: the batch in the global view
+    if num_samples is None:
+      return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), (d,)))(key)
+    ks = sample_offset + jnp.arange(num_samples)
+    draw = lambda k, s: jax.random.normal(jax.random.fold_in(k, s), (d,))
+    return jax.vmap(lambda s: jax.vmap(lambda k: draw(k, s))(key))(ks)  # [K, B, D]
+
+  def terms(self, params, x, key):
+    """recon, kl, neg_elbo: each [B], nats (one reparameterized sample per example)."""
+    eps = self._noise(key, x.shape[0])  # [B, D]
+    out = self.network.apply({'params': params}, x, eps)
+    return objectives.elbo_terms(out['posterior'], out['likelihood'], x, self.likelihood)
+
+  def log_weights(self, params, x, keys, num_samples, sample_offset=0):
+    """log p(x|h) + log p(h) - log q(h|x): [K, B], for samples offset .. offset + K - 1.
+
+    The encoder runs once per example; only the decoder sees the K samples.
+    """
+    post = self.network.apply({'params': params}, x, method='encode')
+    eps = self._noise(keys, x.shape[0], num_samples, sample_offset)  # [K, B, D]
+    h = distributions.gaussian_rsample(post, eps)  # [K, B, D]
+    lik = self.network.apply({'params': params}, h, method='decode')
+    log_px_h = distributions.likelihood_log_prob(self.likelihood, lik, x)  # [K, B]
+    return (log_px_h + distributions.standard_normal_log_prob(h)
+            - distributions.gaussian_log_prob(post, h))
+
+  def sample(self, params, key, n, temperature=1.0):
+    """n prior draws h ~ N(0, temperature^2 I), decoded: {'means', 'samples'} [n, H, W, C]."""
+    k_h, k_x = jax.random.split(key)
+    h = temperature * jax.random.normal(k_h, (n, self.latent_dim))
+    lik = self.network.apply({'params': params}, h, method='decode')
+    samples = distributions.likelihood_sample(self.likelihood, lik, k_x)
+    if jnp.issubdtype(samples.dtype, jnp.integer):
+      samples = samples.astype(jnp.float32) / 255.0
+    return {'means': distributions.likelihood_mean(self.likelihood, lik), 'samples': samples}
+
+  def reconstruct(self, params, x):
+    """E[x|h] at h = the posterior mean of each x: [B, H, W, C] in [0, 1]."""
+    post = self.network.apply({'params': params}, x, method='encode')
+    lik = self.network.apply({'params': params}, post['mean'], method='decode')
+    return distributions.likelihood_mean(self.likelihood, lik)
+
+  def posterior_stats(self, params, x):
+    """{'mean': [B, D], 'var': [B, D]}: the marginal mean and variance of each latent unit."""
+    post = self.network.apply({'params': params}, x, method='encode')
+    if 'scale_tril' in post:
+      var = jnp.sum(jnp.square(jnp.tril(post['scale_tril'])), axis=-1)  # diag(L L^T)
+    else:
+      var = jnp.exp(2.0 * post['log_scale'])
+    return {'mean': post['mean'], 'var': jnp.broadcast_to(var, post['mean'].shape)}
+
+
+def build_model(model_cfg, image_shape, x_dtype=jnp.float32):
+  """The model family `config.model` describes, for images of image_shape."""
+  return GaussianVAE(network=networks.build_network(model_cfg, image_shape),
+                     likelihood=model_cfg.likelihood, latent_dim=model_cfg.latent_dim,
+                     x_dtype=x_dtype)
