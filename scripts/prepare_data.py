@@ -21,7 +21,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow (TFDS) start-up
 from absl import app, flags  # noqa: E402
 
 from configs import default  # noqa: E402
-from vae_jax import data  # noqa: E402
+from vae_jax import cli  # noqa: E402
 
 _DATASET = flags.DEFINE_string('dataset', None, "'sprites[/small]' or a TFDS name, e.g. mnist.",
                                required=True)
@@ -39,14 +39,12 @@ def main(argv):
   cfg = default.get_config().data
   cfg.update(name=_DATASET.value, manual_dir=_MANUAL_DIR.value, data_dir=_DATA_DIR.value,
              download=_DOWNLOAD.value)
-  try:
-    data.check_available(cfg)  # before TensorFlow: a wrong name or folder fails in a second
-  except (ValueError, data.DatasetMissingError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
+  # Before TensorFlow, a wrong name or folder fails in a second; a failed download too is one
+  # paragraph, exit status 2.
+  cli.run_reporting_user_errors(lambda: cli.check_data_available(cfg))
   from vae_jax.data import datasets, offline
 
-  builder, how = datasets.ensure_prepared(cfg)
+  builder, how = cli.run_reporting_user_errors(lambda: datasets.ensure_prepared(cfg))
   result = {
       'dataset': builder.info.full_name, 'data_dir': str(builder.data_dir), 'how': how,
       'splits': {k: v.num_examples for k, v in builder.info.splits.items()},

@@ -7,6 +7,7 @@ import signal
 import time
 
 import jax
+import numpy as np
 import pytest
 
 from tests.test_checkpoint import _assert_bitwise, _copy, _final_state, _run, _run_until_marker_then
@@ -14,7 +15,7 @@ from tests.test_train import tiny_config
 from vae_jax import checkpoint as ckpt_lib
 from vae_jax import train
 
-# A small input shape: the Checkpointer-level tests never read the dataset.
+# The Checkpointer-level tests save plain pytrees: it stores any pytree with its meta.
 IMAGE_SHAPE = (8, 8, 1)
 
 
@@ -38,32 +39,37 @@ def _step_path(workdir, step):
   return os.path.join(workdir, 'checkpoints', str(step))
 
 
+def _abstract(tree):
+  """The restore target of a concrete pytree: shapes, dtypes and shardings."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                      tree)
+
+
 # -- 1. a rerun past a damaged step -----------------------------------------------------------
 
 
 @pytest.fixture(scope='module')
 def twenty_and_thirty(tmp_path_factory):
-  """A finished 20-step run (checkpoints at 10 and 20) and a straight 30-step run's result."""
+  """A finished 20-step run's workdir (checkpoints at 10 and 20) and its final state, and a
+  straight 30-step run's result."""
   done20 = str(tmp_path_factory.mktemp('run20'))
-  train.train_and_evaluate(tiny_config(), done20)
+  state20 = train.train_and_evaluate(tiny_config(), done20)['state']
   straight30 = train.train_and_evaluate(tiny_config(num_train_steps=30),
                                         str(tmp_path_factory.mktemp('run30')))
-  return done20, straight30
+  return done20, state20, straight30
 
 
 @pytest.mark.parametrize('damage', ['flip', 'no_digest'])
 def test_rerun_past_a_damaged_step_saves_it_again_and_matches_a_straight_run(
     twenty_and_thirty, tmp_path, damage, capfd):
-  done20, straight30 = twenty_and_thirty
+  done20, _, straight30 = twenty_and_thirty
   workdir = _copy(done20, tmp_path / 'w')
   if damage == 'flip':
     _flip_byte(_step_path(workdir, 20))
   else:  # a kill between the commit and the digest leaves a committed step without digest
     os.remove(_digest_path(workdir, 20))
   result = train.train_and_evaluate(tiny_config(num_train_steps=30), workdir)
-  assert result['step'] == 30
-  with open(os.path.join(workdir, 'DONE')) as f:
-    assert f.read().strip() == '30'
+  assert result['step'] == 30 and os.path.exists(os.path.join(workdir, 'DONE'))
   moved = os.path.join(workdir, 'checkpoints', 'damaged', '20')
   assert os.path.isdir(os.path.join(moved, 'state'))  # kept, not deleted
   if damage == 'flip':
@@ -75,14 +81,12 @@ def test_rerun_past_a_damaged_step_saves_it_again_and_matches_a_straight_run(
 
 
 def test_a_second_set_aside_of_the_same_step_gets_a_new_name(twenty_and_thirty, tmp_path):
-  done20, _ = twenty_and_thirty
+  done20, state20, _ = twenty_and_thirty
   workdir = _copy(done20, tmp_path / 'w')
   os.makedirs(os.path.join(workdir, 'checkpoints', 'damaged', '20'))  # an earlier one
   _flip_byte(_step_path(workdir, 20))
-  config = tiny_config()
-  setup = train.build_setup(config)
-  checkpointer = ckpt_lib.Checkpointer(workdir, config)
-  _, meta = checkpointer.restore_good(setup.abstract_state)
+  checkpointer = ckpt_lib.Checkpointer(workdir, tiny_config())
+  _, meta = checkpointer.restore_good(_abstract(state20))
   assert meta['step'] == 10 and checkpointer.all_steps() == [10]
   checkpointer.close()
   damaged = os.path.join(workdir, 'checkpoints', 'damaged')
@@ -91,12 +95,11 @@ def test_a_second_set_aside_of_the_same_step_gets_a_new_name(twenty_and_thirty, 
 
 
 def test_a_reader_moves_nothing(twenty_and_thirty, tmp_path):
-  done20, _ = twenty_and_thirty
+  done20, state20, _ = twenty_and_thirty
   workdir = _copy(done20, tmp_path / 'w')
   _flip_byte(_step_path(workdir, 20))
-  config = tiny_config()
-  checkpointer = ckpt_lib.Checkpointer(workdir, config, create=False)
-  _, meta = checkpointer.restore_good(train.build_setup(config).abstract_state)
+  checkpointer = ckpt_lib.Checkpointer(workdir, tiny_config(), create=False)
+  _, meta = checkpointer.restore_good(_abstract(state20))
   checkpointer.close()
   assert meta['step'] == 10
   assert os.path.isdir(_step_path(workdir, 20))
@@ -106,12 +109,13 @@ def test_a_reader_moves_nothing(twenty_and_thirty, tmp_path):
 # -- 2. the newest step is protected ----------------------------------------------------------
 
 
-def _two_states(config):
-  """(setup, state for step 10, a different state for step 20)."""
-  setup = train.build_setup(config, image_shape=IMAGE_SHAPE)
-  first = train.init_state(setup)
-  second = first.replace(params=jax.tree.map(lambda x: x + 1, first.params))
-  return setup, first, second
+def _two_states():
+  """(restore target, a pytree saved as step 10, a different one saved as step 20)."""
+  rng = np.random.RandomState(0)
+  first = {'w': jax.numpy.asarray(rng.randn(64, 64).astype(np.float32)),
+           'b': jax.numpy.asarray(rng.randn(64).astype(np.float32))}
+  second = jax.tree.map(lambda x: x + 1, first)
+  return _abstract(first), first, second
 
 
 def _wait_for_commit(workdir, step, timeout=60):
@@ -122,8 +126,8 @@ def _wait_for_commit(workdir, step, timeout=60):
 
 
 def test_sync_save_has_its_digest_when_save_returns(tmp_path):
-  config = tiny_config(**{'mesh.data': 1})
-  _, state, _ = _two_states(config)
+  config = tiny_config()
+  _, state, _ = _two_states()
   checkpointer = ckpt_lib.Checkpointer(str(tmp_path), config)
   checkpointer.save(10, state, config, IMAGE_SHAPE)
   assert os.path.exists(_digest_path(str(tmp_path), 10))  # no later save, no wait
@@ -132,8 +136,8 @@ def test_sync_save_has_its_digest_when_save_returns(tmp_path):
 
 
 def test_async_save_has_its_digest_when_it_commits(tmp_path):
-  config = tiny_config(**{'mesh.data': 1, 'checkpoint.async_save': True})
-  _, state, _ = _two_states(config)
+  config = tiny_config(**{'checkpoint.async_save': True})
+  _, state, _ = _two_states()
   checkpointer = ckpt_lib.Checkpointer(str(tmp_path), config)
   checkpointer.save(10, state, config, IMAGE_SHAPE)
   _wait_for_commit(str(tmp_path), 10)
@@ -146,8 +150,8 @@ def test_async_save_has_its_digest_when_it_commits(tmp_path):
 @pytest.mark.parametrize('mode', ['sync', 'async', 'no_digest'])
 def test_a_flipped_newest_step_is_never_restored(tmp_path, mode, capfd):
   workdir = str(tmp_path)
-  config = tiny_config(**{'mesh.data': 1, 'checkpoint.async_save': mode == 'async'})
-  setup, first, second = _two_states(config)
+  config = tiny_config(**{'checkpoint.async_save': mode == 'async'})
+  target, first, second = _two_states()
   writer = ckpt_lib.Checkpointer(workdir, config)
   writer.save(10, first, config, IMAGE_SHAPE)
   writer.save(20, second, config, IMAGE_SHAPE)
@@ -157,7 +161,7 @@ def test_a_flipped_newest_step_is_never_restored(tmp_path, mode, capfd):
     os.remove(_digest_path(workdir, 20))  # killed between the commit and the digest
   _flip_byte(_step_path(workdir, 20))
   reader = ckpt_lib.Checkpointer(workdir, config, create=False)
-  state, meta = reader.restore_good(setup.abstract_state)
+  state, meta = reader.restore_good(target)
   reader.close()
   assert meta['step'] == 10
   _assert_bitwise(state, first)
@@ -171,15 +175,15 @@ def test_a_flipped_newest_step_is_never_restored(tmp_path, mode, capfd):
 
 def test_a_step_without_digest_is_set_aside_and_saved_again(tmp_path, capfd):
   workdir = str(tmp_path)
-  config = tiny_config(**{'mesh.data': 1})
-  setup, first, second = _two_states(config)
+  config = tiny_config()
+  target, first, second = _two_states()
   writer = ckpt_lib.Checkpointer(workdir, config)
   writer.save(10, first, config, IMAGE_SHAPE)
   writer.save(20, second, config, IMAGE_SHAPE)
   writer.close()
   os.remove(_digest_path(workdir, 20))
   resumer = ckpt_lib.Checkpointer(workdir, config)
-  _, meta = resumer.restore_good(setup.abstract_state)
+  _, meta = resumer.restore_good(target)
   assert meta['step'] == 10 and resumer.all_steps() == [10]
   err = capfd.readouterr().err
   moved = os.path.join(workdir, 'checkpoints', 'damaged', '20')
@@ -251,7 +255,7 @@ def test_num_train_steps_under_warmup_cosine_is_explained():
     {'steps_per_call': 10, 'eval_batch_size': 256, 'images.num': 4, 'checkpoint.keep': 1,
      'checkpoint.async_save': True, 'mesh.data': 1, 'compilation_cache': '/x',
      'init_from': '/y', 'max_consecutive_nonfinite': 3, 'data.data_dir': '/d',
-     'data.manual_dir': '/m', 'data.download': True},
+     'data.manual_dir': '/m', 'data.download': True, 'data.eval_split': 'train'},
 ], ids=['num_train_steps_under_constant', 'intervals', 'other_neutral_fields'])
 def test_a_change_that_keeps_the_trajectory_is_accepted(now):
   ckpt_lib.check_compatible(_saved(), tiny_config(**now), 'W')
@@ -295,8 +299,8 @@ def test_a_digest_of_the_previous_format_still_verifies(tmp_path):
   # Earlier digests also covered the two files Orbax writes during the commit.
   import hashlib
   workdir = str(tmp_path)
-  config = tiny_config(**{'mesh.data': 1})
-  _, state, _ = _two_states(config)
+  config = tiny_config()
+  _, state, _ = _two_states()
   checkpointer = ckpt_lib.Checkpointer(workdir, config)
   checkpointer.save(10, state, config, IMAGE_SHAPE)
   step_dir = _step_path(workdir, 10)

@@ -89,3 +89,34 @@ def test_other_processes_write_nothing(tmp_path, monkeypatch):
   monkeypatch.setattr(jax, 'process_index', lambda: 1)
   assert runinfo.write_run_info(str(tmp_path), 0) is None
   assert not os.path.exists(tmp_path / 'run.json')
+
+
+# One process of a two-process job: locks its own file and takes part in write_run_info.
+_JOB_PROCESS = '''
+import sys
+from vae_jax import sharding
+sharding.initialize_distributed(sys.argv[1], 2, int(sys.argv[2]))
+import jax
+from vae_jax import runinfo, workdir_lock
+with workdir_lock.hold(sys.argv[3], jax.process_index()):
+  runinfo.write_run_info(sys.argv[3], 0)
+'''
+
+
+@pytest.mark.slow
+def test_a_two_process_job_records_every_host(tmp_path):
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    address = f'127.0.0.1:{s.getsockname()[1]}'
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  env['JAX_NUM_CPU_DEVICES'] = '2'
+  procs = [subprocess.Popen([sys.executable, '-c', _JOB_PROCESS, address, str(i), str(tmp_path)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for i in range(2)]
+  for proc in procs:
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+  record = _read(tmp_path)
+  assert record['process_count'] == 2 and record['hosts'] == [socket.gethostname()] * 2
+  assert sorted(d['process_index'] for d in record['devices']) == [0, 0, 1, 1]
+  assert sorted(os.listdir(tmp_path / 'locks')) == ['process_0.lock', 'process_1.lock']

@@ -133,10 +133,9 @@ def test_failed_download_is_quick_and_names_the_offline_command(tmp_path, reques
   assert 'Traceback' not in proc.stderr
   assert seconds < 30
   assert "Downloading 'fashion_mnist' failed" in proc.stderr and match in proc.stderr
-  if os.path.isdir(DEBIAN_FASHION_MNIST):
-    assert ('python scripts/prepare_data.py --dataset=fashion_mnist '
-            f'--manual_dir={DEBIAN_FASHION_MNIST}') in proc.stderr
-  else:
+  assert ('python scripts/prepare_data.py --dataset=fashion_mnist '
+          f'--manual_dir={DEBIAN_FASHION_MNIST}') in proc.stderr
+  if not os.path.isdir(DEBIAN_FASHION_MNIST):
     assert 'apt-get install dataset-fashion-mnist' in proc.stderr
 
 

@@ -57,6 +57,7 @@ RESUME_NEUTRAL = (
     'eval_batch_size', 'eval_num_samples', 'images', 'checkpoint', 'compilation_cache',
     'init_from', 'mesh', 'max_consecutive_nonfinite',
     'data.data_dir', 'data.manual_dir', 'data.download',
+    'data.eval_split',  # evaluated for reporting only (model selection reads valid_split)
 )
 # Traced hyperparameters (state.hparams): the trainer applies the current value from the
 # resumed step on and logs the change (config_changes).

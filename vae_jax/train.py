@@ -277,10 +277,11 @@ def train_and_evaluate(config, workdir):
   validation.validate_config(config)
   workdir = validation.validate_workdir(workdir)
   experiment.configure_jax(config)
-  exp = experiment.build(config)
-  is_main = jax.process_index() == 0
-  log = print if is_main else (lambda *a, **k: None)
+  # Locked before the dataset is read, so a second run on a busy workdir stops at once.
   with workdir_lock.hold(workdir, jax.process_index()):
+    exp = experiment.build(config)
+    is_main = jax.process_index() == 0
+    log = print if is_main else (lambda *a, **k: None)
     return _train(exp, workdir, log, is_main)
 
 

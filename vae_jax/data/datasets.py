@@ -107,17 +107,14 @@ def ensure_prepared(data_cfg):
                                            '/usr/share/datasets/fashion-mnist')}.get(
                                                checks.split_name(name)[0], (None, None))
       if package and os.path.isdir(folder):
-        source = f"Debian's {package} installed its files in {folder}; prepare from them"
-        manual_dir = folder
+        source, manual_dir = f"Debian's {package} has put the files in {folder}: prepare", folder
       elif package:
-        source = (f'`apt-get install {package}` provides the original files (in {folder}); '
-                  'or take a folder DIR holding them, and prepare')
-        manual_dir = 'DIR'
+        source = f'`apt-get install {package}` puts the original files in {folder}; then prepare'
+        manual_dir = folder
       else:
-        source = 'Take a folder DIR holding the original files and prepare'
-        manual_dir = 'DIR'
+        source, manual_dir = 'With the original files in a folder DIR, prepare', 'DIR'
       return checks.DatasetMissingError(
-          f'Downloading {name!r} failed: {why.rstrip(".")}. {source} offline with\n'
+          f'Downloading {name!r} failed: {why.rstrip(".")}. {source} it offline with\n'
           f'  {checks.prepare_command(data_cfg.name, data_cfg.data_dir, manual_dir)}\n'
           f'and run again, or pass --config.data.manual_dir={manual_dir} to prepare it at start.')
 

@@ -1,0 +1,65 @@
+"""Resuming with a changed learning rate or beta: the config's values take effect from the
+resumed step, and the change is recorded with its step."""
+
+import json
+import os
+
+import jax
+import numpy as np
+
+from tests.test_train import build, tiny_config
+from vae_jax import experiment, train
+from vae_jax import metrics as metrics_lib
+from vae_jax import state as state_lib
+
+CHANGED = {'optim.learning_rate': 3e-3, 'objective.beta': 0.5}
+
+
+def _by_hand(first, second, steps_each):
+  """steps_each steps with `first`'s hyperparameters, then as many with `second`'s."""
+  exp = build(first)
+  state = experiment.init_state(exp)
+  feeder = train.ChunkFeeder(exp, 0)
+  fn = train.jit_train_chunk(exp, 'memory')
+  k = first.steps_per_call
+  for step in range(0, 2 * steps_each, k):
+    if step == steps_each:
+      state = state.replace(hparams=state_lib.hparams_from_config(second))
+    state, _ = fn(state, *feeder(step))
+  return state
+
+
+def test_resume_applies_the_new_learning_rate_and_beta_from_the_resumed_step(tmp_path):
+  workdir = str(tmp_path / 'w')
+  train.train_and_evaluate(tiny_config(num_train_steps=10), workdir)
+  resumed = train.train_and_evaluate(tiny_config(**CHANGED), workdir)
+  state = resumed['state']
+  assert float(state.hparams['learning_rate']) == np.float32(3e-3)
+  assert float(state.hparams['beta']) == 0.5
+  want = _by_hand(tiny_config(), tiny_config(**CHANGED), 10)
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(want.params), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+  # The logs say what was applied, and from which step.
+  records = metrics_lib.read_metrics(workdir)
+  change = [r for r in records if r['kind'] == 'config_change']
+  assert len(change) == 1 and change[0]['step'] == 10
+  assert change[0]['optim.learning_rate'] == 3e-3 and change[0]['objective.beta'] == 0.5
+  rates = {r['step']: r['learning_rate'] for r in records if r['kind'] == 'train'}
+  np.testing.assert_allclose([rates[5], rates[10], rates[15], rates[20]],
+                             [1e-3, 1e-3, 3e-3, 3e-3], rtol=1e-6)
+  with open(os.path.join(workdir, 'config_history.jsonl')) as f:
+    history = [json.loads(line) for line in f]
+  assert [h['step'] for h in history] == [0, 10]
+  assert history[0]['config']['optim']['learning_rate'] == 1e-3  # the first config is kept
+  assert sorted(tuple(c) for c in history[1]['changes']) == [
+      ('objective.beta', 1.0, 0.5), ('optim.learning_rate', 1e-3, 3e-3)]
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['optim']['learning_rate'] == 3e-3
+
+
+def test_an_unchanged_resume_records_no_change(tmp_path):
+  workdir = str(tmp_path / 'w')
+  train.train_and_evaluate(tiny_config(num_train_steps=10), workdir)
+  train.train_and_evaluate(tiny_config(), workdir)
+  assert not metrics_lib.read_metrics(workdir, 'config_change')
