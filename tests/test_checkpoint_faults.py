@@ -4,13 +4,16 @@ compatibility rule on resume."""
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import jax
 import numpy as np
 import pytest
 
-from tests.test_checkpoint import _assert_bitwise, _copy, _final_state, _run, _run_until_marker_then
+from tests import test_checkpoint as tc
+from tests.test_config import ROOT
 from tests.test_train import tiny_config
 from vae_jax import checkpoint as ckpt_lib
 from vae_jax import train
@@ -63,7 +66,7 @@ def twenty_and_thirty(tmp_path_factory):
 def test_rerun_past_a_damaged_step_saves_it_again_and_matches_a_straight_run(
     twenty_and_thirty, tmp_path, damage, capfd):
   done20, _, straight30 = twenty_and_thirty
-  workdir = _copy(done20, tmp_path / 'w')
+  workdir = tc._copy(done20, tmp_path / 'w')
   if damage == 'flip':
     _flip_byte(_step_path(workdir, 20))
   else:  # a kill between the commit and the digest leaves a committed step without digest
@@ -76,13 +79,13 @@ def test_rerun_past_a_damaged_step_saves_it_again_and_matches_a_straight_run(
     assert os.path.exists(moved + '.json')  # its digest beside it
   err = capfd.readouterr().err
   assert 'checkpoint step 20' in err and moved in err
-  _assert_bitwise(result['state'].params, straight30['state'].params)
-  _assert_bitwise(_final_state(workdir), straight30['state'])
+  tc._assert_bitwise(result['state'].params, straight30['state'].params)
+  tc._assert_bitwise(tc._final_state(workdir), straight30['state'])
 
 
 def test_a_second_set_aside_of_the_same_step_gets_a_new_name(twenty_and_thirty, tmp_path):
   done20, state20, _ = twenty_and_thirty
-  workdir = _copy(done20, tmp_path / 'w')
+  workdir = tc._copy(done20, tmp_path / 'w')
   os.makedirs(os.path.join(workdir, 'checkpoints', 'damaged', '20'))  # an earlier one
   _flip_byte(_step_path(workdir, 20))
   checkpointer = ckpt_lib.Checkpointer(workdir, tiny_config())
@@ -96,7 +99,7 @@ def test_a_second_set_aside_of_the_same_step_gets_a_new_name(twenty_and_thirty, 
 
 def test_a_reader_moves_nothing(twenty_and_thirty, tmp_path):
   done20, state20, _ = twenty_and_thirty
-  workdir = _copy(done20, tmp_path / 'w')
+  workdir = tc._copy(done20, tmp_path / 'w')
   _flip_byte(_step_path(workdir, 20))
   checkpointer = ckpt_lib.Checkpointer(workdir, tiny_config(), create=False)
   _, meta = checkpointer.restore_good(_abstract(state20))
@@ -164,7 +167,7 @@ def test_a_flipped_newest_step_is_never_restored(tmp_path, mode, capfd):
   state, meta = reader.restore_good(target)
   reader.close()
   assert meta['step'] == 10
-  _assert_bitwise(state, first)
+  tc._assert_bitwise(state, first)
   err = capfd.readouterr().err
   assert 'checkpoint step 20' in err and 'falling back' in err
   if mode == 'no_digest':
@@ -197,25 +200,61 @@ def test_a_step_without_digest_is_set_aside_and_saved_again(tmp_path, capfd):
 @pytest.fixture(scope='module')
 def straight_run_1(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('straight1')
-  proc = _run(workdir, 1)
+  proc = tc._run(workdir, 1)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  return _final_state(workdir)
+  return tc._final_state(workdir)
 
 
 @pytest.mark.slow
 def test_sigkill_before_the_digest_leaves_no_committed_step_and_resumes_exactly(
     tmp_path, straight_run_1):
-  code, _, _ = _run_until_marker_then(
+  code, _, _ = tc._run_until_marker_then(
       tmp_path, 1, 'TEST PAUSE before digest of steps [10]', signal.SIGKILL,
       VAE_JAX_TEST_PAUSE_BEFORE_DIGEST=30)
   assert code == -signal.SIGKILL
   # The digest is written inside the commit: killed there, step 10 was never committed.
   assert not os.path.isdir(tmp_path / 'checkpoints' / '10')
   assert not (tmp_path / 'checkpoints' / 'digests' / '10.json').exists()
-  proc = _run(tmp_path, 1)
+  proc = tc._run(tmp_path, 1)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'Starting from scratch' in proc.stdout
-  _assert_bitwise(_final_state(tmp_path), straight_run_1)
+  tc._assert_bitwise(tc._final_state(tmp_path), straight_run_1)
+
+
+@pytest.mark.slow
+def test_two_processes_set_a_damaged_step_aside_once_and_finish(tmp_path):
+  """Both processes skip the damaged step, process 0 moves it, both save it again."""
+  from tests.test_multiprocess import FLAGS, _free_port
+  from tests.test_multiprocess import _env as _multiprocess_env
+  fixed = ('--config.num_train_steps', '--config.steps_per_call', '--config.log_every_steps',
+           '--config.checkpoint_every_steps')
+  flags = [f for f in FLAGS if not f.startswith(fixed)]
+  flags += ['--config.steps_per_call=5', '--config.log_every_steps=5',
+            '--config.checkpoint_every_steps=10', f'--workdir={tmp_path}']
+
+  def job(num_train_steps):
+    port = _free_port()
+    procs = [subprocess.Popen(
+        [sys.executable, tc.SCRIPT, *flags, f'--config.num_train_steps={num_train_steps}',
+         f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}'],
+        cwd=ROOT, env=_multiprocess_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True) for i in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+      assert p.returncode == 0, err[-3000:]
+    return outs
+
+  job(20)
+  _flip_byte(_step_path(str(tmp_path), 20))
+  outs = job(30)
+  moved = os.path.join(str(tmp_path), 'checkpoints', 'damaged', '20')
+  assert f'aside to {moved}' in outs[0][1]
+  assert os.path.isdir(os.path.join(moved, 'state'))
+  assert not os.path.exists(moved + '.1')  # moved once, by process 0
+  steps = sorted(int(d) for d in os.listdir(tmp_path / 'checkpoints') if d.isdigit())
+  assert steps == [10, 20, 30] and (tmp_path / 'DONE').exists()
+  for step in steps[1:]:
+    assert os.path.exists(_digest_path(str(tmp_path), step))
 
 
 # -- 3. the compatibility rule ----------------------------------------------------------------

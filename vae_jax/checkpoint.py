@@ -6,17 +6,18 @@ which is also the data pipeline's position, the image shape and the resolved con
 go into an abstract state whose leaves carry the current mesh's shardings, so a run saved on one
 device count resumes on another (without shardings Orbax silently puts everything on device 0).
 
-Digests. Orbax 0.12 keeps no checksums of the array data (its zarr chunks carry none; zarr3
-puts a crc32c on the shard index only): a flipped byte restores silently wrong values, and a
-full restore cannot tell. So every save writes a SHA-256 digest of each file of the step to
-`checkpoints/digests/STEP.json` (atomically) from inside Orbax's commit: Orbax's
-post-finalization callback runs, on its background thread and on process 0, once every
-process's data is written and finalized and before the step directory is renamed into place.
-Every save takes that path (a synchronous save simply waits for it), so a step that Orbax lists
-has its digest unless writing the digest failed (warned) or an older version of this module
-wrote the step. A kill before the rename leaves only a temporary directory that Orbax ignores.
-The two files Orbax writes during the rename itself (`_CHECKPOINT_METADATA`, which gains the
-commit time, and `commit_success.txt` at the step's top level) are left out of the digest.
+Digests. Orbax 0.12 keeps no checksums of the array data (the zarr2 chunks it writes by default
+carry none, and its zarr3 layout checksums only the shard index): a flipped byte restores
+silently wrong values, and a full restore cannot tell. So every save writes a SHA-256 digest of
+each file of the step to `checkpoints/digests/STEP.json` (atomically) from inside Orbax's
+commit: Orbax's post-finalization callback runs, on its background thread and on process 0, once
+every process's data is written and finalized and before the step directory is renamed into
+place. Every save takes that path (a synchronous save simply waits for it), so a step that Orbax
+lists has its digest unless writing the digest failed (warned) or an older version of this
+module wrote the step. A kill before the rename leaves only a temporary directory that Orbax
+ignores (and perhaps a digest for it, which the run's next save removes or replaces). The two
+files Orbax writes during the rename itself (`_CHECKPOINT_METADATA`, which gains the commit
+time, and `commit_success.txt` at the step's top level) are left out of the digest.
 
 Restoring uses verified data only: the newest step whose files match its digest. A step whose
 files differ, whose digest is unreadable, whose restore fails, or which has no digest
@@ -226,12 +227,16 @@ class Checkpointer:
     os.replace(tmp, path)
 
   def verify(self, step):
-    """(True, '') if the step's files match its digest, (False, why) if they do not or the
-    digest is unreadable, (None, why) if it has no digest."""
+    """Checks a step's files against its digest.
+
+    Returns:
+      (True, '') if they match, (False, why) if they differ or the digest is unreadable,
+      (None, why) if the step has no digest.
+    """
     path = self._digest_path(step)
     if not os.path.exists(path):
-      return None, ('it has no digest (the process stopped between its commit and its digest, '
-                    'or an older version of vae_jax wrote it)')
+      return None, ('it has no digest (an older version of vae_jax wrote it, or its digest '
+                    'could not be written or was removed)')
     try:
       with open(path) as f:
         want = json.load(f)['files']
@@ -259,11 +264,22 @@ class Checkpointer:
     return restored['meta']
 
   def restore_good(self, abstract_state, step=None, check_config=None):
-    """Restores the newest verified step (or `step`), falling back past damaged and unverified
-    ones; the run's own checkpointer moves those aside (see the module docstring).
+    """Restores the newest verified step (or `step`), falling back past the others.
 
-    Returns (state, meta) or (None, None) when the directory has no checkpoint.
-    `check_config(meta)` may raise IncompatibleCheckpointError to refuse a checkpoint.
+    Damaged and unverified steps are skipped with a warning; the run's own checkpointer
+    (create=True) moves those newer than the restored step aside (see the module docstring).
+
+    Args:
+      abstract_state: the restore target (structure, dtypes and shardings).
+      step: the newest step to consider; None = all.
+      check_config: `check_config(meta)` may raise IncompatibleCheckpointError to refuse a
+        checkpoint (raised as is, nothing moved).
+
+    Returns:
+      (state, meta), or (None, None) when the directory has no checkpoint.
+
+    Raises:
+      NoGoodCheckpointError: there are steps, and none verifies and restores.
     """
     steps = self.all_steps()
     if step is not None:
@@ -339,8 +355,10 @@ class Checkpointer:
 
 
 def step_digest(step_dir):
-  """{relative path: sha256} of every file under one checkpoint step, except the top-level
-  files Orbax writes while committing it."""
+  """{relative path: sha256} of every file under one checkpoint step.
+
+  The top-level files Orbax writes while renaming the step into place are left out.
+  """
   out = {}
   for root, _, files in os.walk(step_dir):
     for name in files:

@@ -59,6 +59,41 @@ def _half_log_det(post):
   return jnp.sum(post['log_scale'], axis=-1)
 
 
+def _samples_as_columns(diff, batch_ndim):
+  """[*S, *Bt, D] -> ([*Bt, D, prod S], S): the sample axes S become trailing columns.
+
+  Bt are the trailing batch_ndim axes that a Cholesky factor [*Bt, D, D] carries, so one
+  triangular solve or product per factor handles every sample of it: L is never broadcast
+  over the samples (K B D^2 floats for [K, B, D] h).
+  """
+  lead = diff.shape[:diff.ndim - 1 - batch_ndim]
+  cols = jnp.moveaxis(diff, tuple(range(len(lead))), tuple(range(-len(lead), 0)))
+  return cols.reshape(cols.shape[:batch_ndim + 1] + (-1,)), lead
+
+
+def _columns_as_samples(cols, lead):
+  """[*Bt, D, prod S] -> [*S, *Bt, D]: the inverse of _samples_as_columns."""
+  out = cols.reshape(cols.shape[:-1] + lead)
+  n = len(lead)
+  return jnp.moveaxis(out, tuple(range(-n, 0)), tuple(range(n)))
+
+
+def _apply_tril(scale_tril, vectors, solve):
+  """L v (or L^{-1} v with solve) for v [..., *Bt, D] and L [*Bt, D, D]: [..., *Bt, D]."""
+  batch_ndim = scale_tril.ndim - 2
+  # L broadcasts over the batch axes v has and L lacks a size for (not over samples).
+  batch = jnp.broadcast_shapes(scale_tril.shape[:-2], vectors.shape[-1 - batch_ndim:-1])
+  scale_tril = jnp.broadcast_to(scale_tril, batch + scale_tril.shape[-2:])
+  vectors = jnp.broadcast_to(vectors, vectors.shape[:vectors.ndim - 1 - batch_ndim] + batch
+                             + vectors.shape[-1:])
+  cols, lead = _samples_as_columns(vectors, batch_ndim)  # [*Bt, D, S]
+  if solve:
+    out = jax.lax.linalg.triangular_solve(scale_tril, cols, left_side=True, lower=True)
+  else:
+    out = jnp.matmul(jnp.tril(scale_tril), cols)
+  return _columns_as_samples(out, lead)  # [..., *Bt, D]
+
+
 def gaussian_rsample(post, eps):
   """Reparameterized sample h = mean + L eps.
 
@@ -70,10 +105,9 @@ def gaussian_rsample(post, eps):
     h: [..., B, D], differentiable in the posterior parameters.
   """
   if _is_full(post):
-    # L [B, D, D] (or shared [D, D]) broadcasts over eps's leading sample axes. Only its lower
-    # triangle is read, as in the log-density and KL.
-    scale_tril = jnp.tril(post['scale_tril'])
-    return post['mean'] + jnp.matmul(scale_tril, eps[..., None])[..., 0]
+    # One product per factor with the samples as its columns. Only L's lower triangle is
+    # read, as in the log-density and KL.
+    return post['mean'] + _apply_tril(post['scale_tril'], eps, solve=False)
   return post['mean'] + jnp.exp(post['log_scale']) * eps
 
 
@@ -82,11 +116,9 @@ def gaussian_log_prob(post, h):
   diff = h - post['mean']  # [..., B, D]
   d = diff.shape[-1]
   if _is_full(post):
-    scale_tril = post['scale_tril']
-    scale_tril = jnp.broadcast_to(scale_tril, diff.shape[:-1] + scale_tril.shape[-2:])
     # z = L^{-1} (h - mean), so (h - mean)^T Sigma^{-1} (h - mean) = |z|^2; no inverse formed.
-    z = jax.lax.linalg.triangular_solve(scale_tril, diff[..., None], left_side=True, lower=True)
-    z = z[..., 0]
+    # The samples are the solve's right-hand-side columns (see _samples_as_columns).
+    z = _apply_tril(post['scale_tril'], diff, solve=True)
   else:
     z = diff * jnp.exp(-post['log_scale'])
   return -0.5 * jnp.sum(jnp.square(z), axis=-1) - _half_log_det(post) - 0.5 * d * _LOG_2PI

@@ -6,13 +6,19 @@ This is the model contract every family provides, as pure functions of the param
   global view, so with `jax_threefry_partitionable` a sharded draw equals the unsharded one) or
   keys [B], one per example (evaluation: example i's sample k comes from fold_in(key_i, k), so
   the batch size, padding and device count change nothing).
-- `log_weights(params, x, keys, num_samples, sample_offset)` -> [K, B] of
+- `log_weights(params, x, keys, num_samples, sample_offset, encoded=None)` -> [K, B] of
   log p(x|h) + log p(h) - log q(h|x) for samples sample_offset .. sample_offset + K - 1 of each
-  example; chunks with offsets 0, Kc, 2Kc, ... concatenate to the unchunked result.
+  example; chunks with offsets 0, Kc, 2Kc, ... concatenate to the unchunked result. `encoded`
+  is `encode(params, x)`, computed once and shared by every chunk of a batch (None: encode
+  here).
+- `encode(params, x)` -> whatever per-example state the family's log_weights reuses across
+  chunks (here the posterior's parameters); callers only pass it back.
 - `sample(params, key, n, temperature)` -> prior draws decoded: {'means': E[x|h],
   'samples': x ~ p(x|h)}, each [n, H, W, C] in the data's display range.
 - `reconstruct(params, x)` -> E[x|h] at h = the posterior mean, [B, H, W, C].
 - `posterior_stats(params, x)` -> {'mean': [B, U], 'var': [B, U]} per latent unit.
+- `diagonal_posterior`: whether q(h|x) is exactly N(mean, diag(var)) of posterior_stats (what
+  the evaluator's mutual-information estimate needs).
 - `init(key, x)` -> params.
 Callers hand keys, never noise: nobody outside this module knows the latent's size.
 """
@@ -41,16 +47,12 @@ class GaussianVAE:
     eps = jnp.zeros((x.shape[0], self.latent_dim), jnp.float32)
     return self.network.init(key, x, eps)['params']
 
+  @property
+  def diagonal_posterior(self):
+    return self.network.posterior == 'diag'
+
   def _noise(self, key, batch, num_samples=None, sample_offset=0):
-    """Standard normal eps: [B, D] from one key, or from keys [B] ([K, B, D] with samples)."""
-    d = self.latent_dim
-    if key.ndim == 0:
-      return jax.random.normal(key, (batch, d))  # [B, D]: the batch in the global view
-    if num_samples is None:
-      return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), (d,)))(key)
-    ks = sample_offset + jnp.arange(num_samples)
-    draw = lambda k, s: jax.random.normal(jax.random.fold_in(k, s), (d,))
-    return jax.vmap(lambda s: jax.vmap(lambda k: draw(k, s))(key))(ks)  # [K, B, D]
+    return standard_normal_noise(key, batch, self.latent_dim, num_samples, sample_offset)
 
   def terms(self, params, x, key):
     """recon, kl, neg_elbo: each [B], nats (one reparameterized sample per example)."""
@@ -58,12 +60,17 @@ class GaussianVAE:
     out = self.network.apply({'params': params}, x, eps)
     return objectives.elbo_terms(out['posterior'], out['likelihood'], x, self.likelihood)
 
-  def log_weights(self, params, x, keys, num_samples, sample_offset=0):
+  def encode(self, params, x):
+    """The posterior's parameters (see distributions), the state log_weights reuses."""
+    return self.network.apply({'params': params}, x, method='encode')
+
+  def log_weights(self, params, x, keys, num_samples, sample_offset=0, encoded=None):
     """log p(x|h) + log p(h) - log q(h|x): [K, B], for samples offset .. offset + K - 1.
 
-    The encoder runs once per example; only the decoder sees the K samples.
+    The encoder runs once per call, or not at all with `encoded`; only the decoder sees the K
+    samples.
     """
-    post = self.network.apply({'params': params}, x, method='encode')
+    post = self.encode(params, x) if encoded is None else encoded
     eps = self._noise(keys, x.shape[0], num_samples, sample_offset)  # [K, B, D]
     h = distributions.gaussian_rsample(post, eps)  # [K, B, D]
     lik = self.network.apply({'params': params}, h, method='decode')
@@ -83,18 +90,34 @@ class GaussianVAE:
 
   def reconstruct(self, params, x):
     """E[x|h] at h = the posterior mean of each x: [B, H, W, C] in [0, 1]."""
-    post = self.network.apply({'params': params}, x, method='encode')
+    post = self.encode(params, x)
     lik = self.network.apply({'params': params}, post['mean'], method='decode')
     return distributions.likelihood_mean(self.likelihood, lik)
 
   def posterior_stats(self, params, x):
     """{'mean': [B, D], 'var': [B, D]}: the marginal mean and variance of each latent unit."""
-    post = self.network.apply({'params': params}, x, method='encode')
+    post = self.encode(params, x)
     if 'scale_tril' in post:
       var = jnp.sum(jnp.square(jnp.tril(post['scale_tril'])), axis=-1)  # diag(L L^T)
     else:
       var = jnp.exp(2.0 * post['log_scale'])
     return {'mean': post['mean'], 'var': jnp.broadcast_to(var, post['mean'].shape)}
+
+
+def standard_normal_noise(key, batch, dim, num_samples=None, sample_offset=0):
+  """Standard normal eps of the contract's two key conventions.
+
+  One key: [batch, dim] drawn in the global view (training). Keys [batch], one per example:
+  [batch, dim] from fold_in(key_i, 0), or with num_samples [K, batch, dim] whose row k is
+  sample sample_offset + k of each example, from fold_in(key_i, sample_offset + k) (evaluation).
+  """
+  if key.ndim == 0:
+    return jax.random.normal(key, (batch, dim))  # [B, D]: the batch in the global view
+  if num_samples is None:
+    return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), (dim,)))(key)
+  ks = sample_offset + jnp.arange(num_samples)
+  draw = lambda k, s: jax.random.normal(jax.random.fold_in(k, s), (dim,))
+  return jax.vmap(lambda s: jax.vmap(lambda k: draw(k, s))(key))(ks)  # [K, B, D]
 
 
 def build_model(model_cfg, image_shape, x_dtype=jnp.float32):
