@@ -109,12 +109,12 @@ def test_encoder_decoder_shapes_every_image_size(shape):
       models.POSTERIORS, (False, True)):
     q, _ = _trace(enc.clone(posterior=post, shared_covariance=shared), x)
     assert _shapes(q) == _expected_posterior_shapes(post), (name, post, shared)
-  kw = dict(image_shape=shape, logistic_mixtures=2)
   for (name, dec), lik in itertools.product(
-      [('mlp', models.MLPDecoder(hidden=(16,), **kw)),
-       ('conv', models.ConvDecoder(conv_channels=(8, 16), **kw))],
+      [('mlp', models.MLPDecoder(hidden=(16,))),
+       ('conv', models.ConvDecoder(conv_channels=(8, 16)))],
       models.LIKELIHOODS):
-    p, _ = _trace(dec.clone(likelihood=lik), eps)
+    spec = models.LikelihoodSpec(image_shape=shape, likelihood=lik, logistic_mixtures=2)
+    p, _ = _trace(dec.clone(spec=spec), eps)
     assert _shapes(p) == _expected_likelihood_shapes(lik, shape), (name, lik)
 
 

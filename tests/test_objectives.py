@@ -1,5 +1,5 @@
-"""The objective's terms, its one reduction, the momentum-tracked loss, and MISSION.md's identities
-checked on a linear-Gaussian model where p(x) and p(h|x) are closed form."""
+"""The objective's terms, its one reduction, the momentum-tracked loss, and the derivation's
+identities checked on a linear-Gaussian model where p(x) and p(h|x) are closed form."""
 
 import math
 
@@ -103,7 +103,8 @@ def test_momentum_update_matches_a_hand_loop():
 # Linear-Gaussian model: p(h) = N(0, I_D), p(x|h) = N(W h + b, s^2 I_P). Then
 #   p(x) = N(b, W W^T + s^2 I),  p(h|x) = N(mu, Sigma),
 #   Sigma = (I + W^T W / s^2)^{-1},  mu = Sigma W^T (x - b) / s^2,
-# and E_q log p(x|h) is closed form for Gaussian q, so every identity of MISSION.md holds exactly.
+# and E_q log p(x|h) is closed form for Gaussian q, so every identity of the derivation holds
+# exactly.
 
 D, IMAGE = 3, (2, 3, 1)
 P = math.prod(IMAGE)

@@ -20,11 +20,14 @@ the bias shrinking like O(1/K). So `posterior_gap` = neg_elbo - nll, an estimate
 E KL(q(h|x) || p(h|x)), inherits that bias with the opposite sign: it UNDERESTIMATES the gap.
 """
 
+import json
 import math
+import os
 import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from vae_jax import data as data_lib
@@ -477,3 +480,169 @@ def _report(exp, split, per_example, num_samples, binary_data, data_entropy):
   out['marginal_kl'] = minus_h(out['nll'])  # KL(P(X) || P_theta(X)), biased upward as nll
   out['marginal_kl_stderr'] = out['nll_stderr'] if known else None
   return out
+
+
+# ------------------------------------------------------------------------------------------
+# A saved run: scripts/evaluate.py.
+
+# Report fields that describe how an evaluation ran, not its result: they may differ between
+# two evaluations of the same step, split and K without the file counting as different.
+_HOW_IT_RAN = ('seconds', 'compile_s', 'samples_per_sec', 'num_devices', 'batch_size',
+               'chunk_size', 'num_chunks')
+PARAMS_CHOICES = ('state', 'ema')
+
+
+def eval_path(workdir, step, split, num_samples):
+  """DIR/eval/step_S_SPLIT_kK.json (a slice's brackets and colons made file-name safe)."""
+  tag = split.replace('[', '_').replace(']', '').replace(':', '-').replace('%', 'pc')
+  return os.path.join(workdir, 'eval', f'step_{step}_{tag}_k{num_samples}.json')
+
+
+def check_run_request(workdir, *, step=None, split=None, num_samples=1, params='state',
+                      chunk_size=0, batch_size=0):
+  """Checks what a user asks of a saved run without TensorFlow or a compile (seconds).
+
+  Returns:
+    (the run's config from the checkpoint's metadata, the checkpoint steps, the split).
+
+  Raises:
+    validation.ConfigError: no run in workdir, a step it does not have, K < 1, an unknown
+      split or slice, parameters the run does not have, a negative chunk or batch size.
+  """
+  from vae_jax import checkpoint as ckpt_lib
+  from vae_jax import validation
+  workdir = os.path.abspath(os.path.expanduser(workdir or ''))
+  if not os.path.isfile(os.path.join(workdir, 'config.json')) or not os.path.isdir(
+      ckpt_lib.checkpoint_dir(workdir)):
+    raise validation.ConfigError(
+        f'--workdir={workdir} holds no vae_jax run (no config.json and checkpoints/ folder). '
+        'Point it at the --workdir of a scripts/train.py run.')
+  if not isinstance(num_samples, int) or num_samples < 1:
+    raise validation.ConfigError(f'--num_samples={num_samples} must be an integer >= 1 (K of '
+                                 'the importance-sampled -log p(x)).')
+  if chunk_size < 0 or batch_size < 0:
+    raise validation.ConfigError('--chunk_size and --batch_size must be >= 0 (0: the '
+                                 "config's eval_chunk_size and eval_batch_size).")
+  if params not in PARAMS_CHOICES:
+    raise validation.ConfigError(f'--params={params!r} is not one of {PARAMS_CHOICES}.')
+  if params == 'ema':
+    raise validation.ConfigError(
+        f'The run in {workdir} has no EMA parameters (this version of vae_jax trains none); '
+        'evaluate its train state with --params=state.')
+  with open(os.path.join(workdir, 'config.json')) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  checkpointer = ckpt_lib.Checkpointer(workdir, config, create=False)
+  try:
+    steps = checkpointer.all_steps()
+    if not steps:
+      raise validation.ConfigError(f'{workdir}/checkpoints holds no checkpoint yet.')
+    if step is not None and step not in steps:
+      raise validation.ConfigError(f'--step={step}: {workdir} has no checkpoint at that step; '
+                                   f'its checkpoints are at steps {steps}.')
+    meta = checkpointer.restore_meta(step if step is not None else steps[-1])
+  finally:
+    checkpointer.close()
+  config = ml_collections.ConfigDict(meta['config'])
+  split = split or config.data.eval_split
+  _check_split(config.data, split)
+  return config, steps, split
+
+
+def _check_split(data_cfg, split):
+  """The split's syntax, and its size where the dataset is prepared (from its JSON, no TFDS)."""
+  from vae_jax import validation
+  from vae_jax.data import checks, splits
+  try:
+    splits.parse(split)
+    prepared = checks.prepared_dirs(data_cfg.name, data_cfg.data_dir)
+    if prepared:
+      with open(os.path.join(prepared[-1], 'dataset_info.json')) as f:
+        info = json.load(f)
+      sizes = {s['name']: sum(int(n) for n in s.get('shardLengths', [])) for s in info['splits']}
+      splits.resolve(split, sizes)
+  except ValueError as e:
+    raise validation.ConfigError(f'--split={split!r} does not fit {data_cfg.name!r}: {e}') from None
+
+
+def evaluate_run(workdir, *, step=None, split=None, num_samples=1000, params='state',
+                 chunk_size=0, batch_size=0, progress=None, log=print):
+  """Restores a run's checkpoint, estimates everything and writes DIR/eval/.
+
+  The run is rebuilt from its checkpoint's config on all local devices (config.mesh.data =
+  -1). The report (see estimate, plus step and params) goes to eval_path(...) and its
+  per-example values to the same name with .npz. An evaluation of one step, split and K is
+  deterministic, so an existing file with the same results (up to the fields of _HOW_IT_RAN
+  and float32 rounding between device counts) is replaced; a different one (the code or the
+  data changed) is kept as NAME.json.1 (.2, ...) beside the new one, with a warning.
+
+  Returns:
+    The report, without the per-example values.
+  """
+  from vae_jax import checkpoint as ckpt_lib
+  from vae_jax import experiment
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  config, _, split = check_run_request(workdir, step=step, split=split, num_samples=num_samples,
+                                       params=params, chunk_size=chunk_size,
+                                       batch_size=batch_size)
+  with config.unlocked():
+    config.mesh.data = -1
+    if batch_size:
+      config.eval_batch_size = batch_size
+  experiment.configure_jax(config)
+  exp = experiment.build(config)
+  checkpointer = ckpt_lib.Checkpointer(workdir, config, create=False)
+  try:
+    state, meta = checkpointer.restore_good(exp.abstract_state, step=step)
+  finally:
+    checkpointer.close()
+  restored = int(meta['step'])
+  if step is not None and restored != step:
+    log(f'Evaluating step {restored}: step {step} could not be verified (see the warning).')
+  report = estimate(exp, state.params, split, num_samples, chunk_size=chunk_size or None,
+                    progress=progress)
+  per_example = report.pop('per_example')
+  report.update(step=restored, params=params)
+  report = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in report.items()}
+  if jax.process_index() == 0:
+    _write_eval(eval_path(workdir, restored, split, num_samples), report, per_example, log)
+  return report
+
+
+def _same_result(old, new):
+  keys = (set(old) | set(new)) - set(_HOW_IT_RAN)
+  for k in keys:
+    a, b = old.get(k), new.get(k)
+    if isinstance(a, (int, float, list)) and isinstance(b, (int, float, list)) and not (
+        isinstance(a, bool) or isinstance(b, bool)):
+      a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+      if a.shape != b.shape or not np.allclose(a, b, rtol=1e-5, atol=1e-6, equal_nan=True):
+        return False
+    elif a != b:
+      return False
+  return True
+
+
+def _write_eval(path, report, per_example, log):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  stem = path[:-len('.json')]
+  if os.path.exists(path):
+    try:
+      with open(path) as f:
+        same = _same_result(json.load(f), report)
+    except (OSError, ValueError):
+      same = False
+    if not same:
+      n = 1
+      while os.path.exists(f'{path}.{n}'):
+        n += 1
+      os.replace(path, f'{path}.{n}')
+      if os.path.exists(stem + '.npz'):
+        os.replace(stem + '.npz', f'{stem}.npz.{n}')
+      log(f'WARNING: {path} held different results; kept them as {path}.{n}.')
+  with open(path + '.tmp', 'w') as f:
+    json.dump(report, f, sort_keys=True, indent=1)
+    f.write('\n')
+  os.replace(path + '.tmp', path)
+  with open(stem + '.npz.tmp', 'wb') as f:
+    np.savez(f, **per_example)
+  os.replace(stem + '.npz.tmp', stem + '.npz')

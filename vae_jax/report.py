@@ -360,7 +360,7 @@ def plot_training_curves(curves, step=None):
 def _log_axis(ax):
   from matplotlib import ticker
   ax.set_yscale('log')
-  ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+  ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 3.0, 5.0, 7.0)))
   ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f'{v:g}'))
   ax.yaxis.set_minor_formatter(ticker.NullFormatter())
 

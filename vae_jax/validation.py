@@ -40,7 +40,7 @@ def _nearest_multiples(value, k):
 
 
 def validate_intervals(config):
-  """The fused-chunk rules of INTERFACES.md: intervals are multiples of steps_per_call."""
+  """The fused-chunk rules: every interval is a multiple of steps_per_call."""
   k = config.steps_per_call
   for field in ('num_train_steps', 'log_every_steps', 'eval_every_steps',
                 'checkpoint_every_steps'):

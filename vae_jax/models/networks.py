@@ -18,6 +18,7 @@ No losses and no randomness live here: the maths of these parameters is in distr
 and the model family built on these networks (`gaussian_vae`) draws the noise eps.
 """
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -54,6 +55,26 @@ def num_pixel_params(likelihood: str, logistic_mixtures: int) -> int:
   if likelihood == 'discretized_logistic':
     return 3 * logistic_mixtures  # loc, log_scale, logit_weights
   return 1
+
+
+@dataclasses.dataclass(frozen=True)
+class LikelihoodSpec:
+  """What a decoder's output head needs to know: the image and the likelihood's options.
+
+  One frozen (hashable) value shared by the decoders and their likelihood head, so a new
+  likelihood option is declared here once.
+  """
+
+  image_shape: tuple = (28, 28, 1)
+  likelihood: str = 'bernoulli'
+  learn_sigma: bool = True         # gaussian: learn a per-pixel sigma, else gaussian_sigma
+  gaussian_sigma: float = 0.1
+  logistic_mixtures: int = 1       # discretized_logistic: mixture components per sub-pixel
+
+  @property
+  def pixel_params(self) -> int:
+    """Raw decoder outputs per sub-pixel."""
+    return num_pixel_params(self.likelihood, self.logistic_mixtures)
 
 
 def _groups(channels: int) -> int:
@@ -133,28 +154,25 @@ class PosteriorHead(nn.Module):
 class LikelihoodHead(nn.Module):
   """Raw decoder outputs [N,H,W,C,P] -> parameters of p(x|h) (see the module docstring)."""
 
-  image_shape: Sequence[int]
-  likelihood: str = 'bernoulli'
-  learn_sigma: bool = True
-  gaussian_sigma: float = 0.1
-  logistic_mixtures: int = 1
+  spec: LikelihoodSpec
 
   @nn.compact
   def __call__(self, raw: jax.Array) -> dict[str, jax.Array]:
-    _check('likelihood', self.likelihood, LIKELIHOODS)
+    spec = self.spec
+    _check('likelihood', spec.likelihood, LIKELIHOODS)
     raw = raw.astype(jnp.float32)
-    if self.likelihood in ('bernoulli', 'continuous_bernoulli'):
+    if spec.likelihood in ('bernoulli', 'continuous_bernoulli'):
       return {'logits': raw[..., 0]}  # [N,H,W,C]
-    if self.likelihood == 'gaussian':
-      shape = tuple(self.image_shape)
-      log_sigma = math.log(self.gaussian_sigma)
-      if self.learn_sigma:
+    if spec.likelihood == 'gaussian':
+      shape = tuple(spec.image_shape)
+      log_sigma = math.log(spec.gaussian_sigma)
+      if spec.learn_sigma:
         init = nn.initializers.constant(log_sigma)
         log_scale = self.param('log_sigma', init, shape, jnp.float32)  # [H,W,C]
       else:
         log_scale = jnp.full(shape, log_sigma, jnp.float32)  # [H,W,C], constant
       return {'loc': raw[..., 0], 'log_scale': log_scale}
-    k = self.logistic_mixtures
+    k = spec.logistic_mixtures
     return {
         'loc': raw[..., :k],  # [N,H,W,C,K]
         'log_scale': jnp.maximum(raw[..., k : 2 * k], MIN_LOGISTIC_LOG_SCALE),
@@ -192,25 +210,18 @@ class MLPDecoder(nn.Module):
   """
 
   hidden: Sequence[int] = (500,)  # encoder order; the decoder runs them reversed
-  image_shape: Sequence[int] = (28, 28, 1)
-  likelihood: str = 'bernoulli'
-  learn_sigma: bool = True
-  gaussian_sigma: float = 0.1
-  logistic_mixtures: int = 1
+  spec: LikelihoodSpec = LikelihoodSpec()
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, h: jax.Array) -> dict[str, jax.Array]:
-    p = num_pixel_params(self.likelihood, self.logistic_mixtures)
+    shape, p = tuple(self.spec.image_shape), self.spec.pixel_params
     y = h  # [N,D]
     for i, width in enumerate(reversed(tuple(self.hidden))):
       y = nn.relu(nn.Dense(width, dtype=self.dtype, name=f'hidden_{i}')(y))
-    y = nn.Dense(math.prod(self.image_shape) * p, dtype=self.dtype, name='out')(y)
-    raw = y.reshape((h.shape[0], *self.image_shape, p))  # [N,H,W,C,P]
-    return LikelihoodHead(
-        self.image_shape, self.likelihood, self.learn_sigma, self.gaussian_sigma,
-        self.logistic_mixtures, name='likelihood',
-    )(raw)
+    y = nn.Dense(math.prod(shape) * p, dtype=self.dtype, name='out')(y)
+    raw = y.reshape((h.shape[0], *shape, p))  # [N,H,W,C,P]
+    return LikelihoodHead(self.spec, name='likelihood')(raw)
 
 
 class ResBlock(nn.Module):
@@ -276,20 +287,16 @@ class ConvDecoder(nn.Module):
 
   conv_channels: Sequence[int] = (32, 64)
   conv_blocks: int = 1
-  image_shape: Sequence[int] = (28, 28, 1)
-  likelihood: str = 'bernoulli'
-  learn_sigma: bool = True
-  gaussian_sigma: float = 0.1
-  logistic_mixtures: int = 1
+  spec: LikelihoodSpec = LikelihoodSpec()
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, h: jax.Array) -> dict[str, jax.Array]:
-    height, width, c = self.image_shape
+    height, width, c = self.spec.image_shape
     chans = tuple(self.conv_channels)
     n_stages = len(chans)
     hs, ws = stage_sizes(height, n_stages), stage_sizes(width, n_stages)
-    p = num_pixel_params(self.likelihood, self.logistic_mixtures)
+    p = self.spec.pixel_params
     y = nn.Dense(hs[-1] * ws[-1] * chans[-1], dtype=self.dtype, name='dense_in')(h)
     y = y.reshape((h.shape[0], hs[-1], ws[-1], chans[-1]))  # [N,h,w,c_last]
     for i in reversed(range(n_stages)):
@@ -300,10 +307,7 @@ class ConvDecoder(nn.Module):
     y = nn.swish(nn.GroupNorm(_groups(y.shape[-1]), dtype=self.dtype, name='norm_out')(y))
     y = nn.Conv(c * p, (3, 3), dtype=self.dtype, name='conv_out')(y)  # [N,H,W,C*P]
     raw = y.reshape((h.shape[0], height, width, c, p))  # [N,H,W,C,P]
-    return LikelihoodHead(
-        self.image_shape, self.likelihood, self.learn_sigma, self.gaussian_sigma,
-        self.logistic_mixtures, name='likelihood',
-    )(raw)
+    return LikelihoodHead(self.spec, name='likelihood')(raw)
 
 
 class VAE(nn.Module):
@@ -333,9 +337,10 @@ class VAE(nn.Module):
     _check('decoder', self.decoder, DECODERS)
     post = dict(latent_dim=self.latent_dim, posterior=self.posterior,
                 shared_covariance=self.shared_covariance, dtype=self.dtype)
-    lik = dict(image_shape=tuple(self.image_shape), likelihood=self.likelihood,
-               learn_sigma=self.learn_sigma, gaussian_sigma=self.gaussian_sigma,
-               logistic_mixtures=self.logistic_mixtures, dtype=self.dtype)
+    lik = dict(spec=LikelihoodSpec(
+        image_shape=tuple(self.image_shape), likelihood=self.likelihood,
+        learn_sigma=self.learn_sigma, gaussian_sigma=self.gaussian_sigma,
+        logistic_mixtures=self.logistic_mixtures), dtype=self.dtype)
     if self.encoder == 'mlp':
       self.enc = MLPEncoder(hidden=tuple(self.hidden), **post)
     else:
