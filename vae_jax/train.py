@@ -371,13 +371,23 @@ def _write_done(workdir, config, step, is_main):
 
 class _PeriodicEval:
   """The loop's evaluations: the validation split (model selection) and the test split
-  (reporting only), full and exact, plus the picture grids."""
+  (reporting only), full and exact, plus the picture grids.
+
+  With config.eval_num_samples = K > 0 each record also holds the K-sample nll and the
+  posterior gap (eval_lib.estimate, compiled once for the run). Records name the parameters
+  they evaluated: params='state' (the train state's).
+  """
 
   def __init__(self, exp, workdir, writer):
     self.exp, self.workdir, self.writer = exp, workdir, writer
-    d = exp.config.data
+    c = exp.config
+    d = c.data
     self.splits = list(dict.fromkeys((d.valid_split, d.eval_split)))  # each split once
     self.step_fn = eval_lib.jit_eval_step(exp)
+    self.num_samples = c.eval_num_samples
+    self.chunk_size = c.eval_chunk_size or eval_lib.default_chunk_size(exp, c.eval_batch_size)
+    self.estimate_step = (eval_lib.EstimateStep(exp, self.num_samples, self.chunk_size)
+                          if self.num_samples else None)
     self.pictures = analysis.make_picture_fn(exp)
     # The memory back end holds the eval splits once instead of re-reading them every time.
     self.arrays = {s: data_lib.load_arrays(d, s) if d.backend == 'memory' else None
@@ -388,8 +398,15 @@ class _PeriodicEval:
   def __call__(self, step, params):
     self.last = {}
     for split in self.splits:
-      rec = eval_lib.evaluate(self.exp, params, split, eval_step=self.step_fn,
-                              arrays=self.arrays[split])
+      if self.num_samples:
+        rec = eval_lib.estimate(self.exp, params, split, self.num_samples,
+                                chunk_size=self.chunk_size, arrays=self.arrays[split],
+                                step=self.estimate_step, units=False)
+        rec = {k: v for k, v in rec.items() if k != 'per_example'}
+      else:
+        rec = eval_lib.evaluate(self.exp, params, split, eval_step=self.step_fn,
+                                arrays=self.arrays[split])
+      rec['params'] = 'state'
       self.writer.write(step, 'eval', rec)
       self.last[split] = rec
     split = self.exp.config.data.eval_split
@@ -400,7 +417,9 @@ class _PeriodicEval:
 
   def summary(self, step):
     parts = [f'{s} neg_elbo {r["neg_elbo"]:.3f} +- {r["neg_elbo_stderr"]:.3f} = recon '
-             f'{r["recon"]:.3f} + kl {r["kl"]:.3f}' for s, r in self.last.items()]
+             f'{r["recon"]:.3f} + kl {r["kl"]:.3f}'
+             + (f', nll(K={self.num_samples}) {r["nll"]:.3f} +- {r["nll_stderr"]:.3f}'
+                if self.num_samples else '') for s, r in self.last.items()]
     return f'step {step}: ' + '; '.join(parts) + ' nats/example'
 
 
