@@ -38,17 +38,7 @@ def main(argv):
   except (analysis.RunNotFoundError, *cli.user_errors()) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
-  elbo = summary['elbo']
-  cli.print_json({
-      'workdir': summary['workdir'], 'step': summary['step'], 'split': summary['split'],
-      'index_html': summary['index_html'], 'summary_md': summary['summary_md'],
-      'figures': [os.path.join(summary['out_dir'], f['file']) for f in summary['figures']],
-      **{k: elbo[k] for k in ('neg_elbo', 'neg_elbo_stderr', 'recon', 'kl')},
-      'mig': summary['mig']['mig'] if summary['mig'] else None,
-      'active_units': (summary['units'] or {}).get('active_units'),
-      'seconds': summary['seconds'],
-  })
-
+  cli.print_json(analysis.headline(summary))
 
 if __name__ == '__main__':
   app.run(main, flags_parser=cli.parse_flags)

@@ -251,15 +251,34 @@ def test_load_run_gives_a_cpu_model_whatever_trained_it(run_with_checkpoints):
   assert earlier.step == 10 and int(earlier.state.step) == 10
 
 
-def test_init_from_copies_parameters_only(run_with_checkpoints, tmp_path):
+@pytest.mark.parametrize('overrides', [
+    {},
+    # Fine-tuning: another optimizer chain (clipping changes the optax state's structure),
+    # batch, data order and split; only the model must match.
+    {'optim.name': 'adamw', 'optim.clip_norm': 1.0, 'batch_size': 64, 'data_seed': 3,
+     'data.train_split': 'train[:50%]'},
+], ids=['same', 'fine_tune'])
+def test_init_from_copies_parameters_only(run_with_checkpoints, tmp_path, overrides):
   workdir, result = run_with_checkpoints
-  config = tiny_config(num_train_steps=5, init_from=workdir)
-  setup = experiment.build(config)
+  config = tiny_config(num_train_steps=5, steps_per_call=5, init_from=workdir, **overrides)
+  exp = experiment.build(config)
   checkpointer = ckpt_lib.Checkpointer(str(tmp_path), config)
-  state, _ = train.restore_or_init(setup, checkpointer, log=lambda *a: None)
+  state, _ = train.restore_or_init(exp, checkpointer, log=lambda *a: None)
   checkpointer.close()
   assert int(state.step) == 0
   _assert_bitwise(state.params, result['state'].params)
+  fresh = experiment.init_state(exp)
+  _assert_bitwise(state.opt_state, fresh.opt_state)
+
+
+def test_init_from_another_model_is_refused(run_with_checkpoints, tmp_path):
+  workdir, _ = run_with_checkpoints
+  config = tiny_config(init_from=workdir, **{'model.latent_dim': 6})
+  exp = experiment.build(config)
+  checkpointer = ckpt_lib.Checkpointer(str(tmp_path), config)
+  with pytest.raises(ckpt_lib.IncompatibleCheckpointError, match='model.latent_dim: saved 4'):
+    train.restore_or_init(exp, checkpointer, log=lambda *a: None)
+  checkpointer.close()
 
 
 # -- bad input: each a clear one-paragraph error, no traceback, within seconds ---------------

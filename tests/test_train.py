@@ -175,6 +175,26 @@ def test_evaluation_does_not_depend_on_batch_size_or_devices(trained_workdir):
   assert numbers[0]['num_examples'] == numbers[1]['num_examples']
 
 
+def test_the_eval_step_compiles_once_for_every_split_and_evaluation(trained_workdir):
+  # Splits of different sizes pad their last batch to the same shape: one program serves all.
+  _, result = trained_workdir
+  exp = result['experiment']
+  params = result['state'].params
+  step_fn = eval_lib.jit_eval_step(exp)
+  compiles = []
+  listener = lambda event, duration, **kw: compiles.append(event) if 'compile' in event else None
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    eval_lib.evaluate(exp, params, 'test', eval_step=step_fn)
+    assert compiles  # the listener sees the one compile
+    compiles.clear()
+    for split in ('test', exp.config.data.valid_split, 'train[:700]'):
+      eval_lib.evaluate(exp, params, split, eval_step=step_fn)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert not compiles, compiles
+
+
 def test_resume_continues_exactly(tmp_path):
   straight = train.train_and_evaluate(tiny_config(), str(tmp_path / 'a'))
   first = train.train_and_evaluate(tiny_config(num_train_steps=10), str(tmp_path / 'b'))

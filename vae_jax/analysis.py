@@ -2,8 +2,9 @@
 
 `load_run(workdir)` gives the run's config, model and state on one CPU-or-default device,
 whatever device count or host count trained it, without the trainer. Everything else here goes
-through the model contract (`vae_jax.models.gaussian_vae`), so it works for any model family,
-and takes numpy in and gives numpy out, for notebooks:
+through the model contract (`vae_jax.models.gaussian_vae`), except `decode` (E[x|h] at latents
+chosen here: the contract has no such method, so it applies the family's decoder and likelihood
+mean), and takes numpy in and gives numpy out, for notebooks:
 
   run = load_run('/tmp/vae_sprites')
   arrays = split_arrays(run, 'test')
@@ -38,7 +39,7 @@ from jax.sharding import Mesh
 
 from vae_jax import checkpoint as ckpt_lib
 from vae_jax import data as data_lib
-from vae_jax import distributions, experiment, sharding, streams
+from vae_jax import evaluate, experiment, report, sharding, streams
 from vae_jax import metrics as metrics_lib
 from vae_jax.data.preprocess import preprocess
 from vae_jax.data.sprites import FACTORS as SPRITE_FACTORS
@@ -52,7 +53,8 @@ TEMPERATURES = (0.5, 0.8, 1.0)
 TRAVERSAL_VALUES = tuple(np.linspace(-3.0, 3.0, 9).tolist())
 # Bins per latent unit for the MIG histograms (Chen et al. 2018 use 20).
 MIG_BINS = 20
-# The file scripts/evaluate.py writes per evaluation: DIR/eval/step_S_SPLIT_kK.json.
+# The file scripts/evaluate.py writes per evaluation (evaluate.eval_path):
+# DIR/eval/step_S_SPLIT_kK.json, SPLIT made file-name safe (the record holds the split itself).
 EVAL_FILE = re.compile(r'^step_(\d+)_(.+)_k(\d+)\.json$')
 
 
@@ -212,9 +214,12 @@ def _encode_images(model, mode, data_seed, params, images, index):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _decode_mean(model, params, h):
-  # The contract has no "decode these latents"; the family's network and likelihood give it.
-  lik = model.network.apply({'params': params}, h, method='decode')
-  return distributions.likelihood_mean(model.likelihood, lik)
+  return model.decode_mean(params, h)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _reconstruct(model, params, x):
+  return model.reconstruct(params, x)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
@@ -264,7 +269,7 @@ def decode(run, h, params=None):
 
 def reconstruct(run, x, params=None):
   """E[x|h] at the posterior mean of each preprocessed x: numpy [B, H, W, C] in [0, 1]."""
-  return np.asarray(run.model.reconstruct(_params(run, params), jnp.asarray(x)))
+  return np.asarray(_reconstruct(run.model, _params(run, params), jnp.asarray(x)))
 
 
 def prior_samples(run, n, temperatures=TEMPERATURES, params=None):
@@ -441,7 +446,7 @@ def eval_files(workdir, step=None):
   """The evaluations scripts/evaluate.py wrote (DIR/eval/step_S_SPLIT_kK.json), newest first.
 
   Returns [{'path', 'step', 'split', 'k', 'mtime', 'record'}] (of `step` only, if given);
-  files that do not parse are skipped.
+  files that do not parse as a JSON object are skipped.
   """
   found = []
   for path in glob.glob(os.path.join(workdir, 'eval', 'step_*.json')):
@@ -453,14 +458,15 @@ def eval_files(workdir, step=None):
         record = json.load(f)
     except (OSError, ValueError):
       continue
-    found.append({'path': path, 'step': int(m.group(1)), 'split': m.group(2),
+    if not isinstance(record, dict):
+      continue
+    found.append({'path': path, 'step': int(m.group(1)), 'split': record.get('split', m.group(2)),
                   'k': int(m.group(3)), 'mtime': os.path.getmtime(path), 'record': record})
   return sorted(found, key=lambda e: e['mtime'], reverse=True)
 
 
 def unit_statistics(run, split, arrays=None, params=None):
   """evaluate.unit_statistics of the run (KL per unit, active units, mutual information)."""
-  from vae_jax import evaluate
   stats = evaluate.unit_statistics(run.experiment, _params(run, params), split, arrays=arrays)
   return {k: (np.asarray(v) if np.ndim(v) else v) for k, v in stats.items()}
 
@@ -526,7 +532,6 @@ def analyze(workdir, step=None, split=None, out_dir=None, *, device=None, tensor
     RunNotFoundError, validation.ConfigError, data.DatasetMissingError: before anything
     compiles.
   """
-  from vae_jax import evaluate, report
   log = log or (lambda *a, **k: None)
   t0 = time.perf_counter()
   run = load_run(workdir, step=step, device=device)
@@ -561,13 +566,14 @@ def analyze(workdir, step=None, split=None, out_dir=None, *, device=None, tensor
       'decoded: E[x|h] (top) and a true sample x ~ p(x|h) (bottom).',
       report.plot_samples(samples))
   pairs = min(6, len(x) // 2)
-  x_a, x_b = x[0:2 * pairs:2], x[1:2 * pairs:2]
-  lin = interpolate(run, x_a, x_b, 10, 'linear')
-  sph = interpolate(run, x_a, x_b, 10, 'spherical')
-  add('interpolations', 'Interpolations in latent space',
-      'Between the posterior means of pairs of test images: linear (lerp) and spherical (slerp) '
-      'paths, decoded as E[x|h]; the outer columns are the two inputs.',
-      report.plot_interpolations(display(x_a), display(x_b), lin, sph))
+  if pairs:  # a split of one example has no pair
+    x_a, x_b = x[0:2 * pairs:2], x[1:2 * pairs:2]
+    lin = interpolate(run, x_a, x_b, 10, 'linear')
+    sph = interpolate(run, x_a, x_b, 10, 'spherical')
+    add('interpolations', 'Interpolations in latent space',
+        f'Between the posterior means of pairs of {split} images: linear (lerp) and spherical '
+        '(slerp) paths, decoded as E[x|h]; the outer columns are the two inputs.',
+        report.plot_interpolations(display(x_a), display(x_b), lin, sph))
   dims = order[:10]
   bases = x[:2]
   add('traversals', 'Latent traversals',
@@ -635,6 +641,28 @@ def analyze(workdir, step=None, split=None, out_dir=None, *, device=None, tensor
   summary['seconds'] = round(time.perf_counter() - t0, 2)
   log(f'Wrote {len(figures)} figures, {pages[0]} and {pages[1]} in {summary["seconds"]:.1f} s.')
   return summary
+
+
+def headline(summary):
+  """The paths and headline numbers of an analyze() summary: scripts/analyze.py's JSON line.
+
+  nll (with its standard error and K) is the newest evaluation file of the step and split, or
+  None where scripts/evaluate.py made none.
+  """
+  elbo = summary['elbo']
+  nll = next((e['record'] for e in summary['eval_files'] if e['split'] == summary['split']
+              and e['record'].get('nll') is not None), {})
+  return {
+      'workdir': summary['workdir'], 'step': summary['step'], 'split': summary['split'],
+      'index_html': summary['index_html'], 'summary_md': summary['summary_md'],
+      'figures': [os.path.join(summary['out_dir'], f['file']) for f in summary['figures']],
+      **{k: elbo[k] for k in ('neg_elbo', 'neg_elbo_stderr', 'recon', 'kl')},
+      'nll': nll.get('nll'), 'nll_stderr': nll.get('nll_stderr'),
+      'nll_num_samples': nll.get('num_samples'),
+      'mig': summary['mig']['mig'] if summary['mig'] else None,
+      'active_units': summary['units']['active_units'],
+      'seconds': summary['seconds'],
+  }
 
 
 def _plain(v):

@@ -423,19 +423,23 @@ def _saved_value(saved, key):
   return defaults[key]
 
 
-def check_compatible(saved_config, config, where):
+def check_compatible(saved_config, config, where, only=None):
   """Raises IncompatibleCheckpointError when the saved run defines a different experiment.
 
   Args:
     saved_config: the config dict stored in the checkpoint's meta.
     config: the current ConfigDict.
     where: the checkpoint's folder, for the message.
+    only: compare only the fields under this dotted prefix (config.init_from compares
+      'model': fine-tuning may change the data, the optimizer and everything else).
   """
   saved = _flatten(saved_config)
   now = _flatten(json.loads(config.to_json()))
   diffs = []
   for key in sorted(now):
     if _covered(key, RESUME_NEUTRAL + APPLIED_ON_RESUME):
+      continue
+    if only is not None and not _covered(key, (only,)):
       continue
     before = _saved_value(saved, key)
     if before is _ABSENT or before == now[key]:
@@ -452,6 +456,10 @@ def check_compatible(saved_config, config, where):
     else:
       diffs.append(f'{key}: absent from the checkpoint (added to vae_jax since; the run used '
                    f'its default {before!r}), now {now[key]!r}')
+  if diffs and only is not None:
+    raise IncompatibleCheckpointError(
+        f'The checkpoint in {where} has a different {only}: ' + '; '.join(diffs) + '. Its '
+        f'parameters do not fit this {only}: set these fields as the checkpoint has them.')
   if diffs:
     raise IncompatibleCheckpointError(
         f'The checkpoint in {where} was written by a different experiment: '

@@ -183,13 +183,17 @@ def unit_statistics(exp, params, split, *, arrays=None, mutual_info=True):
   params = jax.device_put(params, sharding.replicated(exp.mesh))
   parts = [_kept(fn(params, *g)) for _, g in _global_batches(exp, split, arrays,
                                                              exp.config.eval_batch_size)]
-  mean = np.concatenate([p['mean'] for p in parts]).astype(np.float64)  # [N, U]
-  var = np.concatenate([p['var'] for p in parts]).astype(np.float64)  # [N, U]
-  index = np.concatenate([p['index'] for p in parts])
+  stats = {k: np.concatenate([p[k] for p in parts]) for k in ('mean', 'var', 'index')}
+  return {'split': split, **_unit_summary(exp, stats['mean'], stats['var'], stats['index'],
+                                          mutual_info)}
+
+
+def _unit_summary(exp, mean, var, index, mutual_info=True):
+  """unit_statistics' numbers from every example's posterior mean and variance [N, U]."""
+  mean, var = np.asarray(mean, np.float64), np.asarray(var, np.float64)
   kl_units = 0.5 * (np.square(mean) + var - 1.0 - np.log(var))  # [N, U]
   mean_var = np.var(mean, axis=0)  # [U]
   out = {
-      'split': split,
       'num_examples': int(mean.shape[0]),
       'kl_per_unit': kl_units.mean(axis=0),
       'mean_var': mean_var,
@@ -236,8 +240,10 @@ def mutual_information(mesh, mean, var, index, seed, max_samples=MI_MAX_SAMPLES)
     keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(streams.eval_keys(seed, own_index))
     eps = jax.vmap(lambda k: jax.random.normal(k, (u,)))(keys)  # [M, U]
     h = own_mean + jnp.sqrt(own_var) * eps  # [M, U]
-    # log q(h_i|x_i) from eps itself: (h - m)^2 / v = eps^2 without the rounding of h - m.
-    log_own = -0.5 * jnp.sum(jnp.square(eps) + jnp.log(own_var) + math.log(2 * math.pi), -1)
+    # log q(h_i|x_i) the way the mixture computes its own term, so each term is <= log N up to
+    # the rounding of the log-sum-exp.
+    log_own = -0.5 * (jnp.sum(jnp.square(h - own_mean) / own_var + jnp.log(own_var), -1)
+                      + u * math.log(2 * math.pi))
 
     def block(lse, c):
       lq = jnp.where(c['valid'][None], log_q(h, c['mean'], c['var']), -jnp.inf)  # [M, J]
@@ -272,7 +278,7 @@ def default_chunk_size(exp, batch_size):
   return max(1, ROWS_PER_CHUNK // per_device)
 
 
-def make_estimate_step(exp, num_samples, chunk_size):
+def make_estimate_step(exp, num_samples, chunk_size, units=False):
   """(params, uint8 images [B,...], index [B], mask [B]) -> per-example values, each [B].
 
   recon, kl, neg_elbo: the single-sample ELBO terms of `evaluate` (same keys, same sample 0).
@@ -282,6 +288,7 @@ def make_estimate_step(exp, num_samples, chunk_size):
       too): the same expectation as neg_elbo with far less noise;
     ess = (sum_k w_k)^2 / sum_k w_k^2, the weights' effective sample size (1 .. K): near 1,
       a few samples dominate and nll is far from converged.
+  With units, also post_mean and post_var [B, U] (model.posterior_stats) for unit_statistics.
   The encoder runs once per batch; chunk c draws samples c Kc .. c Kc + Kc - 1 of every example
   through model.log_weights (a lax.scan over the chunks), and the chunks' log-sum-exps combine
   exactly at the end.
@@ -312,6 +319,9 @@ def make_estimate_step(exp, num_samples, chunk_size):
       out['neg_elbo_mc'] = -jnp.sum(total, axis=0) / num_samples
       out['posterior_gap'] = out['neg_elbo'] - out['nll']
       out['ess'] = jnp.exp(2.0 * lse - jax.nn.logsumexp(lse2, axis=0))
+    if units:
+      stats = model.posterior_stats(params, x)  # [B, U] each
+      out.update(post_mean=stats['mean'], post_var=stats['var'])
     out.update(index=index, mask=mask)
     return out
 
@@ -322,9 +332,9 @@ class EstimateStep:
   """The jitted estimator step, compiled ahead of time once per input signature, so an
   estimate can time its batches without the compile."""
 
-  def __init__(self, exp, num_samples, chunk_size):
-    self.num_samples, self.chunk_size = num_samples, chunk_size
-    self._jitted = _jit_batch_fn(exp, make_estimate_step(exp, num_samples, chunk_size))
+  def __init__(self, exp, num_samples, chunk_size, units=False):
+    self.num_samples, self.chunk_size, self.units = num_samples, chunk_size, units
+    self._jitted = _jit_batch_fn(exp, make_estimate_step(exp, num_samples, chunk_size, units))
     self._compiled = {}
 
   def compile(self, *args):
@@ -389,9 +399,10 @@ def estimate(exp, params, split, num_samples, *, chunk_size=None, batch_size=Non
     bits_per_dim and neg_elbo_bits_per_dim (discrete likelihoods, else None); data_entropy,
     joint_kl = neg_elbo - H(data) and marginal_kl = nll - H(data) (where the data's entropy is
     known, else None); num_examples, num_samples, chunk_size, num_chunks, batch_size,
-    num_devices, seconds, compile_s, samples_per_sec (examples x K per second, compile
-    excluded; examples per second when K = 0); 'per_example' {index, recon, kl, neg_elbo, ...}
-    numpy [N]; and the unit_statistics fields with units.
+    num_devices, seconds, compile_s, samples_per_sec (examples x K per second over the
+    batches, compile and unit statistics excluded; examples per second when K = 0);
+    'per_example' {index, recon, kl, neg_elbo, ...} numpy [N]; and with units the
+    unit_statistics fields (from the same pass over the split).
   """
   config = exp.config
   batch_size = batch_size or config.eval_batch_size
@@ -401,9 +412,11 @@ def estimate(exp, params, split, num_samples, *, chunk_size=None, batch_size=Non
     chunk_size = chunk_size or config.get('eval_chunk_size', 0) or default_chunk_size(
         exp, batch_size)
   if step is None:
-    step = EstimateStep(exp, num_samples, chunk_size)
-  elif (step.num_samples, step.chunk_size) != (num_samples, chunk_size):
-    raise ValueError('estimate: step was built for another num_samples or chunk_size.')
+    step = EstimateStep(exp, num_samples, chunk_size, units)
+  elif (step.num_samples, step.chunk_size, step.units) != (num_samples, chunk_size, units):
+    raise ValueError('estimate: step was built for another num_samples, chunk_size or units.')
+  if arrays is None and config.data.backend == 'memory':
+    arrays = data_lib.load_arrays(config.data, split)
   total = len(arrays['image']) if arrays is not None else (
       exp.data_info.split_size(split) if exp.data_info is not None else None)
   params = jax.device_put(params, sharding.replicated(exp.mesh))
@@ -423,6 +436,7 @@ def estimate(exp, params, split, num_samples, *, chunk_size=None, batch_size=Non
     done = _collect(parts, pending, done, total, progress)
   seconds = time.perf_counter() - t0 if t0 is not None else 0.0
   per_example = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+  post = {k: per_example.pop(k) for k in ('post_mean', 'post_var') if k in per_example}
   report = _report(exp, split, per_example, num_samples, binary, data_entropy)
   n = report['num_examples']
   report.update(
@@ -432,8 +446,8 @@ def estimate(exp, params, split, num_samples, *, chunk_size=None, batch_size=Non
       seconds=seconds, compile_s=compile_s,
       samples_per_sec=n * max(num_samples, 1) / seconds if seconds > 0 else float('nan'))
   if units:
-    stats = unit_statistics(exp, params, split, arrays=arrays)
-    report.update({k: v for k, v in stats.items() if k not in ('split', 'num_examples')})
+    stats = _unit_summary(exp, post['post_mean'], post['post_var'], per_example['index'])
+    report.update({k: v for k, v in stats.items() if k != 'num_examples'})
   report['per_example'] = per_example
   return report
 

@@ -72,13 +72,23 @@ def build(config, mesh=None, image_shape=None):
     image_shape = info.image_shape
   image_shape = tuple(image_shape)
   validation.validate_image_shape(config, image_shape)
+  model, tx, abstract = _model_and_state(config, mesh, image_shape)
+  return Experiment(config=config, mesh=mesh, model=model, tx=tx, image_shape=image_shape,
+                    abstract_state=abstract, data_info=info)
+
+
+def _model_and_state(config, mesh, image_shape):
   model = models.build_model(config.model, image_shape, x_dtype(config))
   tx = optim.make_optimizer(config)
   abstract = jax.eval_shape(functools.partial(_init_state, config, model, tx, image_shape))
   abstract = sharding.with_shardings(
       abstract, jax.tree.map(lambda _: sharding.replicated(mesh), abstract))
-  return Experiment(config=config, mesh=mesh, model=model, tx=tx, image_shape=image_shape,
-                    abstract_state=abstract, data_info=info)
+  return model, tx, abstract
+
+
+def abstract_state(config, mesh, image_shape):
+  """The restore target of a checkpoint written under `config` (any optimizer), on `mesh`."""
+  return _model_and_state(config, mesh, tuple(image_shape))[2]
 
 
 def _init_state(config, model, tx, image_shape):

@@ -200,7 +200,7 @@ def plot_latent_scatter(top2, dims, proj, explained, colour_by, class_names=None
   features = list(colour_by) or [None]
   n = len(top2)
   keep = _subsample(n)
-  fig = _figure(3.4 * len(features) + 0.6, 6.6)
+  fig = _figure(max(5.5, 3.4 * len(features) + 0.6), 7.0)
   axes = fig.subplots(2, len(features), squeeze=False)
   size = 8 if len(keep) < 3000 else 3
   panels = [(top2, f'unit {dims[0]}', f'unit {dims[1]}' if len(dims) > 1 else ''),
@@ -224,8 +224,9 @@ def plot_latent_scatter(top2, dims, proj, explained, colour_by, class_names=None
           ax.scatter(pts[m, 0], py[m], s=size, alpha=0.6, linewidths=0, label=label,
                      color=_categorical_colour(int(c), len(classes)))
         if i == 0:
-          ax.legend(fontsize=7, markerscale=2.5, loc='best', framealpha=0.8,
-                    ncol=2 if len(classes) > 5 else 1)
+          # Outside the axes, beside the colour bars of the other panels: no point hidden.
+          ax.legend(fontsize=7, markerscale=2.5, loc='upper left', bbox_to_anchor=(1.02, 1.0),
+                    borderaxespad=0.0, frameon=False)
       else:
         sc = ax.scatter(pts[:, 0], py, s=size, alpha=0.7, linewidths=0, c=values,
                         cmap='viridis')
@@ -237,8 +238,10 @@ def plot_latent_scatter(top2, dims, proj, explained, colour_by, class_names=None
       if i == 0:
         ax.set_title(f'coloured by {feature}' if feature else 'posterior means', fontsize=10)
   fig.suptitle(f'Posterior means of {n} examples'
-               + (f' ({len(keep)} shown)' if len(keep) < n else '')
-               + ': two highest-ranked units (top), principal components (bottom)', fontsize=11)
+               + (f' ({len(keep)} shown, evenly spaced)' if len(keep) < n else '')
+               + f'\ntop: latent units {" and ".join(map(str, dims))}; bottom: the first two '
+               'principal components',
+               fontsize=11)
   return fig
 
 
@@ -360,7 +363,7 @@ def plot_training_curves(curves, step=None):
 def _log_axis(ax):
   from matplotlib import ticker
   ax.set_yscale('log')
-  ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 3.0, 5.0, 7.0)))
+  ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0)))
   ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f'{v:g}'))
   ax.yaxis.set_minor_formatter(ticker.NullFormatter())
 
@@ -451,13 +454,29 @@ def _numbers(summary):
   return rows
 
 
+# The headline fields of an evaluation file, shown first (the rest follow by name).
+_EVAL_FIRST = ('nll', 'posterior_gap', 'neg_elbo', 'recon', 'kl', 'bits_per_dim', 'joint_kl',
+               'marginal_kl', 'data_entropy', 'active_units', 'mutual_info', 'aggregate_kl')
+
+
 def _eval_rows(summary):
-  """[(file, split, K, {scalar fields})] of the step's evaluation files."""
+  """[(file, split, K, [(quantity, value)], note)] of the step's evaluation files.
+
+  Each number is shown with its standard error where the record has one (name_stderr);
+  lists (per-unit values) are left to the figures.
+  """
   out = []
   for e in summary.get('eval_files', []):
-    scalars = {k: v for k, v in e['record'].items()
-               if isinstance(v, int | float) and not isinstance(v, bool)}
-    out.append((os.path.basename(e['path']), e['split'], e['k'], scalars))
+    r = e['record']
+    number = lambda v: isinstance(v, int | float) and not isinstance(v, bool)
+    names = [k for k in r if number(r[k]) and not k.endswith('_stderr') and k != 'step']
+    names = [k for k in _EVAL_FIRST if k in names] + sorted(set(names) - set(_EVAL_FIRST))
+    rows = [(k, _fmt(r[k], 4) + (f' \u00b1 {r[k + "_stderr"]:.4f}'
+                                 if number(r.get(f'{k}_stderr')) else ''))
+            for k in names]
+    rows += [(k, str(r[k])) for k in ('likelihood', 'normalized', 'params') if k in r]
+    out.append((os.path.basename(e['path']), r.get('split', e['split']), e['k'], rows,
+                r.get('note')))
   return out
 
 
@@ -488,13 +507,16 @@ def write_pages(out_dir, summary):
            '<p>The ELBO is exact over the whole split (one posterior sample per example, keyed '
            'by the example\u2019s index), computed now with these parameters.</p>']
   evals = _eval_rows(s)
+  table = lambda rows: ('<table>' + ''.join(f'<tr><td>{esc(q)}</td><td class="num">{esc(v)}'
+                                            '</td></tr>' for q, v in rows) + '</table>')
   if evals:
     parts.append(f'<h3>Evaluation files of step {s["step"]} (scripts/evaluate.py)</h3>')
-    for name, split, k, scalars in evals:
-      parts.append(f'<p><code>eval/{esc(name)}</code>: split {esc(split)}, K = {k}</p>'
-                   '<table>' + ''.join(f'<tr><td>{esc(q)}</td><td class="num">'
-                                       f'{esc(_fmt(v, 4))}</td></tr>'
-                                       for q, v in scalars.items()) + '</table>')
+    for name, split, k, rows, note in evals:
+      parts.append(f'<p><code>eval/{esc(name)}</code>: split {esc(split)}, K = {k} importance '
+                   'samples per example (nats per example, \u00b1 standard error)</p>'
+                   + (f'<p><b>Note:</b> {esc(note)}</p>' if note else '')
+                   + table([r for r in rows if r[0] in _EVAL_FIRST])
+                   + '<details><summary>every field</summary>' + table(rows) + '</details>')
   for f in s['figures']:
     parts.append(f'<h2 id="{esc(f["name"])}">{esc(f["title"])}</h2><figure>'
                  f'<img src="{esc(f["file"])}" alt="{esc(f["title"])}">'
@@ -508,10 +530,12 @@ def write_pages(out_dir, summary):
   md += [f'- **{k}**: {v}' for k, v in meta]
   md += ['', f'## Numbers (split {s["split"]}, checkpoint step {s["step"]})', '',
          '| quantity | value | |', '|---|---:|---|']
-  md += [f'| {q} | {v} | {n} |' for q, v, n in _numbers(s)]
-  for name, split, k, scalars in evals:
+  cell = lambda text: str(text).replace('|', '\\|')  # a bare | would split the cell
+  md += [f'| {cell(q)} | {cell(v)} | {cell(n)} |' for q, v, n in _numbers(s)]
+  for name, split, k, rows, note in evals:
     md += ['', f'`eval/{name}` (split {split}, K = {k}): '
-           + ', '.join(f'{q} {_fmt(v, 4)}' for q, v in scalars.items())]
+           + ', '.join(f'{q} {v}' for q, v in rows if q in _EVAL_FIRST)]
+    md += [f'Note: {note}'] if note else []
   for f in s['figures']:
     md += ['', f'## {f["title"]}', '', f'![{f["title"]}]({f["file"]})', '', f['caption']]
   summary_md = os.path.join(out_dir, 'summary.md')

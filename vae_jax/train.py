@@ -17,6 +17,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
@@ -211,17 +212,40 @@ def restore_or_init(exp, checkpointer, log=print):
     log(f'Resuming from the workdir checkpoint at step {meta["step"]}.')
     return state.replace(hparams=state_lib.hparams_from_config(config)), meta
   if config.init_from:
-    source = ckpt_lib.Checkpointer(_run_dir(config.init_from), config, create=False)
-    check = lambda meta: ckpt_lib.check_compatible(meta['config'], config, config.init_from)
-    restored, meta = source.restore_good(exp.abstract_state, check_config=check)
-    source.close()
-    if restored is None:
-      raise validation.ConfigError(f'config.init_from={config.init_from!r} holds no checkpoint.')
-    log(f'Initialising parameters from {config.init_from} step {meta["step"]}; training from '
-        'step 0 with a fresh optimizer.')
-    return experiment.init_state(exp).replace(params=restored.params), None
+    params, step = _init_from_params(exp)
+    log(f'Initialising parameters from {config.init_from} step {step}; training from step 0 '
+        'with a fresh optimizer.')
+    return experiment.init_state(exp).replace(params=params), None
   log('Starting from scratch (no checkpoint in the workdir, no config.init_from).')
   return experiment.init_state(exp), None
+
+
+def _init_from_params(exp):
+  """(parameters, step) of config.init_from's newest good checkpoint.
+
+  Only the model must match (fine-tuning may change the data, the optimizer, the batch...):
+  the source is restored into its own config's abstract state, then its parameters are kept.
+  """
+  config = exp.config
+  source = ckpt_lib.Checkpointer(_run_dir(config.init_from), config, create=False)
+  try:
+    steps = source.all_steps()
+    if not steps:
+      raise validation.ConfigError(f'config.init_from={config.init_from!r} holds no checkpoint.')
+    meta = source.restore_meta(steps[-1])
+    ckpt_lib.check_compatible(meta['config'], config, config.init_from, only='model')
+    if tuple(meta['image_shape']) != tuple(exp.image_shape):
+      raise validation.ConfigError(
+          f'config.init_from={config.init_from!r} was trained on images of shape '
+          f'{tuple(meta["image_shape"])}, this run has {exp.image_shape}.')
+    target = experiment.abstract_state(ml_collections.ConfigDict(meta['config']), exp.mesh,
+                                       exp.image_shape)
+    check = lambda m: ckpt_lib.check_compatible(m['config'], config, config.init_from,
+                                                only='model')
+    restored, meta = source.restore_good(target, check_config=check)
+  finally:
+    source.close()
+  return restored.params, meta['step']
 
 
 def _run_dir(path):

@@ -16,6 +16,8 @@ This is the model contract every family provides, as pure functions of the param
 - `sample(params, key, n, temperature)` -> prior draws decoded: {'means': E[x|h],
   'samples': x ~ p(x|h)}, each [n, H, W, C] in the data's display range.
 - `reconstruct(params, x)` -> E[x|h] at h = the posterior mean, [B, H, W, C].
+- `decode_mean(params, h)` -> E[x|h] for latents h [n, U] laid out as `posterior_stats`'
+  units (interpolations and traversals), [n, H, W, C].
 - `posterior_stats(params, x)` -> {'mean': [B, U], 'var': [B, U]} per latent unit.
 - `diagonal_posterior`: whether q(h|x) is exactly N(mean, diag(var)) of posterior_stats (what
   the evaluator's mutual-information estimate needs).
