@@ -107,8 +107,23 @@ def get_config():
   m.dtype = 'float32'
 
   c.objective = o = ml_collections.ConfigDict()
+  # elbo (recon + weighted KL, the derived negative ELBO at beta 1) | iwae (the importance-
+  # weighted bound with num_samples samples; beta, warm-up and free bits do not apply).
+  o.name = 'elbo'
   # Weight of the KL in the training loss (1 = the derived negative ELBO). Traced, sweepable.
   o.beta = 1.0
+  # KL warm-up: the KL's weight ramps linearly from 0 to beta over this many steps (0 = off).
+  # Traced, sweepable.
+  o.kl_warmup_steps = 0
+  # Free bits (Kingma et al. 2016): each group's batch-mean KL counts at least this many nats
+  # in the loss (0 = off). Traced, sweepable.
+  o.free_bits = 0.0
+  # The groups free bits floors: total (the whole KL) | unit (each latent unit; a diagonal
+  # posterior, whose KL is a sum over units).
+  o.free_bits_per = 'total'
+  # K of the iwae objective (static: it sets the shapes). 1 equals a single-sample ELBO whose
+  # KL is estimated by Monte Carlo.
+  o.num_samples = 1
 
   c.optim = op = ml_collections.ConfigDict()
   # adam | adamw.

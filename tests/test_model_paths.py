@@ -4,12 +4,13 @@ the stream back end runs the whole loop (evaluation and pictures included)."""
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from tests.test_train import build, run_chunks, tiny_config
 from vae_jax import evaluate as eval_lib
-from vae_jax import experiment, train
+from vae_jax import experiment, objectives, train
 from vae_jax import metrics as metrics_lib
 
 CASES = {
@@ -22,6 +23,10 @@ CASES = {
     'gaussian_fixed_sigma': {'model.likelihood': 'gaussian', 'model.learn_sigma': False},
     'discretized_logistic': {'model.likelihood': 'discretized_logistic',
                              'data.preprocess': 'uint8', 'model.logistic_mixtures': 2},
+    'iwae': {'objective.name': 'iwae', 'objective.num_samples': 3},
+    'free_bits_per_unit_with_warmup': {'objective.free_bits': 0.5,
+                                       'objective.free_bits_per': 'unit',
+                                       'objective.kl_warmup_steps': 2},
     # The cifar10 config's path: conv encoder and decoder, discretized logistic mixture on
     # 8-bit integers, warm-up + cosine, adamw, clipping.
     'cifar10_path': {'model.encoder': 'conv', 'model.decoder': 'conv',
@@ -66,3 +71,26 @@ def test_stream_back_end_runs_the_whole_loop(tmp_path):
     again = eval_lib.evaluate(memory, params, rec['split'])
     np.testing.assert_allclose(rec['neg_elbo'], again['neg_elbo'], rtol=1e-6)
     assert rec['num_examples'] == again['num_examples']
+
+
+def test_iwae_with_one_sample_is_the_elbo_and_tightens_with_more():
+  exp = build(tiny_config(**{'mesh.data': 1}))
+  params = experiment.init_state(exp).params
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.random((8, *exp.image_shape)) < 0.2, jnp.float32)
+  keys = jax.random.split(jax.random.key(5), 8)
+  model, n = exp.model, 4000
+  lw = np.asarray(model.log_weights(params, x, keys, n, 0))  # [n, 8]
+  # K = 1, sample by sample: -log w = recon + log q(h|x) - log p(h), the single-sample ELBO
+  # with a Monte Carlo KL. Its mean over samples is the negative ELBO, which the model's terms
+  # (analytic KL) estimate with other samples.
+  iwae1 = np.stack([np.asarray(objectives.iwae_terms(lw[k:k + 1])) for k in range(n)])
+  np.testing.assert_array_equal(iwae1, -lw)
+  other = jax.vmap(lambda k: model.terms(params, x, jax.vmap(jax.random.fold_in, (0, None))(
+      keys, k + n))['neg_elbo'])(jnp.arange(n))  # [n, 8]
+  other = np.asarray(other)
+  stderr = np.sqrt(iwae1.var(0) / n + other.var(0) / n)
+  np.testing.assert_array_less(np.abs(iwae1.mean(0) - other.mean(0)), 4 * stderr)
+  # More samples give a tighter (lower) bound than the mean single-sample bound.
+  iwae50 = np.asarray(objectives.iwae_terms(jnp.asarray(lw[:50])))
+  assert np.all(iwae50 <= -lw[:50].mean(0) + 1e-3)

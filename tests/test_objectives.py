@@ -46,17 +46,56 @@ def test_elbo_terms_compose_the_derived_objective():
   np.testing.assert_allclose(terms['recon'], -per_sample.mean(0), rtol=1e-6)
 
 
-def test_training_loss_weights_the_kl_by_a_traced_beta():
-  terms = {'recon': jnp.array([3.0, 5.0]), 'kl': jnp.array([1.0, 2.0]),
-           'neg_elbo': jnp.array([4.0, 7.0])}
-  np.testing.assert_allclose(objectives.training_loss(terms, 1.0), terms['neg_elbo'])
-  loss = jax.jit(objectives.training_loss)
-  np.testing.assert_allclose(loss(terms, jnp.float32(0.25)), [3.25, 5.5])
+def _hparams(beta=1.0, warmup=0.0, free_bits=0.0):
+  return {'beta': jnp.float32(beta), 'kl_warmup_steps': jnp.float32(warmup),
+          'free_bits': jnp.float32(free_bits)}
+
+
+MEANS = {'recon': jnp.float32(3.0), 'kl': jnp.float32(1.5),
+         'kl_units': jnp.array([0.1, 1.2, 0.2], jnp.float32)}
+
+
+def test_training_objective_weights_the_kl_by_a_traced_beta():
+  loss = jax.jit(objectives.training_objective)
+  np.testing.assert_allclose(loss(MEANS, _hparams(), 0), 4.5)  # beta 1: the negative ELBO
+  np.testing.assert_allclose(loss(MEANS, _hparams(beta=0.25), 7), 3.375)
   # One compiled program serves every beta, and d loss / d beta = kl.
-  np.testing.assert_allclose(loss(terms, jnp.float32(4.0)), [7.0, 13.0])
+  np.testing.assert_allclose(loss(MEANS, _hparams(beta=4.0), 3), 9.0)
   assert loss._cache_size() == 1
-  np.testing.assert_allclose(
-      jax.grad(lambda b: objectives.training_loss(terms, b).sum())(2.0), 3.0)
+  grad = jax.grad(lambda b: objectives.training_objective(MEANS, _hparams(beta=b), 0))(2.0)
+  np.testing.assert_allclose(grad, 1.5)
+
+
+def test_kl_warmup_weight_per_step():
+  weight = jax.jit(objectives.kl_weight)
+  got = [float(weight(2.0, 4.0, s)) for s in range(7)]
+  np.testing.assert_allclose(got, [0.0, 0.5, 1.0, 1.5, 2.0, 2.0, 2.0])
+  np.testing.assert_allclose([float(weight(2.0, 0.0, s)) for s in (0, 5)], [2.0, 2.0])  # off
+  assert weight._cache_size() == 1  # the warm-up length is traced
+  loss = objectives.training_objective(MEANS, _hparams(beta=1.0, warmup=10.0), 5)
+  np.testing.assert_allclose(loss, 3.0 + 0.5 * 1.5)
+
+
+def test_free_bits_floor_each_group_and_stop_its_gradient():
+  # Per unit: units below the floor count as the floor and get no gradient.
+  kl = jnp.array([0.1, 1.2, 0.2], jnp.float32)
+  np.testing.assert_allclose(objectives.free_bits_kl(kl, 0.5), 0.5 + 1.2 + 0.5)
+  np.testing.assert_allclose(jax.grad(objectives.free_bits_kl)(kl, 0.5), [0.0, 1.0, 0.0])
+  np.testing.assert_allclose(objectives.free_bits_kl(kl, 0.0), 1.5)  # 0: the plain KL
+  per_unit = objectives.training_objective(MEANS, _hparams(free_bits=0.5), 0, 'unit')
+  np.testing.assert_allclose(per_unit, 3.0 + 2.2)
+  total = objectives.training_objective(MEANS, _hparams(free_bits=2.0), 0, 'total')
+  np.testing.assert_allclose(total, 3.0 + 2.0)  # the total KL 1.5 is floored at 2
+  grad = jax.grad(lambda m: objectives.training_objective(m, _hparams(free_bits=2.0), 0))(
+      MEANS)
+  assert float(grad['kl']) == 0.0 and float(grad['recon']) == 1.0
+
+
+def test_iwae_terms_are_a_stable_log_mean_exp():
+  log_w = jnp.array([[-1000.0, 2.0], [-1001.0, 0.0]], jnp.float32)  # [K=2, B=2]
+  want = -np.logaddexp(log_w[0], log_w[1]) + np.log(2.0)
+  np.testing.assert_allclose(objectives.iwae_terms(log_w), want, rtol=1e-6)
+  np.testing.assert_allclose(objectives.iwae_terms(log_w[:1]), -log_w[0])  # K = 1
 
 
 def test_reduce_terms_mask_denominator_and_shards():

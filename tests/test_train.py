@@ -96,9 +96,9 @@ def test_sharded_gradient_is_the_global_mean_gradient():
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.random((32, 32, 32, 1)) < 0.3, jnp.float32)
   key = jax.random.key(3)
-  grad_fn = jax.value_and_grad(train.make_loss_fn(exp.model), has_aux=True)
+  grad_fn = jax.value_and_grad(train.make_loss_fn(exp.model, exp.config.objective), has_aux=True)
   x_sharded = jax.device_put(x, sharding.batch_sharding(exp.mesh))
-  (_, means), grads = jax.jit(grad_fn)(state.params, x_sharded, key, 1.0)
+  (_, means), grads = jax.jit(grad_fn)(state.params, x_sharded, key, state.hparams, state.step)
 
   params = jax.device_get(state.params)
   one = jax.devices()[0]

@@ -62,7 +62,8 @@ RESUME_NEUTRAL = (
 )
 # Traced hyperparameters (state.hparams): the trainer applies the current value from the
 # resumed step on and logs the change (config_changes).
-APPLIED_ON_RESUME = ('optim.learning_rate', 'objective.beta')
+APPLIED_ON_RESUME = ('optim.learning_rate', 'objective.beta', 'objective.kl_warmup_steps',
+                     'objective.free_bits')
 # Schedules whose learning rate does not depend on num_train_steps.
 _LENGTH_FREE_SCHEDULES = ('constant',)
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

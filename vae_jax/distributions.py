@@ -152,6 +152,19 @@ def gaussian_kl_to_standard_normal(post):
   return jnp.broadcast_to(kl, _batch_shape(post))
 
 
+def gaussian_kl_units_to_standard_normal(post):
+  """KL(q || N(0, I)) per latent unit of a diagonal posterior: [B, D], summing to the KL.
+
+  0.5 (mean_d^2 + expm1(2 s_d) - 2 s_d), s_d = log_scale_d: each term is >= 0 in float32.
+  A full-covariance KL is not a sum over units, so it has no such split.
+  """
+  if _is_full(post):
+    raise ValueError('the KL of a full-covariance posterior is not a sum over latent units')
+  s = post['log_scale']
+  units = 0.5 * (jnp.square(post['mean']) + jnp.expm1(2.0 * s) - 2.0 * s)
+  return jnp.broadcast_to(units, post['mean'].shape)
+
+
 def standard_normal_log_prob(h):
   """log N(h; 0, I): [...] for h of shape [..., D]."""
   return -0.5 * jnp.sum(jnp.square(h), axis=-1) - 0.5 * h.shape[-1] * _LOG_2PI

@@ -95,7 +95,8 @@ def make_eval_step(exp):
 
   def eval_step(params, images, index, mask):
     x = preprocess(images, index, mode=config.data.preprocess, data_seed=config.data_seed)
-    terms = model.terms(params, x, streams.eval_keys(config.seed, index))  # each [B]
+    terms = model.terms(params, x, streams.eval_keys(config.seed, index))
+    terms = {k: v for k, v in terms.items() if v.ndim == 1}  # the [B] terms; not [B, U]
     w = mask.astype(jnp.float32)
     sums = {k: jnp.sum(w * v) for k, v in terms.items()}
     sums.update({f'{k}_sq': jnp.sum(w * jnp.square(v)) for k, v in terms.items()})
@@ -300,7 +301,7 @@ def make_estimate_step(exp, num_samples, chunk_size, units=False):
   def step(params, images, index, mask):
     x = preprocess(images, index, mode=config.data.preprocess, data_seed=config.data_seed)
     keys = streams.eval_keys(config.seed, index)  # [B]
-    out = dict(model.terms(params, x, keys))  # each [B]
+    out = {k: v for k, v in model.terms(params, x, keys).items() if v.ndim == 1}  # each [B]
     if num_samples:
       encoded = model.encode(params, x)
 

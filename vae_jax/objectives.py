@@ -7,6 +7,7 @@ with q(h|x) Gaussian, p(h) = N(0, I), the KL analytic and E_q estimated with rep
 samples.
 """
 
+import jax
 import jax.numpy as jnp
 
 from vae_jax import distributions
@@ -25,25 +26,76 @@ def elbo_terms(posterior, likelihood_params, x, likelihood):
 
   Returns:
     dict of [B] arrays: recon (-E_q log p(x|h), Monte Carlo), kl (KL(q || N(0, I)), analytic)
-    and neg_elbo = recon + kl.
+    and neg_elbo = recon + kl; for a diagonal posterior also kl_units [B, D], the KL of each
+    latent unit (free bits per unit floors them).
   """
   log_px_h = distributions.likelihood_log_prob(likelihood, likelihood_params, x)  # [..., B]
   # A single sample in training; more samples only lower the estimator's variance.
   recon = -jnp.mean(log_px_h, axis=tuple(range(log_px_h.ndim - 1)))  # [B]
   kl = distributions.gaussian_kl_to_standard_normal(posterior)  # [B]
-  return dict(recon=recon, kl=kl, neg_elbo=recon + kl)
+  terms = dict(recon=recon, kl=kl, neg_elbo=recon + kl)
+  if 'log_scale' in posterior:
+    terms['kl_units'] = distributions.gaussian_kl_units_to_standard_normal(posterior)  # [B, D]
+  return terms
 
 
-def training_loss(terms, beta):
-  """recon + beta * kl: [B]. beta = 1 is the derived negative ELBO; beta may be traced."""
-  return terms['recon'] + beta * terms['kl']
+def kl_weight(beta, warmup_steps, step):
+  """The KL's weight at `step`: beta * min(1, step / warmup_steps) (KL warm-up).
+
+  The weight ramps linearly from 0 at step 0 to beta at step warmup_steps; warmup_steps <= 0
+  turns the ramp off. All three may be traced (a population can vmap them).
+  """
+  ramp = jnp.minimum(1.0, step / jnp.maximum(warmup_steps, 1.0))
+  return beta * jnp.where(warmup_steps > 0, ramp, 1.0)
+
+
+def free_bits_kl(kl_means, floor):
+  """The KL term under free bits (Kingma et al. 2016): sum of max(floor, KL) over groups.
+
+  Args:
+    kl_means: batch-mean KL per group: a scalar (the total KL: one group) or [U] (per latent
+      unit). Each group whose batch-mean KL is below the floor contributes the floor, so it
+      gets no gradient pushing its KL lower.
+    floor: nats per group (traced); 0 leaves the KL unchanged (it is never negative).
+
+  Returns:
+    a scalar.
+  """
+  return jnp.sum(jnp.maximum(kl_means, floor))
+
+
+def iwae_terms(log_weights):
+  """The importance-weighted bound (Burda et al. 2016) per example: [K, B] -> [B].
+
+  -log (1/K) sum_k exp(log_w_k), by a stable log-sum-exp; with K = 1 it is the single-sample
+  negative ELBO log p(x|h) + log p(h) - log q(h|x) (its KL estimated by Monte Carlo).
+  """
+  k = log_weights.shape[0]
+  return -(jax.nn.logsumexp(log_weights, axis=0) - jnp.log(float(k)))
+
+
+def training_objective(means, hparams, step, free_bits_per='total'):
+  """The scalar loss the optimizer minimises, from the batch means of the terms.
+
+  mean recon + kl_weight(beta, kl_warmup_steps, step) * KL, where KL is the batch-mean KL
+  under free bits (per latent unit with free_bits_per='unit', which reads 'kl_units' [U]).
+  With an 'iwae' term present (the importance-weighted objective) the loss is its mean: the
+  bound itself, not reweighted. The true neg_elbo is always reported apart from this loss.
+  """
+  if 'iwae' in means:
+    return means['iwae']
+  if free_bits_per == 'unit':
+    kl = free_bits_kl(means['kl_units'], hparams['free_bits'])
+  else:
+    kl = free_bits_kl(means['kl'], hparams['free_bits'])
+  return means['recon'] + kl_weight(hparams['beta'], hparams['kl_warmup_steps'], step) * kl
 
 
 def reduce_terms(per_example, weight, denominator):
   """The one place per-example terms become scalars: sum(weight * term) / denominator.
 
   Args:
-    per_example: dict of [B] arrays.
+    per_example: dict of [B] arrays (or [B, ...]: reduced over the batch axis only).
     weight: [B] float mask (0 for padding examples), or None for all ones.
     denominator: the count to divide by. Inside a shard_map the trainer passes the global batch
       size, so the per-device results add up (psum) to the global mean; evaluation accumulates
@@ -54,8 +106,9 @@ def reduce_terms(per_example, weight, denominator):
   """
   out = {}
   for name, term in per_example.items():
-    total = jnp.sum(term) if weight is None else jnp.sum(weight.astype(term.dtype) * term)
-    out[name] = total / denominator
+    if weight is not None:
+      term = weight.astype(term.dtype).reshape(weight.shape + (1,) * (term.ndim - 1)) * term
+    out[name] = jnp.sum(term, axis=0) / denominator
   return out
 
 

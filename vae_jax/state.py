@@ -23,7 +23,7 @@ class TrainState:
   loss_momentum: jax.Array    # float32 []: L <- gamma L + (1 - gamma) L_batch, L_0 = first loss
   nonfinite_run: jax.Array    # int32 []: consecutive skipped non-finite steps up to now
   nonfinite_total: jax.Array  # int32 []: all skipped non-finite steps
-  hparams: dict               # traced scalars: beta, learning_rate (a population can be vmapped)
+  hparams: dict               # traced scalars (see hparams_from_config): a population can vmap
 
   def train_key(self, step=None):
     """The key of train step `step` (default: this state's step)."""
@@ -33,8 +33,11 @@ class TrainState:
 
 def hparams_from_config(config):
   """The sweepable scalars, as float32 arrays (traced inside the step, never baked in)."""
+  o = config.objective
   return {
-      'beta': jnp.asarray(config.objective.beta, jnp.float32),
+      'beta': jnp.asarray(o.beta, jnp.float32),
+      'kl_warmup_steps': jnp.asarray(o.kl_warmup_steps, jnp.float32),
+      'free_bits': jnp.asarray(o.free_bits, jnp.float32),
       'learning_rate': jnp.asarray(config.optim.learning_rate, jnp.float32),
   }
 

@@ -42,16 +42,21 @@ from vae_jax.data.preprocess import gather_images, preprocess
 # The pure steps.
 
 
-def make_loss_fn(model):
-  """(params, x [B,...], key, beta) -> (mean training loss, means of every [B] term).
+def make_loss_fn(model, objective):
+  """(params, x [B,...], key, hparams, step) -> (training loss, batch means of the terms).
 
-  The one reduction of the per-example terms: means over the global batch.
+  The one reduction of the per-example terms: means over the global batch (terms with unit
+  axes, [B, U], become [U]). `objective` is config.objective (its static fields).
   """
 
-  def loss_fn(params, x, key, beta):
-    terms = model.terms(params, x, key)                     # each [B]
-    terms['loss'] = objectives.training_loss(terms, beta)   # [B]
+  def loss_fn(params, x, key, hparams, step):
+    terms = model.terms(params, x, key)                     # each [B] (or [B, U])
+    if objective.name == 'iwae':
+      keys = jax.random.split(jax.random.fold_in(key, 1), x.shape[0])  # one per example
+      log_w = model.log_weights(params, x, keys, objective.num_samples, 0)  # [K, B]
+      terms['iwae'] = objectives.iwae_terms(log_w)          # [B]
     means = objectives.reduce_terms(terms, None, x.shape[0])
+    means['loss'] = objectives.training_objective(means, hparams, step, objective.free_bits_per)
     return means['loss'], means
 
   return loss_fn
@@ -65,7 +70,7 @@ def make_train_step(exp):
   """
   config, tx = exp.config, exp.tx
   gamma = config.loss_momentum_gamma
-  grad_fn = jax.value_and_grad(make_loss_fn(exp.model), has_aux=True)
+  grad_fn = jax.value_and_grad(make_loss_fn(exp.model, config.objective), has_aux=True)
   batch_sharding = sharding.batch_sharding(exp.mesh)
   steps_per_epoch = exp.steps_per_epoch
 
@@ -74,7 +79,8 @@ def make_train_step(exp):
     x = preprocess(images, index, mode=config.data.preprocess, data_seed=config.data_seed,
                    epoch=epoch)                                                   # [B, H, W, C]
     x = jax.lax.with_sharding_constraint(x, batch_sharding)
-    (_, means), grads = grad_fn(state.params, x, state.train_key(), state.hparams['beta'])
+    (_, means), grads = grad_fn(state.params, x, state.train_key(), state.hparams, state.step)
+    means = {k: v for k, v in means.items() if v.ndim == 0}  # per-unit means are not logged
     grad_norm = optax.tree.norm(grads)
     lr = optim.learning_rate(config, state.hparams['learning_rate'], state.step)
     finite = jnp.isfinite(means['loss']) & jnp.isfinite(grad_norm)

@@ -12,6 +12,8 @@ from vae_jax.distributions import LIKELIHOODS
 from vae_jax.models import DECODERS, ENCODERS, POSTERIORS
 
 OPTIMIZERS = ('adam', 'adamw')
+OBJECTIVES = ('elbo', 'iwae')
+FREE_BITS_GROUPS = ('total', 'unit')
 SCHEDULES = ('constant', 'warmup_cosine')
 # Image sizes the conv encoder/decoder are built and tested for.
 CONV_SIZES = (28, 32, 64)
@@ -99,8 +101,20 @@ def validate_config(config, num_devices=None):
         'discretized logistic is a mass over 8-bit integers and needs data.preprocess=uint8, and '
         'uint8 data needs model.likelihood=discretized_logistic. Change one of them.')
 
-  if config.objective.beta < 0:
-    raise ConfigError('config.objective.beta must be >= 0.')
+  ob = config.objective
+  _choice(ob.name, OBJECTIVES, 'objective.name')
+  _choice(ob.free_bits_per, FREE_BITS_GROUPS, 'objective.free_bits_per')
+  if ob.beta < 0 or ob.kl_warmup_steps < 0 or ob.free_bits < 0:
+    raise ConfigError('config.objective.beta, kl_warmup_steps and free_bits must be >= 0.')
+  _positive(ob.num_samples, 'objective.num_samples')
+  if ob.name == 'iwae' and (ob.beta != 1.0 or ob.kl_warmup_steps or ob.free_bits):
+    raise ConfigError(
+        'objective.name=iwae trains the importance-weighted bound itself: beta, kl_warmup_steps '
+        'and free_bits do not apply to it. Set them to 1, 0 and 0, or use objective.name=elbo.')
+  if ob.free_bits_per == 'unit' and m.posterior != 'diag':
+    raise ConfigError(
+        'objective.free_bits_per=unit needs model.posterior=diag: a full covariance KL is not a '
+        'sum over latent units. Use free_bits_per=total.')
   o = config.optim
   _choice(o.name, OPTIMIZERS, 'optim.name')
   _choice(o.schedule, SCHEDULES, 'optim.schedule')
