@@ -13,7 +13,13 @@ Then:
   python scripts/evaluate.py --workdir=/tmp/vae_fmb --num_samples=1000
   python scripts/evaluate.py --workdir=/tmp/vae_fmb --num_samples=5000
 
-Expected result: MEASURED_RESULT
+Expected result (measured here, seed 0, 2-core CPU; +- the standard error over the 10000 test
+images): single-sample test neg_elbo 242.70 +- 0.76 nats per example after 4680 steps (about
+80 s of training); importance-sampled nll 238.54 +- 0.76 with K = 1000 and 238.36 +- 0.76
+(0.4386 bits/dim) with K = 5000, so a posterior gap of at least 4.33 +- 0.05 nats (the K-sample
+nll is biased upward and still falling: K = 1000 minus K = 5000 is 0.174 +- 0.007 nats,
+paired over the same images). 20 of 20 units active. The K = 5000 evaluation took 8 minutes
+here (about 100k samples per second on a busy machine).
 """
 
 from configs import fashion_mnist

@@ -192,16 +192,43 @@ def test_damaged_step_falls_back_to_the_previous_one(run_with_checkpoints, tmp_p
   assert 'checkpoint step 20' in err and 'falling back' in err
 
 
-def test_best_checkpoint_is_kept_beside_the_latest(tmp_path):
+def _valid_neg_elbo(workdir, config):
+  return {r['step']: r['neg_elbo'] for r in metrics_lib.read_metrics(workdir, 'eval')
+          if r['split'] == config.data.valid_split}
+
+
+def _steps(workdir, config):
+  checkpointer = ckpt_lib.Checkpointer(workdir, config, create=False)
+  steps = checkpointer.all_steps()
+  checkpointer.close()
+  return steps
+
+
+def test_best_checkpoint_by_validation_is_kept_beside_the_latest(tmp_path):
   config = tiny_config(num_train_steps=40, eval_every_steps=10, checkpoint_every_steps=10,
                        **{'checkpoint.keep': 1})
   train.train_and_evaluate(config, str(tmp_path))
-  evals = {r['step']: r['neg_elbo'] for r in metrics_lib.read_metrics(str(tmp_path), 'eval')}
+  evals = _valid_neg_elbo(str(tmp_path), config)
+  assert sorted(evals) == [10, 20, 30, 40]
   best = min(evals, key=evals.get)
-  checkpointer = ckpt_lib.Checkpointer(str(tmp_path), config, create=False)
-  steps = checkpointer.all_steps()
-  checkpointer.close()
-  assert steps == sorted({best, 40})
+  assert _steps(str(tmp_path), config) == sorted({best, 40})
+
+
+def test_the_best_checkpoint_survives_a_resume(tmp_path):
+  # 20 good steps, then a resume at a learning rate of 1.0 makes the later steps worse on the
+  # validation split: step 20 stays the best and must still be kept after the resume, when
+  # only the preservation policy's metrics written to disk can say so.
+  workdir = str(tmp_path)
+  config = tiny_config(eval_every_steps=10, checkpoint_every_steps=10,
+                       **{'checkpoint.keep': 1})
+  train.train_and_evaluate(config, workdir)
+  worse = tiny_config(num_train_steps=40, eval_every_steps=10, checkpoint_every_steps=10,
+                      max_consecutive_nonfinite=100,
+                      **{'checkpoint.keep': 1, 'optim.learning_rate': 1.0})
+  train.train_and_evaluate(worse, workdir)
+  evals = _valid_neg_elbo(workdir, config)
+  assert min(evals, key=evals.get) == 20, evals
+  assert _steps(workdir, config) == [20, 40]
 
 
 def test_non_finite_steps_stop_the_run_before_anything_new_is_saved(tmp_path):

@@ -515,6 +515,14 @@ def test_an_existing_evaluation_is_replaced_only_when_the_results_agree(tmp_path
   assert json.load(open(path + '.1'))['kl_per_unit'] == [1.0, 2.0]
 
 
+def test_a_saved_config_gets_the_fields_added_since_at_their_defaults():
+  saved = json.loads(tiny_config(eval_batch_size=64).to_json())
+  del saved['eval_chunk_size'], saved['objective']['beta']
+  config = evaluate.saved_config(saved)
+  assert config.eval_chunk_size == 0 and config.objective.beta == 1.0  # the defaults
+  assert config.eval_batch_size == 64 and config.model.latent_dim == 4  # the run's own
+
+
 @pytest.mark.parametrize('args, match', [
     (['--workdir=EMPTY'], 'holds no vae_jax run'),
     (['--workdir=RUN', '--step=7'], 'no checkpoint at that step'),

@@ -42,6 +42,7 @@ import functools
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import sys
 import time
@@ -131,6 +132,10 @@ class Checkpointer:
         async_options=ocp.AsyncOptions(post_finalization_callback=self._digest_before_commit),
         create=create,
         preservation_policy=preservation,
+        # Without best_fn Orbax never writes a step's metrics to disk, so after a restart the
+        # best step looks metric-less and the policy above would delete it at the next save.
+        best_fn=lambda m: m[_BEST_METRIC],
+        best_mode='min',
     )
     self._manager = ocp.CheckpointManager(
         self.directory, options=options, item_names=('state', 'meta'))
@@ -153,7 +158,9 @@ class Checkpointer:
             'config': json.loads(config.to_json())}
     metrics = None
     if eval_metrics is not None:
-      metrics = {_BEST_METRIC: float(eval_metrics[_BEST_METRIC])}
+      value = float(eval_metrics[_BEST_METRIC])
+      # A non-finite evaluation ranks last (NaN would break the policy's ordering).
+      metrics = {_BEST_METRIC: value if math.isfinite(value) else float('inf')}
     self._saving = step
     self._manager.save(step, force=True, metrics=metrics, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))

@@ -20,6 +20,7 @@ the bias shrinking like O(1/K). So `posterior_gap` = neg_elbo - nll, an estimate
 E KL(q(h|x) || p(h|x)), inherits that bias with the opposite sign: it UNDERESTIMATES the gap.
 """
 
+import importlib.util
 import json
 import math
 import os
@@ -545,7 +546,7 @@ def check_run_request(workdir, *, step=None, split=None, num_samples=1, params='
         f'The run in {workdir} has no EMA parameters (this version of vae_jax trains none); '
         'evaluate its train state with --params=state.')
   with open(os.path.join(workdir, 'config.json')) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+    config = saved_config(json.load(f))
   checkpointer = ckpt_lib.Checkpointer(workdir, config, create=False)
   try:
     steps = checkpointer.all_steps()
@@ -557,10 +558,34 @@ def check_run_request(workdir, *, step=None, split=None, num_samples=1, params='
     meta = checkpointer.restore_meta(step if step is not None else steps[-1])
   finally:
     checkpointer.close()
-  config = ml_collections.ConfigDict(meta['config'])
+  config = saved_config(meta['config'])
   split = split or config.data.eval_split
   _check_split(config.data, split)
   return config, steps, split
+
+
+def saved_config(saved):
+  """A saved run's config dict as a ConfigDict, with every field added to vae_jax since it ran
+  set to its default in configs/default.py (the value that run used, as resuming assumes)."""
+  config = ml_collections.ConfigDict(saved)
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
+                      'default.py')
+  if not os.path.exists(path):  # installed without the configs: nothing to fill in
+    return config
+  spec = importlib.util.spec_from_file_location('_vae_jax_default_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+
+  def fill(node, defaults):
+    for key, value in defaults.items():
+      if key not in node:
+        node[key] = value
+      elif isinstance(value, ml_collections.ConfigDict) and isinstance(
+          node[key], ml_collections.ConfigDict):
+        fill(node[key], value)
+
+  fill(config, module.get_config())
+  return config
 
 
 def _check_split(data_cfg, split):

@@ -1,0 +1,235 @@
+"""The sweep runner: points as resumable runs in their own workdirs, checked before running."""
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from vae_jax import sweep
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, 'scripts', 'sweep.py')
+# The points train on one CPU device: 8 fake devices (this session's XLA_FLAGS) are slower.
+ONE_DEVICE = '--env=XLA_FLAGS=--xla_force_host_platform_device_count=1'
+
+TINY = '''
+from configs import default
+
+
+def get_config():
+  c = default.get_config()
+  c.batch_size = 32
+  c.num_train_steps = {steps}
+  c.steps_per_call = 10
+  c.log_every_steps = 10
+  c.eval_every_steps = 20
+  c.checkpoint_every_steps = 10
+  c.model.hidden = (32,)
+  c.model.latent_dim = 4
+  c.compilation_cache = ''
+  return c
+
+
+def get_sweep(h):
+  return {sweep}
+'''
+BETAS = "h.sweep('objective.beta', [0.5, 2.0])"
+
+
+def write_config(tmp_path, sweep_expr=BETAS, steps=20, name='tiny.py'):
+  path = tmp_path / name
+  path.write_text(TINY.format(steps=steps, sweep=sweep_expr))
+  return str(path)
+
+
+def run_script(*args, timeout=600):
+  return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True,
+                        cwd=REPO, timeout=timeout, check=False)
+
+
+def log_sizes(workdir):
+  return {n: os.path.getsize(os.path.join(workdir, n, sweep.LOG_FILE))
+          for n in os.listdir(workdir) if os.path.isfile(os.path.join(workdir, n, sweep.LOG_FILE))}
+
+
+@pytest.mark.parametrize('sweep_expr, match', [
+    ("h.sweep('objective.betaa', [0.5])", "no field 'objective.betaa'"),
+    ("h.sweep('objective.beta', ['big'])", "key 'objective.beta'.*does not fit"),
+    ("h.sweep('num_train_steps', [25])", 'num_train_steps=25'),  # validate_config: intervals
+    ("h.sweep('model.encoder', ['mlpp'])", 'model.encoder'),
+])
+def test_bad_point_exits_2_before_running(tmp_path, sweep_expr, match):
+  config = write_config(tmp_path, sweep_expr)
+  start = time.time()
+  result = run_script(f'--config={config}', f'--workdir={tmp_path / "out"}', timeout=60)
+  assert result.returncode == 2, result.stderr
+  assert 'Traceback' not in result.stderr
+  assert re.search(match, result.stderr), result.stderr
+  assert time.time() - start < 30
+  assert not list(tmp_path.glob('out/*/sweep.log'))  # no point was started
+
+
+def test_parent_never_imports_jax(tmp_path):
+  config = write_config(tmp_path)
+  code = f'''
+import sys
+sys.path.insert(0, {REPO!r})
+from vae_jax import sweep
+module = sweep.load_config_file({config!r})
+planned = sweep.plan({config!r}, module.get_config(), [], {str(tmp_path / "out")!r})
+print([sweep.point_status(p['workdir'], p['config']) for p in planned])
+sweep.validate_in_child(planned)
+sweep.record_sweep({str(tmp_path / "out")!r}, sweep.sweep_record({config!r}, [], planned))
+sweep.report({str(tmp_path / "out")!r}, planned)
+import matplotlib
+assert 'jax' not in sys.modules, 'jax imported'
+print('ok')
+'''
+  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          cwd=REPO, timeout=120, check=False)
+  assert result.returncode == 0, result.stderr
+  assert "['new', 'new']" in result.stdout and 'ok' in result.stdout
+
+
+@pytest.fixture(scope='module')
+def tiny_sweep(tmp_path_factory):
+  tmp_path = tmp_path_factory.mktemp('sweep')
+  config = write_config(tmp_path)
+  workdir = str(tmp_path / 'out')
+  start = time.time()
+  result = run_script(f'--config={config}', f'--workdir={workdir}', '--parallel=2', ONE_DEVICE)
+  assert result.returncode == 0, result.stdout + result.stderr
+  return {'config': config, 'workdir': workdir, 'stdout': result.stdout,
+          'seconds': time.time() - start}
+
+
+def read_rows(workdir):
+  with open(os.path.join(workdir, 'results.csv')) as f:
+    return list(csv.DictReader(f))
+
+
+def final_eval(point_dir, split):
+  with open(os.path.join(point_dir, 'metrics.jsonl')) as f:
+    evals = [r for r in map(json.loads, f) if r['kind'] == 'eval' and r['split'] == split]
+  return evals[-1]
+
+
+def test_tiny_sweep_results_match_the_runs(tiny_sweep):
+  workdir = tiny_sweep['workdir']
+  rows = read_rows(workdir)
+  assert [r['name'] for r in rows] == ['beta=0.5', 'beta=2.0']
+  assert [float(r['objective.beta']) for r in rows] == [0.5, 2.0]
+  with open(os.path.join(workdir, 'sweep.json')) as f:
+    assert [p['name'] for p in json.load(f)['points']] == ['beta=0.5', 'beta=2.0']
+  for row in rows:
+    point_dir = os.path.join(workdir, row['name'])
+    assert row['status'] == 'done' and row['step'] == '20'
+    for tag, split in (('valid', 'train[90%:]'), ('test', 'test')):
+      rec = final_eval(point_dir, split)
+      assert rec['step'] == 20
+      for m in ('neg_elbo', 'recon', 'kl'):
+        assert float(row[f'{tag}_{m}']) == pytest.approx(rec[m])
+        assert float(row[f'{tag}_{m}_stderr']) == pytest.approx(rec[f'{m}_stderr'])
+    with open(os.path.join(point_dir, 'config.json')) as f:
+      assert json.load(f)['objective']['beta'] == float(row['objective.beta'])
+  assert os.path.exists(os.path.join(workdir, 'neg_elbo_vs_objective.beta.png'))
+  md = open(os.path.join(workdir, 'results.md')).read()
+  assert md.count('**best**') == 1
+
+
+def test_rerun_skips_done_points(tiny_sweep):
+  workdir = tiny_sweep['workdir']
+  before = log_sizes(workdir)
+  result = run_script(f'--config={tiny_sweep["config"]}', f'--workdir={workdir}', ONE_DEVICE)
+  assert result.returncode == 0, result.stderr
+  assert '0 to run' in result.stdout and 'started' not in result.stdout
+  assert log_sizes(workdir) == before
+  os.remove(os.path.join(workdir, 'results.csv'))
+  result = run_script(f'--workdir={workdir}', '--report')
+  assert result.returncode == 0, result.stderr
+  assert [r['status'] for r in read_rows(workdir)] == ['done', 'done']
+
+
+def test_raised_steps_is_not_done(tiny_sweep):
+  module = sweep.load_config_file(tiny_sweep['config'])
+  config = module.get_config()
+  config.num_train_steps = 40
+  planned = sweep.plan(tiny_sweep['config'], config, ['--config.num_train_steps=40'],
+                       tiny_sweep['workdir'])
+  assert [sweep.point_status(p['workdir'], p['config']) for p in planned] == ['partial'] * 2
+  assert all('--config.num_train_steps=40' in p['command'] for p in planned)
+
+
+def test_different_sweep_in_same_workdir_is_refused(tiny_sweep, tmp_path):
+  other = write_config(tmp_path, "h.sweep('objective.beta', [0.5, 3.0])", name='other.py')
+  result = run_script(f'--config={other}', f'--workdir={tiny_sweep["workdir"]}', timeout=60)
+  assert result.returncode == 2
+  assert 'different sweep' in result.stderr and 'Traceback' not in result.stderr
+
+
+def test_failing_point_is_reported_and_others_finish(tmp_path):
+  config = write_config(
+      tmp_path, "h.chain(h.sweep('objective.beta', [0.5]), h.sweep('init_from', ['/no/such']))")
+  workdir = str(tmp_path / 'out')
+  result = run_script(f'--config={config}', f'--workdir={workdir}', '--parallel=2', ONE_DEVICE)
+  assert result.returncode == 1
+  assert 'FAILED init_from=-no-such' in result.stdout
+  assert 'holds no checkpoint' in result.stdout  # the tail of its log
+  rows = {r['name']: r for r in read_rows(workdir)}
+  assert rows['beta=0.5']['status'] == 'done'
+  assert rows['init_from=-no-such']['status'] == 'new'
+
+
+@pytest.mark.slow
+def test_sigkill_mid_sweep_then_rerun_completes(tmp_path):
+  config = write_config(tmp_path, "h.sweep('objective.beta', [0.5, 2.0])", steps=60)
+  workdir = str(tmp_path / 'out')
+  cmd = [sys.executable, SCRIPT, f'--config={config}', f'--workdir={workdir}', ONE_DEVICE]
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          start_new_session=True)
+  first = os.path.join(workdir, 'beta=0.5', 'checkpoints')
+  deadline = time.time() + 300
+  while time.time() < deadline and not (
+      os.path.isdir(first) and any(n.isdigit() for n in os.listdir(first))):
+    time.sleep(0.5)
+  # The runner and its running point die at once, as with a lost node.
+  os.killpg(proc.pid, signal.SIGKILL)
+  proc.wait()
+  # The killed point's process lets go of its workdir lock once the kernel has torn it down.
+  deadline = time.time() + 30
+  while time.time() < deadline and sweep.is_running(os.path.join(workdir, 'beta=0.5')):
+    time.sleep(0.2)
+  statuses = [sweep.point_status(os.path.join(workdir, n)) for n in ('beta=0.5', 'beta=2.0')]
+  assert statuses[0] == 'partial' and statuses[1] == 'new'
+  result = run_script(f'--config={config}', f'--workdir={workdir}', ONE_DEVICE)
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert 'beta=0.5: partial' in result.stdout
+  resumed = read_rows(workdir)
+  # An uninterrupted sweep of the same points.
+  clean = str(tmp_path / 'clean')
+  result = run_script(f'--config={config}', f'--workdir={clean}', '--parallel=2', ONE_DEVICE)
+  assert result.returncode == 0, result.stderr
+  for a, b in zip(resumed, read_rows(clean), strict=True):
+    assert a['status'] == b['status'] == 'done'
+    for key in ('test_neg_elbo', 'valid_neg_elbo', 'test_kl', 'step'):
+      assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-5), key
+
+
+@pytest.mark.slow
+def test_submitit_local_executor(tmp_path):
+  pytest.importorskip('submitit', reason="submitit is not installed (pip install -e '.[slurm]')")
+  config = write_config(tmp_path)
+  workdir = str(tmp_path / 'out')
+  result = run_script(f'--config={config}', f'--workdir={workdir}', '--executor=slurm',
+                      '--slurm_cluster=local', '--time_limit_min=10', '--gpus_per_task=0',
+                      ONE_DEVICE)
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert 'submitted 2 jobs' in result.stdout
+  assert [r['status'] for r in read_rows(workdir)] == ['done', 'done']
+  assert os.path.isdir(os.path.join(workdir, 'submitit'))

@@ -1,0 +1,562 @@
+"""The sweep runner: every point of a sweep as a full run in its own workdir, resumably.
+
+Each point runs as a fresh process with the command a user would type,
+`python scripts/train.py --config=FILE --workdir=DIR/NAME --config.k=v ...`, so nothing is
+pickled but command lines and JAX is never imported here: the parent only reads configs and
+workdirs. Before launching, each point's state is read from its workdir (done / running /
+partial / new), so a sweep killed in any way is finished by running the same command again:
+done points are skipped and interrupted runs resume from their checkpoints.
+
+Results (DIR/results.csv, DIR/results.md, DIR/neg_elbo_vs_KEY.png) are rebuilt from the
+workdirs alone (`report`).
+"""
+
+import csv
+import datetime
+import fcntl
+import importlib.util
+import json
+import math
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from vae_jax import hyper
+from vae_jax.hyper import SweepError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_SCRIPT = os.path.join(REPO, 'scripts', 'train.py')
+SWEEP_FILE = 'sweep.json'
+LOG_FILE = 'sweep.log'
+# The lock a live run holds (vae_jax.workdir_lock.lock_path, process 0).
+LOCK_FILE = os.path.join('locks', 'process_0.lock')
+METRICS = ('neg_elbo', 'recon', 'kl', 'nll', 'posterior_gap')
+
+
+def load_config_file(path):
+  """The module of a config file (with the repository importable, as scripts/train.py has)."""
+  if not os.path.isfile(path):
+    raise SweepError(f'Config file {path} does not exist.')
+  if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+  spec = importlib.util.spec_from_file_location('_sweep_config', path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except Exception as e:  # noqa: BLE001 - the user's file: one line, not a traceback
+    raise SweepError(f'Config file {path} cannot be loaded: {type(e).__name__}: {e}') from None
+  return module
+
+
+def sweep_points(module, path):
+  """The points of the config file's get_sweep(h)."""
+  if not hasattr(module, 'get_sweep'):
+    raise SweepError(f'Config file {path} defines no get_sweep(h): nothing to sweep.')
+  return hyper.check_points(module.get_sweep(hyper))
+
+
+def override_keys(overrides):
+  """The keys of '--config.KEY=VALUE' flags."""
+  return [o.split('=', 1)[0][len('--config.'):] for o in overrides]
+
+
+def plan(config_path, config, overrides, workdir):
+  """The sweep's points: name, overrides, resolved config, command; checked, nothing run.
+
+  Args:
+    config_path: the config file (defines get_config and get_sweep).
+    config: its config with the command line's overrides applied (locked ConfigDict).
+    overrides: those overrides as '--config.KEY=VALUE' flags, passed on to every point.
+    workdir: the sweep's folder.
+
+  Returns:
+    A list of dicts {'name', 'point', 'config', 'workdir', 'command'}.
+
+  Raises:
+    SweepError: a point names a field that does not exist, has a value of the wrong type,
+      or sets a key the command line sets too.
+  """
+  module = load_config_file(config_path)
+  points = sweep_points(module, config_path)
+  names = hyper.point_names(points)
+  fixed = set(override_keys(overrides))
+  planned = []
+  for name, point in zip(names, points, strict=True):
+    both = fixed & set(point)
+    if both:
+      raise SweepError(f'Sweep point {point!r} sets {sorted(both)}, which the command line '
+                       'sets too: drop the --config flag or the swept key.')
+    resolved = hyper.apply_point(config, point)
+    point_dir = os.path.join(os.path.abspath(workdir), name)
+    command = [sys.executable, TRAIN_SCRIPT, f'--config={os.path.abspath(config_path)}',
+               f'--workdir={point_dir}', *overrides, *hyper.config_flags(point)]
+    planned.append({'name': name, 'point': point, 'config': resolved, 'workdir': point_dir,
+                    'command': command})
+  return planned
+
+
+def validate_in_child(planned, env=None):
+  """validation.validate_config of every point, in a child process (it imports JAX).
+
+  Raises:
+    SweepError: naming the first point whose config is invalid.
+  """
+  with tempfile.NamedTemporaryFile(suffix='.pkl', delete=False) as f:
+    pickle.dump([(p['name'], p['config']) for p in planned], f)
+  code = ('import pickle, sys\n'
+          'from vae_jax import validation\n'
+          'for name, config in pickle.load(open(sys.argv[1], "rb")):\n'
+          '  try:\n'
+          '    validation.validate_config(config)\n'
+          '  except validation.ConfigError as e:\n'
+          '    print(f"sweep point {name}: {e}", file=sys.stderr); sys.exit(2)\n')
+  child_env = dict(os.environ if env is None else env)
+  child_env.setdefault('JAX_PLATFORMS', 'cpu')  # never touch an accelerator to check configs
+  try:
+    result = subprocess.run([sys.executable, '-c', code, f.name], capture_output=True,
+                            text=True, env=child_env, cwd=REPO, check=False)
+  finally:
+    os.unlink(f.name)
+  if result.returncode == 2:
+    raise SweepError(result.stderr.strip().splitlines()[-1])
+  if result.returncode:
+    raise RuntimeError(f'Checking the sweep configs failed:\n{result.stderr[-3000:]}')
+
+
+def sweep_record(config_path, overrides, planned):
+  return {'config': os.path.abspath(config_path), 'overrides': list(overrides),
+          'points': [{'name': p['name'], 'overrides': p['point']} for p in planned]}
+
+
+def record_sweep(workdir, record):
+  """Writes DIR/sweep.json; refuses a DIR that holds a sweep of different points.
+
+  The command line's overrides may change between invocations (raising num_train_steps
+  extends every point: finished ones no longer match their DONE and resume).
+  """
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, SWEEP_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    if json.loads(json.dumps(record['points'])) != old.get('points'):
+      names = [p['name'] for p in old.get('points', [])]
+      raise SweepError(
+          f'{path} holds a different sweep (config {old.get("config")}, points '
+          f'{", ".join(names)}). Use a new --workdir for a different sweep, or delete that '
+          'one.')
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(record, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def read_sweep(workdir):
+  path = os.path.join(workdir, SWEEP_FILE)
+  if not os.path.exists(path):
+    raise SweepError(f'{workdir} holds no {SWEEP_FILE}: not a sweep folder.')
+  with open(path) as f:
+    return json.load(f)
+
+
+def is_running(point_dir):
+  """Whether a live process holds the run's lock (taken and released at once if free)."""
+  path = os.path.join(point_dir, LOCK_FILE)
+  if not os.path.exists(path):
+    return False
+  fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    return True
+  except OSError:
+    return False  # no locking on this file system: nothing can be told
+  finally:
+    os.close(fd)  # closing drops the lock if it was taken
+  return False
+
+
+def read_done(point_dir):
+  path = os.path.join(point_dir, 'DONE')
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def point_status(point_dir, config=None):
+  """done | running | partial | new.
+
+  done: DIR/DONE names the digest of `config` (any finished run when config is None);
+  a DONE of another config (num_train_steps raised since, say) is not done.
+  """
+  if is_running(point_dir):
+    return 'running'
+  done = read_done(point_dir)
+  if done is not None and (config is None or
+                           done.get('config_sha256') == hyper.config_digest(config)):
+    return 'done'
+  ckpts = os.path.join(point_dir, 'checkpoints')
+  if os.path.isdir(ckpts) and any(n.isdigit() for n in os.listdir(ckpts)):
+    return 'partial'
+  return 'new'
+
+
+def gpu_count():
+  """GPUs that nvidia-smi lists (0 without it): read without importing JAX."""
+  if shutil.which('nvidia-smi') is None:
+    return 0
+  try:
+    out = subprocess.run(['nvidia-smi', '-L'], capture_output=True, text=True, timeout=30,
+                         check=False).stdout
+  except (OSError, subprocess.SubprocessError):
+    return 0
+  return sum(1 for line in out.splitlines() if line.startswith('GPU '))
+
+
+def worker_envs(parallel, num_gpus, base_env):
+  """One environment per worker slot: its own GPUs, or a share of one GPU's memory."""
+  envs = []
+  for i in range(parallel):
+    env = dict(base_env)
+    if num_gpus and parallel <= num_gpus:
+      per = num_gpus // parallel
+      env['CUDA_VISIBLE_DEVICES'] = ','.join(str(g) for g in range(i * per, (i + 1) * per))
+    elif num_gpus:
+      # More workers than GPUs: workers share GPUs round-robin, each preallocating only its
+      # share (JAX preallocates 75% of a GPU otherwise, and the second worker would fail).
+      sharing = math.ceil(parallel / num_gpus)
+      env['CUDA_VISIBLE_DEVICES'] = str(i % num_gpus)
+      env['XLA_PYTHON_CLIENT_MEM_FRACTION'] = f'{0.9 / sharing:.3f}'
+      env['XLA_PYTHON_CLIENT_PREALLOCATE'] = 'false'
+    envs.append(env)
+  return envs
+
+
+def _log_tail(point_dir, lines=20):
+  try:
+    with open(os.path.join(point_dir, LOG_FILE), errors='replace') as f:
+      return ''.join(f.readlines()[-lines:])
+  except OSError:
+    return '(no log)'
+
+
+def _stamp(log, message):
+  now = datetime.datetime.now().strftime('%H:%M:%S')
+  log(f'[{now}] {message}')
+
+
+def run_local(todo, parallel, env, log=print):
+  """Runs the points' commands, `parallel` at once; returns {name: exit status}."""
+  envs = worker_envs(parallel, gpu_count(), env)
+  free = list(range(parallel))
+  queue = list(todo)
+  running = {}
+  codes = {}
+  while queue or running:
+    while queue and free:
+      p = queue.pop(0)
+      slot = free.pop(0)
+      os.makedirs(p['workdir'], exist_ok=True)
+      logf = open(os.path.join(p['workdir'], LOG_FILE), 'a')  # noqa: SIM115 - closed below
+      logf.write(f'\n=== sweep: {" ".join(p["command"])}\n')
+      logf.flush()
+      proc = subprocess.Popen(p['command'], stdout=logf, stderr=subprocess.STDOUT,
+                              env=envs[slot], cwd=REPO, start_new_session=False)
+      running[proc.pid] = (proc, p, slot, logf, time.time())
+      _stamp(log, f'started {p["name"]} (pid {proc.pid})')
+    time.sleep(0.2)
+    for pid in list(running):
+      proc, p, slot, logf, t0 = running[pid]
+      if proc.poll() is None:
+        continue
+      logf.close()
+      del running[pid]
+      free.append(slot)
+      codes[p['name']] = proc.returncode
+      if proc.returncode == 0:
+        _stamp(log, f'finished {p["name"]} in {time.time() - t0:.1f} s')
+      else:
+        _stamp(log, f'FAILED {p["name"]} (exit {proc.returncode}); the end of '
+               f'{os.path.join(p["workdir"], LOG_FILE)}:\n{_log_tail(p["workdir"])}')
+  return codes
+
+
+class PointCommand:
+  """A submitit job's function: one point's command, its output appended to its log.
+
+  Not submitit.helpers.CommandFunction, which holds the output in memory until the command
+  ends. `checkpoint` makes a timed-out task requeued like a preempted one: its command simply
+  runs again and the run resumes from its own checkpoint.
+  """
+
+  def __call__(self, command, log_path, env):
+    with open(log_path, 'a') as logf:
+      logf.write(f'\n=== sweep (submitit): {" ".join(command)}\n')
+      logf.flush()
+      code = subprocess.run(command, stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+                            check=False).returncode
+    if code:
+      raise RuntimeError(f'exit status {code}; see {log_path}')
+    return code
+
+  def checkpoint(self, *args, **kwargs):
+    from submitit.helpers import DelayedSubmission
+    return DelayedSubmission(self, *args, **kwargs)
+
+
+def run_slurm(todo, workdir, env, partition='', gpus_per_task=1, time_limit_min=60,
+              array_parallelism=8, cluster=None, log=print):
+  """The points' commands as one SLURM job array through submitit; waits; {name: status}."""
+  try:
+    import submitit
+  except ImportError:
+    raise SweepError("--executor=slurm needs submitit: pip install -e '.[slurm]'") from None
+  executor = submitit.AutoExecutor(folder=os.path.join(workdir, 'submitit'), cluster=cluster)
+  params = {'timeout_min': time_limit_min, 'slurm_array_parallelism': array_parallelism,
+            'gpus_per_node': gpus_per_task, 'tasks_per_node': 1}
+  if partition:
+    params['slurm_partition'] = partition
+  executor.update_parameters(**params)
+  for p in todo:
+    os.makedirs(p['workdir'], exist_ok=True)
+  jobs = executor.map_array(PointCommand(), [p['command'] for p in todo],
+                            [os.path.join(p['workdir'], LOG_FILE) for p in todo],
+                            [dict(env)] * len(todo))
+  _stamp(log, f'submitted {len(jobs)} jobs: {", ".join(j.job_id for j in jobs)}')
+  codes = {}
+  for p, job in zip(todo, jobs, strict=True):
+    try:
+      job.result()
+      codes[p['name']] = 0
+      _stamp(log, f'finished {p["name"]}')
+    except Exception as e:  # noqa: BLE001 - a failed job is reported, the others go on
+      codes[p['name']] = 1
+      _stamp(log, f'FAILED {p["name"]} ({type(e).__name__}: {str(e)[:300]}); the end of its '
+             f'log:\n{_log_tail(p["workdir"])}')
+  return codes
+
+
+def run_sweep(config_path, config, overrides, workdir, executor='local', parallel=1, env=None,
+              slurm=None, log=print):
+  """Plans, checks, records and runs a sweep, then writes its report.
+
+  Args:
+    config_path: the sweep's config file.
+    config: its config with the command line's overrides applied.
+    overrides: those overrides as '--config.KEY=VALUE' flags.
+    workdir: the sweep folder (one subfolder per point).
+    executor: 'local' (subprocesses) or 'slurm' (a submitit job array).
+    parallel: local: points at once.
+    env: the points' environment (default: this process's).
+    slurm: keyword arguments of run_slurm.
+    log: where progress lines go.
+
+  Returns:
+    0 if every point is done, else 1.
+  """
+  workdir = os.path.abspath(workdir)
+  planned = plan(config_path, config, overrides, workdir)
+  env = dict(os.environ if env is None else env)
+  validate_in_child(planned, env)
+  record_sweep(workdir, sweep_record(config_path, overrides, planned))
+  todo = []
+  for p in planned:
+    status = point_status(p['workdir'], p['config'])
+    _stamp(log, f'{p["name"]}: {status}')
+    if status in ('new', 'partial'):
+      todo.append(p)
+  _stamp(log, f'{len(planned)} points, {len(todo)} to run')
+  if todo:
+    if executor == 'local':
+      run_local(todo, max(1, parallel), env, log)
+    elif executor == 'slurm':
+      run_slurm(todo, workdir, env, log=log, **(slurm or {}))
+    else:
+      raise SweepError(f'--executor={executor!r} is not one of local, slurm.')
+  rows = report(workdir, planned, log=log)
+  bad = [r['name'] for r in rows if r['status'] != 'done']
+  if bad:
+    _stamp(log, f'not done: {", ".join(bad)}')
+  return 1 if bad else 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Results, from the workdirs alone.
+
+
+def _read_jsonl(path):
+  if not os.path.exists(path):
+    return []
+  out = []
+  with open(path) as f:
+    for line in f:
+      try:
+        out.append(json.loads(line))
+      except ValueError:
+        continue  # a line cut by a kill
+  return out
+
+
+def _config_json(point_dir):
+  try:
+    with open(os.path.join(point_dir, 'config.json')) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def _parse_time(text):
+  try:
+    return datetime.datetime.fromisoformat(text).timestamp()
+  except (TypeError, ValueError):
+    return None
+
+
+def _wall_seconds(point_dir, done_step):
+  """First start in run.json to DONE's mtime (None if unfinished)."""
+  if done_step is None:
+    return None
+  try:
+    with open(os.path.join(point_dir, 'run.json')) as f:
+      run = json.load(f)
+  except (OSError, ValueError):
+    return None
+  starts = [run, *run.get('previous', [])]
+  times = [t for t in (_parse_time(s.get('started')) for s in starts) if t is not None]
+  if not times:
+    return None
+  return os.path.getmtime(os.path.join(point_dir, 'DONE')) - min(times)
+
+
+def point_row(point_dir, name, point, config=None):
+  """One results row: the point's overrides, status, final step, wall time, final metrics."""
+  row = {'name': name, **{k: hyper.render_value(v) for k, v in point.items()}}
+  row['status'] = point_status(point_dir, config)
+  done = read_done(point_dir)
+  records = _read_jsonl(os.path.join(point_dir, 'metrics.jsonl'))
+  evals = [r for r in records if r.get('kind') == 'eval']
+  row['step'] = (done or {}).get('step', max((r['step'] for r in records), default=None))
+  wall = _wall_seconds(point_dir, done and done.get('step'))
+  row['wall_s'] = None if wall is None else round(wall, 1)
+  cfg = _config_json(point_dir) or {}
+  splits = {'valid': cfg.get('data', {}).get('valid_split', 'train[90%:]'),
+            'test': cfg.get('data', {}).get('eval_split', 'test')}
+  last = max((r['step'] for r in evals), default=None)
+  for tag, split in splits.items():
+    rec = next((r for r in reversed(evals) if r['step'] == last and r.get('split') == split), {})
+    for m in METRICS:
+      for suffix in ('', '_stderr'):
+        if m + suffix in rec or m in ('neg_elbo', 'recon', 'kl'):
+          row[f'{tag}_{m}{suffix}'] = rec.get(m + suffix)
+  return row
+
+
+def report(workdir, planned=None, log=print):
+  """Writes DIR/results.csv, DIR/results.md and one PNG per swept key; returns the rows."""
+  record = read_sweep(workdir)
+  if planned is None:  # --report: from sweep.json and the workdirs alone
+    entries = [(os.path.join(workdir, p['name']), p['name'], p['overrides'], None)
+               for p in record['points']]
+  else:
+    entries = [(p['workdir'], p['name'], p['point'], p['config']) for p in planned]
+  rows = [point_row(*e) for e in entries]
+  keys = sorted({k for _, _, point, _ in entries for k in point})
+  columns = ['name', *keys, 'status', 'step', 'wall_s']
+  for row in rows:
+    columns += [c for c in row if c not in columns]
+  with open(os.path.join(workdir, 'results.csv'), 'w', newline='') as f:
+    writer = csv.DictWriter(f, columns)
+    writer.writeheader()
+    for row in rows:
+      writer.writerow({c: '' if row.get(c) is None else row.get(c) for c in columns})
+  _write_markdown(os.path.join(workdir, 'results.md'), rows, keys)
+  for key in keys:
+    _plot(os.path.join(workdir, f'neg_elbo_vs_{_safe(key)}.png'), rows,
+          [(e[2], r) for e, r in zip(entries, rows, strict=True)], key, keys)
+  log(f'results: {os.path.join(workdir, "results.csv")}, results.md and '
+      f'{len(keys)} plot(s)')
+  return rows
+
+
+def _safe(key):
+  return hyper._UNSAFE.sub('-', key)  # noqa: SLF001 - the same character rule as point names
+
+
+def _fmt(value, err=None):
+  if value is None:
+    return ''
+  text = f'{value:.3f}' if isinstance(value, float) else str(value)
+  if err is not None:
+    text += f' ± {err:.3f}'
+  return text
+
+
+def _best(rows):
+  scored = [(r['valid_neg_elbo'], i) for i, r in enumerate(rows)
+            if isinstance(r.get('valid_neg_elbo'), (int, float))]
+  return min(scored)[1] if scored else None
+
+
+def _write_markdown(path, rows, keys):
+  best = _best(rows)
+  metrics = [m for m in METRICS if any(f'test_{m}' in r for r in rows)]
+  head = ['', 'name', *keys, 'status', 'step', 'wall (s)']
+  head += [f'{tag} {m}' for tag in ('valid', 'test') for m in metrics]
+  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  for i, r in enumerate(rows):
+    cells = ['**best**' if i == best else '', r['name'], *(str(r.get(k, '')) for k in keys),
+             r['status'], _fmt(r.get('step')),
+             '' if r.get('wall_s') is None else f"{r['wall_s']:.1f}"]
+    cells += [_fmt(r.get(f'{tag}_{m}'), r.get(f'{tag}_{m}_stderr'))
+              for tag in ('valid', 'test') for m in metrics]
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  note = ('\nBest point (lowest validation neg_elbo) marked. Values are the final '
+          'evaluation, ± one standard error over the split\'s examples. wall: from the run\'s '
+          'first start (run.json) to DONE, restarts and any gap between them included.\n')
+  with open(path, 'w') as f:
+    f.write('\n'.join(lines) + '\n' + note)
+
+
+def _plot(path, rows, pairs, key, keys):
+  """neg_elbo (validation and test) against `key`, one line per setting of the other keys."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  others = [k for k in keys if k != key]
+  groups = {}
+  for point, row in pairs:
+    if key not in point or not isinstance(point[key], (int, float)):
+      continue
+    label = ', '.join(f'{k}={point.get(k)}' for k in others if k in point)
+    groups.setdefault(label, []).append((point[key], row))
+  if not groups:
+    return
+  fig = Figure(figsize=(6.4, 4.4))
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot()
+  xs_all = [x for g in groups.values() for x, _ in g]
+  for label, members in sorted(groups.items()):
+    members.sort(key=lambda m: m[0])
+    for tag, style in (('valid', '--'), ('test', '-')):
+      pts = [(x, r.get(f'{tag}_neg_elbo'), r.get(f'{tag}_neg_elbo_stderr') or 0.0)
+             for x, r in members if r.get(f'{tag}_neg_elbo') is not None]
+      if not pts:
+        continue
+      x, y, e = zip(*pts, strict=True)
+      name = f'{tag}' + (f' ({label})' if label else '')
+      ax.errorbar(x, y, yerr=e, fmt='o' + style, capsize=3, label=name)
+  if min(xs_all) > 0 and max(xs_all) > 10 * min(xs_all):
+    ax.set_xscale('log')
+  ax.set_xlabel(key)
+  ax.set_ylabel('neg_elbo (nats per example)')
+  ax.set_title(f'final neg_elbo against {key}')
+  ax.grid(True, alpha=0.3)
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
