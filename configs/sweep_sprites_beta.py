@@ -9,6 +9,17 @@ validation and test neg_elbo, the derived bound at beta 1, against beta). Traini
 beta != 1 optimises a different loss, so the reported neg_elbo is at its best near beta 1:
 below 1 the KL grows faster than the reconstruction improves, above 1 the posterior
 collapses towards the prior and the reconstruction term dominates.
+
+One point alone: python scripts/train.py --config=configs/sweep_sprites_beta.py \
+    --workdir=/tmp/one --config.objective.beta=2
+
+Expected result (measured here, seed 0; full test split neg_elbo, +- standard error):
+  beta      0.125  0.25   0.5    1             2      4      8      16
+  neg_elbo  53.18  46.14  42.02  40.84 +- 0.22 42.98  48.95  63.69  83.82
+  kl        35.6   27.3   21.0   15.9          11.6   8.3    5.3    3.0
+The best point by validation neg_elbo is beta 1 (41.17 +- 0.24). Wall time of the 8 points
+here: 173 s one at a time, 212 s with --parallel=2 (2 CPU cores: parallel points compete for
+them; on several accelerators --parallel gives each point its own device).
 """
 
 from configs import default

@@ -56,7 +56,8 @@ from orbax.checkpoint import checkpoint_managers as policies
 RESUME_NEUTRAL = (
     'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
     'steps_per_call',  # the trainer checks that it divides the resumed step
-    'eval_batch_size', 'eval_num_samples', 'images', 'checkpoint', 'compilation_cache',
+    'eval_batch_size', 'eval_num_samples', 'eval_chunk_size', 'images', 'checkpoint',
+    'compilation_cache',
     'init_from', 'mesh', 'max_consecutive_nonfinite',
     'data.data_dir', 'data.manual_dir', 'data.download',
     'data.eval_split',  # evaluated for reporting only (model selection reads valid_split)

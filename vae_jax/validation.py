@@ -71,6 +71,10 @@ def validate_config(config, num_devices=None):
                       '[0, 1): L <- gamma L + (1 - gamma) L_batch.')
   if config.max_consecutive_nonfinite < 0:
     raise ConfigError('config.max_consecutive_nonfinite must be >= 0.')
+  for field in ('eval_num_samples', 'eval_chunk_size'):
+    value = config[field]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+      raise ConfigError(f'config.{field}={value!r} must be an int >= 0 (0 = off / automatic).')
 
   d = config.data
   try:  # the data package owns its settings' rules
