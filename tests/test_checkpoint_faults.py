@@ -315,7 +315,8 @@ def test_a_field_removed_since_the_checkpoint_is_ignored():
 
 
 def test_learning_rate_and_beta_are_applied_on_resume_and_reported():
-  assert ckpt_lib.APPLIED_ON_RESUME == ('optim.learning_rate', 'objective.beta')
+  assert ckpt_lib.APPLIED_ON_RESUME == ('optim.learning_rate', 'objective.beta',
+                                        'objective.kl_warmup_steps', 'objective.free_bits')
   saved = _saved()
   now = tiny_config(**{'optim.learning_rate': 2e-3, 'objective.beta': 0.5})
   ckpt_lib.check_compatible(saved, now, 'W')

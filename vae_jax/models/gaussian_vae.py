@@ -92,8 +92,14 @@ class GaussianVAE:
 
   def reconstruct(self, params, x):
     """E[x|h] at h = the posterior mean of each x: [B, H, W, C] in [0, 1]."""
-    post = self.encode(params, x)
-    lik = self.network.apply({'params': params}, post['mean'], method='decode')
+    return self.decode_mean(params, self.encode(params, x)['mean'])
+
+  def decode_mean(self, params, h):
+    """E[x|h] for latents h [n, D] laid out as posterior_stats' units: [n, H, W, C] in [0, 1].
+
+    For interpolations and traversals in the latent space.
+    """
+    lik = self.network.apply({'params': params}, h, method='decode')
     return distributions.likelihood_mean(self.likelihood, lik)
 
   def posterior_stats(self, params, x):
