@@ -383,15 +383,6 @@ def step_digest(step_dir):
   return out
 
 
-def abstract_with_shardings(abstract_state, shardings):
-  """ShapeDtypeStructs that carry the target shardings (the restore target)."""
-  return jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
-
-
-# -- compatibility -------------------------------------------------------------------------------
-
-
 def _flatten(tree, prefix=''):
   """{dotted key: leaf} of a nested dict (lists and tuples are leaves)."""
   out = {}
