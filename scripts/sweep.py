@@ -1,13 +1,14 @@
 """Run a sweep: every point of a config file's get_sweep(h) as a full run in DIR/<point name>/.
 
   python scripts/sweep.py --config=configs/NAME.py --workdir=DIR [--executor=local|slurm] \
-      [--parallel=P] [--config.a.b=v ...]
+      [--parallel=P] [--vectorize] [--config.a.b=v ...]
   python scripts/sweep.py --workdir=DIR --report
 
 Resumable: run the same command again after any interruption; finished points are skipped
 and interrupted ones resume from their checkpoints. Results: DIR/results.csv, DIR/results.md
 and DIR/neg_elbo_vs_KEY.png. This process never imports JAX; each point is its own
-`python scripts/train.py` process.
+`python scripts/train.py` process (with --vectorize, the points still to run are one
+`python scripts/train_population.py` process).
 """
 
 import os
@@ -27,6 +28,8 @@ flags.DEFINE_string('workdir', None, 'Sweep folder: one workdir per point, and t
 flags.DEFINE_bool('report', False, 'Only rebuild the results from the workdirs.')
 flags.DEFINE_enum('executor', 'local', ['local', 'slurm'], 'Where the points run.')
 flags.DEFINE_integer('parallel', 1, 'local: points run at once (GPUs are split among them).')
+flags.DEFINE_bool('vectorize', False, 'Train the points as one vmapped population (they may '
+                  'differ only in seed, beta, KL warm-up, free bits, learning rate).')
 flags.DEFINE_multi_string('env', [], 'KEY=VALUE set in every point\'s environment.')
 flags.DEFINE_string('slurm_partition', '', 'slurm: the partition.')
 flags.DEFINE_integer('gpus_per_task', 1, 'slurm: GPUs of each point.')
@@ -63,10 +66,10 @@ def main(argv):
     slurm = {'partition': FLAGS.slurm_partition, 'gpus_per_task': FLAGS.gpus_per_task,
              'time_limit_min': FLAGS.time_limit_min,
              'array_parallelism': FLAGS.array_parallelism, 'cluster': FLAGS.slurm_cluster}
-    config_path = cli._config_path(sys.argv)  # noqa: SLF001 - the same reading as the flag's
+    config_path = cli.config_path(sys.argv)  # the same reading as the flag's
     code = sweep_lib.run_sweep(config_path, FLAGS.config, overrides, FLAGS.workdir,
                                executor=FLAGS.executor, parallel=FLAGS.parallel, env=env,
-                               slurm=slurm)
+                               slurm=slurm, vectorize=FLAGS.vectorize)
   except sweep_lib.SweepError as e:
     _fail(str(e))
   sys.exit(code)

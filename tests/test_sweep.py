@@ -233,3 +233,65 @@ def test_submitit_local_executor(tmp_path):
   assert 'submitted 2 jobs' in result.stdout
   assert [r['status'] for r in read_rows(workdir)] == ['done', 'done']
   assert os.path.isdir(os.path.join(workdir, 'submitit'))
+
+
+def test_vectorized_sweep_matches_the_sequential_one(tiny_sweep, tmp_path):
+  workdir = str(tmp_path / 'vec')
+  result = run_script(f'--config={tiny_sweep["config"]}', f'--workdir={workdir}',
+                      '--vectorize', ONE_DEVICE)
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert 'vectorised: population of 2' in result.stdout
+  with open(os.path.join(workdir, sweep.LOG_FILE)) as f:
+    assert 'train_population.py' in f.read()  # one process trained both points
+  for a, b in zip(read_rows(workdir), read_rows(tiny_sweep['workdir']), strict=True):
+    assert a['name'] == b['name'] and a['status'] == b['status'] == 'done'
+    for key in ('test_neg_elbo', 'valid_neg_elbo', 'test_kl', 'valid_recon_stderr'):
+      assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-4), key
+  result = run_script(f'--config={tiny_sweep["config"]}', f'--workdir={workdir}',
+                      '--vectorize', ONE_DEVICE)
+  assert result.returncode == 0 and '0 to run' in result.stdout
+
+
+@pytest.mark.parametrize('sweep_expr, key', [
+    ("h.sweep('model.latent_dim', [4, 6])", 'model.latent_dim'),
+    ("h.product(h.sweep('objective.beta', [0.5, 2.0]), h.sweep('data_seed', [0, 1]))",
+     'data_seed'),
+])
+def test_vectorize_refuses_points_that_differ_in_a_static_key(tmp_path, sweep_expr, key):
+  config = write_config(tmp_path, sweep_expr)
+  result = run_script(f'--config={config}', f'--workdir={tmp_path / "out"}', '--vectorize',
+                      timeout=60)
+  assert result.returncode == 2, result.stdout + result.stderr
+  assert f'differ in {key}' in result.stderr and 'Traceback' not in result.stderr
+  assert not list(tmp_path.glob('out/*/sweep.log'))
+
+
+@pytest.mark.slow
+def test_sigkill_mid_vectorized_sweep_then_rerun_equals_an_uninterrupted_one(tmp_path):
+  config = write_config(tmp_path, "h.sweep('objective.beta', [0.5, 2.0])", steps=60)
+  workdir = str(tmp_path / 'out')
+  cmd = [sys.executable, SCRIPT, f'--config={config}', f'--workdir={workdir}', '--vectorize',
+         ONE_DEVICE]
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          start_new_session=True)
+  second = os.path.join(workdir, 'beta=2.0', 'checkpoints')
+  deadline = time.time() + 300
+  while time.time() < deadline and not (
+      os.path.isdir(second) and any(n.isdigit() for n in os.listdir(second))):
+    time.sleep(0.2)
+  os.killpg(proc.pid, signal.SIGKILL)
+  proc.wait()
+  deadline = time.time() + 30
+  while time.time() < deadline and sweep.is_running(os.path.join(workdir, 'beta=0.5')):
+    time.sleep(0.2)
+  assert sweep.point_status(os.path.join(workdir, 'beta=2.0')) == 'partial'
+  result = run_script(f'--config={config}', f'--workdir={workdir}', '--vectorize', ONE_DEVICE)
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert 'beta=2.0: partial' in result.stdout
+  clean = str(tmp_path / 'clean')
+  result = run_script(f'--config={config}', f'--workdir={clean}', '--vectorize', ONE_DEVICE)
+  assert result.returncode == 0, result.stderr
+  for a, b in zip(read_rows(workdir), read_rows(clean), strict=True):
+    assert a['status'] == b['status'] == 'done'
+    for key in ('test_neg_elbo', 'valid_neg_elbo', 'test_kl', 'step'):
+      assert float(a[key]) == float(b[key]), key  # the population resumes bitwise

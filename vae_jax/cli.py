@@ -64,7 +64,7 @@ def parse_flags(argv):
   app.run(main, flags_parser=cli.parse_flags).
   """
   from absl import flags
-  path = _config_path(argv)
+  path = config_path(argv)
   if path is not None and not os.path.isfile(path):
     _exit_user_error(_missing_config_message(path))
   try:
@@ -92,7 +92,7 @@ def _one_line(e):
   return f'{type(e).__name__}: {text}' if text else type(e).__name__
 
 
-def _config_path(argv):
+def config_path(argv):
   """The file of the last --config=PATH[:ARGS] (or '--config PATH') in argv, else None.
 
   Read the way absl reads it (up to a bare '--'), so a missing file is caught before

@@ -30,6 +30,7 @@ from vae_jax.hyper import SweepError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_SCRIPT = os.path.join(REPO, 'scripts', 'train.py')
+POPULATION_SCRIPT = os.path.join(REPO, 'scripts', 'train_population.py')
 SWEEP_FILE = 'sweep.json'
 LOG_FILE = 'sweep.log'
 # The lock a live run holds (vae_jax.workdir_lock.lock_path, process 0).
@@ -97,6 +98,57 @@ def plan(config_path, config, overrides, workdir):
     planned.append({'name': name, 'point': point, 'config': resolved, 'workdir': point_dir,
                     'command': command})
   return planned
+
+
+# Fields a vectorised population may vary between its members: each enters the step as a
+# traced value (state.hparams; the seed as the state's key data), so one compiled program
+# serves them all.
+VECTORIZABLE = ('seed', 'objective.beta', 'objective.kl_warmup_steps', 'objective.free_bits',
+                'optim.learning_rate')
+# Why the other fields must be equal, by prefix (the first that matches).
+_STATIC_REASONS = (
+    ('model.', 'it sets the architecture: parameter shapes and the compiled program'),
+    ('data_seed', 'the members share one data order and one set of binarization draws'),
+    ('data.', 'the members share one data pipeline and one batch per step'),
+    ('batch_size', 'it sets the array shapes of the compiled step'),
+    ('objective.', 'it selects the objective\'s computation or its shapes at trace time'),
+    ('optim.', 'it selects the optimizer or the schedule\'s shape at trace time'),
+    ('num_train_steps', 'the members share one loop (and the schedule\'s length)'),
+    ('', 'the members share one loop, its intervals and its checkpoint policy'),
+)
+
+
+def _flat(config, prefix=''):
+  out = {}
+  for key, value in config.items():
+    if hasattr(value, 'items'):
+      out.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      out[prefix + key] = value
+  return out
+
+
+def vectorize_problem(named_configs):
+  """Why these (name, config) pairs cannot train as one vmapped population, or None.
+
+  They can when they differ only in VECTORIZABLE fields; the answer names the first other
+  field that differs, the two points and why the field is static.
+  """
+  if len(named_configs) < 2:
+    return None
+  (name0, c0), rest = named_configs[0], named_configs[1:]
+  flat0 = _flat(c0.to_dict())
+  for name, config in rest:
+    flat = _flat(config.to_dict())
+    for key in sorted(set(flat0) | set(flat)):
+      if key in VECTORIZABLE or flat0.get(key) == flat.get(key):
+        continue
+      why = next(r for prefix, r in _STATIC_REASONS if key.startswith(prefix))
+      return (f'points {name0} and {name} differ in {key} ({flat0.get(key)!r} vs '
+              f'{flat.get(key)!r}), which cannot vary within a vectorised population: {why}. '
+              f'Only {", ".join(VECTORIZABLE)} can. Run without --vectorize, or sweep that '
+              'key in separate sweeps.')
+  return None
 
 
 def validate_in_child(planned, env=None):
@@ -342,8 +394,15 @@ def run_slurm(todo, workdir, env, partition='', gpus_per_task=1, time_limit_min=
   return codes
 
 
+def population_job(config_path, overrides, workdir, todo):
+  """The points to run as one `scripts/train_population.py` command (its log: DIR/sweep.log)."""
+  command = [sys.executable, POPULATION_SCRIPT, f'--config={os.path.abspath(config_path)}',
+             f'--workdir={workdir}', '--points=' + ','.join(p['name'] for p in todo), *overrides]
+  return {'name': f'population of {len(todo)}', 'workdir': workdir, 'command': command}
+
+
 def run_sweep(config_path, config, overrides, workdir, executor='local', parallel=1, env=None,
-              slurm=None, log=print):
+              slurm=None, vectorize=False, log=print):
   """Plans, checks, records and runs a sweep, then writes its report.
 
   Args:
@@ -353,6 +412,8 @@ def run_sweep(config_path, config, overrides, workdir, executor='local', paralle
     workdir: the sweep folder (one subfolder per point).
     executor: 'local' (subprocesses) or 'slurm' (a submitit job array).
     parallel: local: points at once.
+    vectorize: train the points still to run as one vmapped population (one process, one
+      compile); refused, before anything runs, unless they differ only in VECTORIZABLE fields.
     env: the points' environment (default: this process's).
     slurm: keyword arguments of run_slurm.
     log: where progress lines go.
@@ -363,6 +424,10 @@ def run_sweep(config_path, config, overrides, workdir, executor='local', paralle
   workdir = os.path.abspath(workdir)
   planned = plan(config_path, config, overrides, workdir)
   env = dict(os.environ if env is None else env)
+  if vectorize:
+    problem = vectorize_problem([(p['name'], p['config']) for p in planned])
+    if problem:
+      raise SweepError(problem)
   validate_in_child(planned, env)
   record_sweep(workdir, sweep_record(config_path, overrides, planned))
   todo = []
@@ -372,6 +437,9 @@ def run_sweep(config_path, config, overrides, workdir, executor='local', paralle
     if status in ('new', 'partial'):
       todo.append(p)
   _stamp(log, f'{len(planned)} points, {len(todo)} to run')
+  if vectorize and len(todo) > 1:
+    todo = [population_job(config_path, overrides, workdir, todo)]
+    _stamp(log, f'vectorised: {todo[0]["name"]} points in one process')
   if todo:
     if executor == 'local':
       run_local(todo, max(1, parallel), env, log)

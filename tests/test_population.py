@@ -1,0 +1,139 @@
+"""Vectorised populations: one vmapped program equals separate runs, resumes bitwise, and a
+diverging member neither stops nor corrupts the others."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from tests.test_train import tiny_config
+from vae_jax import population, train, validation
+
+# Four members that differ in every traced scalar a population may vary.
+MEMBERS = [
+    {},
+    {'objective.beta': 0.5},
+    {'seed': 3, 'optim.learning_rate': 3e-3},
+    {'objective.kl_warmup_steps': 10, 'objective.free_bits': 0.5},
+]
+
+
+def member_config(overrides, **extra):
+  c = tiny_config(**{'mesh.data': 1, **extra})
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def train_records(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  return [r for r in records if r['kind'] == 'train']
+
+
+def leaves(state):
+  return [np.asarray(a) for a in jax.tree.leaves(state)]
+
+
+@pytest.fixture(scope='module')
+def population_run(tmp_path_factory):
+  root = tmp_path_factory.mktemp('population')
+  configs = [member_config(o) for o in MEMBERS]
+  dirs = [str(root / f'member{i}') for i in range(len(MEMBERS))]
+  result = population.train_population(configs, dirs)
+  return configs, dirs, result
+
+
+def test_population_equals_separate_runs(population_run, tmp_path):
+  configs, dirs, result = population_run
+  assert [m['status'] for m in result['members']] == ['done'] * len(MEMBERS)
+  for i, (config, pop_dir) in enumerate(zip(configs, dirs, strict=True)):
+    alone = train.train_and_evaluate(config, str(tmp_path / f'alone{i}'))
+    got = train_records(pop_dir)
+    want = train_records(str(tmp_path / f'alone{i}'))
+    assert [r['step'] for r in got] == [r['step'] for r in want]
+    for key in ('loss', 'neg_elbo', 'kl', 'learning_rate'):
+      np.testing.assert_allclose([r[key] for r in got], [r[key] for r in want], rtol=2e-5,
+                                 err_msg=f'member {i} {key}')
+    for a, b in zip(leaves(population.member(result['states'], i).params),
+                    leaves(alone['state'].params), strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    # The member's workdir is a full run: DONE with its own config, checkpoints, evaluations.
+    with open(os.path.join(pop_dir, 'DONE')) as f:
+      assert json.load(f) == train.done_record(config, 20)
+    assert sorted(os.listdir(os.path.join(pop_dir, 'checkpoints'))) >= ['10', '20']
+    evals = [r for r in (json.loads(x) for x in open(os.path.join(pop_dir, 'metrics.jsonl')))
+             if r['kind'] == 'eval']
+    assert {r['split'] for r in evals} == {config.data.valid_split, config.data.eval_split}
+    want_eval = alone['eval'][config.data.eval_split]
+    np.testing.assert_allclose(result['members'][i]['eval'][config.data.eval_split]['neg_elbo'],
+                               want_eval['neg_elbo'], rtol=1e-4)
+
+
+def test_members_start_from_their_own_seed(population_run):
+  _, _, result = population_run
+  first = population.member(result['states'], 0)
+  other = population.member(result['states'], 2)  # seed 3
+  assert not np.array_equal(np.asarray(first.key_data), np.asarray(other.key_data))
+
+
+def test_population_resumes_bitwise(population_run, tmp_path):
+  configs, _, straight = population_run
+  dirs = [str(tmp_path / f'm{i}') for i in range(len(MEMBERS))]
+  half = [member_config(o, num_train_steps=10) for o in MEMBERS]
+  first = population.train_population(half, dirs)
+  assert first['step'] == 10
+  resumed = population.train_population(configs, dirs)
+  assert resumed['step'] == 20
+  for a, b in zip(leaves(straight['states']), leaves(resumed['states']), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_member_ahead_of_the_others_resumes_at_the_common_step(population_run, tmp_path):
+  configs, _, straight = population_run
+  dirs = [str(tmp_path / f'm{i}') for i in range(2)]
+  population.train_population([member_config(MEMBERS[0], num_train_steps=10),
+                               member_config(MEMBERS[1], num_train_steps=10)], dirs)
+  # Member 0 alone goes on to step 20 (as if a kill had come between the members' saves).
+  train.train_and_evaluate(configs[0], dirs[0])
+  resumed = population.train_population(configs[:2], dirs)
+  assert resumed['step'] == 20
+  for i in range(2):
+    for a, b in zip(leaves(population.member(straight['states'], i).params),
+                    leaves(population.member(resumed['states'], i).params), strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_a_diverging_member_is_reported_and_the_others_finish(tmp_path):
+  configs = [member_config({}, max_consecutive_nonfinite=2),
+             member_config({'optim.learning_rate': 1e30}, max_consecutive_nonfinite=2)]
+  dirs = [str(tmp_path / 'good'), str(tmp_path / 'bad')]
+  result = population.train_population(configs, dirs)
+  good, bad = result['members']
+  assert good['status'] == 'done' and os.path.exists(os.path.join(dirs[0], 'DONE'))
+  assert bad['status'] == 'failed' and 'non-finite' in bad['reason']
+  assert not os.path.exists(os.path.join(dirs[1], 'DONE'))
+  alone = train.train_and_evaluate(configs[0], str(tmp_path / 'alone'))
+  for a, b in zip(leaves(population.member(result['states'], 0).params),
+                  leaves(alone['state'].params), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  assert all(np.isfinite(a).all() for a in leaves(population.member(result['states'], 0)))
+
+
+@pytest.mark.parametrize('overrides, key', [
+    ({'model.latent_dim': 6}, 'model.latent_dim'),
+    ({'data_seed': 1}, 'data_seed'),
+    ({'batch_size': 64}, 'batch_size'),
+    ({'optim.schedule': 'warmup_cosine'}, 'optim.schedule'),
+])
+def test_members_that_differ_in_a_static_field_are_refused(tmp_path, overrides, key):
+  configs = [member_config({}), member_config(overrides)]
+  with pytest.raises(validation.ConfigError, match=key.replace('.', r'\.')):
+    population.train_population(configs, [str(tmp_path / 'a'), str(tmp_path / 'b')])
+  assert not os.path.exists(tmp_path / 'a' / 'checkpoints')

@@ -1,0 +1,340 @@
+"""Vectorised populations: several runs that differ only in traced scalars, as one program.
+
+Members may differ in `sweep.VECTORIZABLE` (seed, beta, KL warm-up, free bits, learning rate);
+everything else (architecture, data, batch, loop) is shared. Their train states are stacked
+along a leading member axis [P, ...] and `train.make_train_step` is vmapped over it: one
+compile, one data order, one batch per step fed to every member. Each member keeps
+- its own initialisation (from its seed) and posterior-sample stream (its state's key data);
+- its own non-finite guard: the step's guard is per member, and a member that exceeds
+  config.max_consecutive_nonfinite is reported, never saved again, and left out of the
+  rest of the run; the others go on (vmapped members share no reduction, so its NaNs
+  cannot reach them);
+- its own workdir, exactly as a sequential run writes it: config.json, run.json, metrics.jsonl,
+  checkpoints (each member's own slice of the state), pictures, the evaluations and DONE with
+  its own config's digest, so the sweep's results and resume read it like any other run.
+
+Placement: the member axis is replicated and the batch is sharded over the mesh's data axis,
+as in a single run. Every member sees the same batch, so splitting the batch keeps every
+device busy with every member, keeps each member's numbers independent of the device count,
+and needs no cross-member communication; the cost is P copies of the parameters and optimizer
+state on every device, small for the models where vectorising pays (on an accelerator a few
+small VAEs cannot fill the chip on their own).
+
+Resume: every member restores its own newest good checkpoint; the population continues from
+the newest step all of them hold (a kill between two members' saves leaves one a step ahead:
+it restores that common step too, and its saves of steps it already holds are kept, not
+repeated). The vmapped program is deterministic, so a resumed population equals an
+uninterrupted one bitwise.
+"""
+
+import contextlib
+import copy
+import dataclasses
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vae_jax import checkpoint as ckpt_lib
+from vae_jax import (
+  experiment,
+  runinfo,
+  sharding,
+  sweep,
+  train,
+  validation,
+  workdir_lock,
+)
+from vae_jax import metrics as metrics_lib
+
+
+def check_population(configs, names=None):
+  """ConfigError unless the configs can form one population (see sweep.vectorize_problem)."""
+  if not configs:
+    raise validation.ConfigError('A population needs at least one member.')
+  names = names or [f'member {i}' for i in range(len(configs))]
+  problem = sweep.vectorize_problem(list(zip(names, configs, strict=True)))
+  if problem:
+    raise validation.ConfigError(problem)
+
+
+def stack(states):
+  """[P] states -> one state whose every leaf has a leading member axis."""
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
+
+def member(states, i):
+  """Member i's state out of a stacked population state."""
+  return jax.tree.map(lambda a: a[i], states)
+
+
+def make_population_chunk(exp, backend):
+  """train.make_train_chunk with the step vmapped over the member axis of the state.
+
+  The data arguments are shared (not mapped); the chunk sums come back per member, [P].
+  """
+  vstep = jax.vmap(train.make_train_step(exp), in_axes=(0, None, None))
+
+  def chunk(states, source, index):
+    if backend == 'memory':
+      positions, index = index
+      from vae_jax.data.preprocess import gather_images
+      body = lambda s, xs: vstep(s, gather_images(source, xs[0]), xs[1])
+      states, ms = jax.lax.scan(body, states, (positions, index))
+    else:
+      body = lambda s, xs: vstep(s, *xs)
+      states, ms = jax.lax.scan(body, states, (source, index))
+    out = {k: jnp.sum(v, axis=0) for k, v in ms.items()}          # each [P]
+    out['steps'] = jnp.asarray(index.shape[0], jnp.int32)
+    out['loss_momentum'] = states.loss_momentum                      # [P]
+    return states, out
+
+  return chunk
+
+
+def jit_population_chunk(exp, abstract_states, backend):
+  mesh = exp.mesh
+  state_sh = jax.tree.map(lambda a: a.sharding, abstract_states)
+  rep = sharding.replicated(mesh)
+  rows = sharding.batch_sharding(mesh, leading_axes=1)
+  source_sh, index_sh = (rep, (rows, rows)) if backend == 'memory' else (rows, rows)
+  return jax.jit(make_population_chunk(exp, backend),
+                 in_shardings=(state_sh, source_sh, index_sh),
+                 out_shardings=(state_sh, rep), donate_argnums=(0,))
+
+
+@dataclasses.dataclass
+class _Member:
+  """One member's run: its config, workdir and writers, and whether it is still training."""
+  index: int
+  exp: experiment.Experiment
+  workdir: str
+  checkpointer: ckpt_lib.Checkpointer
+  writer: metrics_lib.MetricWriter = None
+  evaluator: object = None
+  meta: dict = None
+  failed: str = ''
+  done: bool = False
+  last_eval: dict = dataclasses.field(default_factory=dict)
+
+
+def train_population(configs, workdirs, log=print):
+  """Trains the members (configs[i] into workdirs[i]) as one vmapped population.
+
+  Each workdir ends up as train.train_and_evaluate would leave it (see the module docstring).
+
+  Returns:
+    {'step', 'compile_s', 'members': [{'workdir', 'status' ('done' | 'failed' |
+    'preempted'), 'step', 'eval', 'reason'}], 'states': the stacked final state,
+    'preempted'}.
+  """
+  for c in configs:
+    validation.validate_config(c)
+  workdirs = [validation.validate_workdir(w) for w in workdirs]
+  if len(set(workdirs)) != len(workdirs):
+    raise validation.ConfigError('Two members of the population share a workdir.')
+  check_population(configs, [os.path.basename(w) for w in workdirs])
+  experiment.configure_jax(configs[0])
+  with contextlib.ExitStack() as stack_:
+    for w in workdirs:  # every member's workdir locked before any data is read
+      stack_.enter_context(workdir_lock.hold(w, jax.process_index()))
+    base = experiment.build(configs[0])
+    exps = [dataclasses.replace(base, config=c) for c in configs]
+    is_main = jax.process_index() == 0
+    return _train(base, exps, workdirs, log if is_main else (lambda *a, **k: None), is_main)
+
+
+def _restore(members, log):
+  """Every member's state at the newest step all of them hold."""
+  states, steps = [], []
+  for m in members:
+    state, m.meta = train.restore_or_init(m.exp, m.checkpointer,
+                                          lambda s, m=m: log(f'[{_name(m)}] {s}'))
+    states.append(state)
+    steps.append(int(state.step))
+  common = min(steps)
+  for i, m in enumerate(members):
+    if steps[i] == common:
+      continue
+    if common == 0:
+      state = experiment.init_state(m.exp)
+    else:
+      held = m.checkpointer.all_steps()
+      if common not in held:
+        raise validation.ConfigError(
+            f'{m.workdir} is at step {steps[i]} but holds no checkpoint of step {common}, '
+            f'where the rest of the population is ({held} are kept). Run the points without '
+            '--vectorize to finish them.')
+      check = lambda meta, m=m: ckpt_lib.check_compatible(meta['config'], m.exp.config,
+                                                          m.checkpointer.directory)
+      state, m.meta = m.checkpointer.restore_good(m.exp.abstract_state, step=common,
+                                                  check_config=check)
+      from vae_jax import state as state_lib
+      state = state.replace(hparams=state_lib.hparams_from_config(m.exp.config))
+    log(f'[{_name(m)}] is at step {steps[i]}; continues from the population\'s step {common} '
+        '(its saved steps are kept).')
+    states[i] = state
+  return states, common
+
+
+def _name(m):
+  return os.path.basename(m.workdir.rstrip('/'))
+
+
+def _evaluators(members):
+  """One periodic evaluator per member; compiled steps and the data shared between equal seeds
+  (the evaluation keys come from the seed, a compile-time constant of the eval step)."""
+  by_seed = {}
+  for m in members:
+    first = by_seed.get(m.exp.config.seed)
+    if first is None:
+      m.evaluator = by_seed[m.exp.config.seed] = train._PeriodicEval(  # noqa: SLF001
+          m.exp, m.workdir, m.writer)
+      continue
+    ev = copy.copy(first)
+    ev.exp, ev.workdir, ev.writer = m.exp, m.workdir, m.writer
+    ev.picture_inputs, ev.last = None, {}
+    m.evaluator = ev
+  return members
+
+
+def _train(base, exps, workdirs, log, is_main):
+  config = base.config
+  members = [_Member(i, e, w, ckpt_lib.Checkpointer(w, e.config))
+             for i, (e, w) in enumerate(zip(exps, workdirs, strict=True))]
+  states, step = _restore(members, log)
+  if step % config.steps_per_call:
+    for m in members:
+      m.checkpointer.close()
+    raise validation.ConfigError(
+        f'The population resumes at step {step}, which is not a multiple of '
+        f'config.steps_per_call={config.steps_per_call}.')
+  for m in members:
+    m.writer = metrics_lib.MetricWriter(m.workdir)
+    train._record_config(m.workdir, m.exp.config, m.meta, step, m.writer,  # noqa: SLF001
+                         lambda s, m=m: log(f'[{_name(m)}] {s}'))
+    runinfo.write_run_info(m.workdir, step)
+  rep = sharding.replicated(base.mesh)
+  states = jax.device_put(stack(states), rep)
+  result = {'step': step, 'compile_s': 0.0, 'states': states, 'preempted': False,
+            'num_devices': sharding.data_axis_size(base.mesh)}
+  log(f'Population of {len(members)} members from step {step}: '
+      + ', '.join(_name(m) for m in members))
+  if step >= config.num_train_steps:
+    return _finish(members, states, step, result, log, is_main, preempted=False)
+
+  feeder = train.ChunkFeeder(base, step)
+  _evaluators(members)
+  t0 = time.perf_counter()
+  source, index = feeder(step)
+  abstract = jax.eval_shape(lambda s: s, states)
+  abstract = sharding.with_shardings(abstract, jax.tree.map(lambda _: rep, abstract))
+  chunk_fn = jit_population_chunk(base, abstract, config.data.backend).lower(
+      states, source, index).compile()
+  result['compile_s'] = time.perf_counter() - t0
+  acc, t_log = None, time.perf_counter()
+  preempted = False
+  with train._PreemptionFlag() as stop_requested:  # noqa: SLF001
+    while step < config.num_train_steps:
+      states, out = chunk_fn(states, source, index)
+      step += config.steps_per_call
+      acc = out if acc is None else train._accumulate(acc, out)  # noqa: SLF001
+      final = step >= config.num_train_steps
+      preempted = not final and stop_requested()
+      if not (final or preempted):
+        source, index = feeder(step)
+      if step % config.log_every_steps == 0 or final or preempted:
+        acc = sharding.to_host(acc)
+        seconds = time.perf_counter() - t_log
+        for m in _live(members):
+          rec = train._train_record(_member_sums(acc, m.index), config.batch_size,  # noqa: SLF001
+                                    seconds)
+          rec['population_size'] = len(members)
+          m.writer.write(step, 'train', rec)
+        _show(members, acc, step, config, log)
+        acc = None
+      jax.block_until_ready(states)
+      t_pause = time.perf_counter()
+      save_now = step % config.checkpoint_every_steps == 0 or final or preempted
+      if save_now or step % config.log_every_steps == 0:
+        _check_nonfinite(members, states, step, log)
+      did_eval = not preempted and (step % config.eval_every_steps == 0 or final)
+      for m in _live(members):
+        params = member(states, m.index).params
+        if did_eval:
+          m.last_eval = m.evaluator(step, params)
+          if is_main:
+            log(f'[{_name(m)}] ' + m.evaluator.summary(step))
+        if save_now:
+          _save(m, step, member(states, m.index), did_eval)
+      if not _live(members):
+        log('Every member of the population failed; stopping.')
+        break
+      if preempted:
+        break
+      if acc is None:
+        t_log = time.perf_counter()
+      else:
+        t_log += time.perf_counter() - t_pause
+  return _finish(members, states, step, result, log, is_main, preempted)
+
+
+def _live(members):
+  return [m for m in members if not m.failed]
+
+
+def _member_sums(acc, i):
+  out = {k: np.asarray(v)[i] if np.ndim(v) else v for k, v in acc.items()}
+  out['steps'] = acc['steps']
+  return out
+
+
+def _show(members, acc, step, config, log):
+  steps = int(acc['steps'])
+  parts = [f'{_name(m)} {float(np.asarray(acc["loss"])[m.index]) / steps:.3f}'
+           for m in _live(members)]
+  log(f'step {step}/{config.num_train_steps}: loss ' + ', '.join(parts))
+
+
+def _save(m, step, state, did_eval):
+  selection = m.last_eval.get(m.exp.config.data.valid_split) if did_eval else None
+  if step in m.checkpointer.all_steps():
+    return  # a member that was ahead already holds this step (verified on its restore path)
+  m.checkpointer.save(step, state, m.exp.config, m.exp.image_shape, selection)
+
+
+def _check_nonfinite(members, states, step, log):
+  runs = np.asarray(jax.device_get(states.nonfinite_run))
+  for m in _live(members):
+    limit = m.exp.config.max_consecutive_nonfinite
+    run = int(runs[m.index])
+    if run > limit:
+      m.failed = (f'{run} consecutive train steps (steps {step - run + 1} to {step}) had a '
+                  f'non-finite loss or gradient (more than config.max_consecutive_nonfinite='
+                  f'{limit}); they were skipped and nothing new was saved. Lower the learning '
+                  'rate or enable clipping (config.optim.clip_norm).')
+      m.writer.write(step, 'failed', {'reason': m.failed})
+      log(f'[{_name(m)}] FAILED at step {step}: {m.failed} The other members go on.')
+
+
+def _finish(members, states, step, result, log, is_main, preempted):
+  out = []
+  for m in members:
+    m.checkpointer.close()
+    if m.writer is not None:
+      m.writer.close()
+    status = 'failed' if m.failed else 'preempted' if preempted else 'done'
+    if status == 'done' and is_main:
+      with open(os.path.join(m.workdir, 'DONE'), 'w') as f:
+        json.dump(train.done_record(m.exp.config, step), f)
+        f.write('\n')
+    out.append({'workdir': m.workdir, 'status': status, 'step': int(step),
+                'eval': m.last_eval, 'reason': m.failed})
+  if preempted:
+    log(f'Stopped by a signal at step {step}: checkpoints saved. Run the same command again to '
+        'resume exactly from here.')
+  result.update(step=int(step), states=states, members=out, preempted=preempted)
+  return result
