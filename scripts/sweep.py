@@ -30,6 +30,9 @@ flags.DEFINE_enum('executor', 'local', ['local', 'slurm'], 'Where the points run
 flags.DEFINE_integer('parallel', 1, 'local: points run at once (GPUs are split among them).')
 flags.DEFINE_bool('vectorize', False, 'Train the points as one vmapped population (they may '
                   'differ only in seed, beta, KL warm-up, free bits, learning rate).')
+flags.DEFINE_enum('population_mode', 'auto', ['auto', 'vmap', 'loop'],
+                  '--vectorize: vmap the step over the members, or loop the one compiled chunk '
+                  'over them; auto: vmap on an accelerator, loop on a CPU.')
 flags.DEFINE_multi_string('env', [], 'KEY=VALUE set in every point\'s environment.')
 flags.DEFINE_string('slurm_partition', '', 'slurm: the partition.')
 flags.DEFINE_integer('gpus_per_task', 1, 'slurm: GPUs of each point.')
@@ -69,7 +72,8 @@ def main(argv):
     config_path = cli.config_path(sys.argv)  # the same reading as the flag's
     code = sweep_lib.run_sweep(config_path, FLAGS.config, overrides, FLAGS.workdir,
                                executor=FLAGS.executor, parallel=FLAGS.parallel, env=env,
-                               slurm=slurm, vectorize=FLAGS.vectorize)
+                               slurm=slurm, vectorize=FLAGS.vectorize,
+                               population_mode=FLAGS.population_mode)
   except sweep_lib.SweepError as e:
     _fail(str(e))
   sys.exit(code)

@@ -1,7 +1,7 @@
 """Train sweep points as one vectorised population (what `scripts/sweep.py --vectorize` runs).
 
   python scripts/train_population.py --config=configs/NAME.py --workdir=SWEEP_DIR \
-      [--points=NAME,NAME,...] [--config.a.b=v ...]
+      [--points=NAME,NAME,...] [--mode=auto|vmap|loop] [--config.a.b=v ...]
 
 The points are the config file's get_sweep(h) (all of them, or the named ones); each trains
 into SWEEP_DIR/<point name>/ exactly as `scripts/train.py` would leave it. They must differ
@@ -26,6 +26,9 @@ config_flags.DEFINE_config_file('config', None, 'Sweep config file (get_config, 
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Sweep folder: the members train into its subfolders.')
 flags.DEFINE_list('points', [], 'Point names to train (default: every point of the sweep).')
+flags.DEFINE_enum('mode', 'auto', ['auto', 'vmap', 'loop'],
+                  'vmap: one vmapped step over all members; loop: the compiled chunk applied '
+                  'to each member in turn; auto: vmap on an accelerator, loop on a CPU.')
 FLAGS = flags.FLAGS
 
 
@@ -56,7 +59,7 @@ def main(argv):
     from vae_jax import population
     population.check_population([p['config'] for p in chosen], [p['name'] for p in chosen])
     return chosen, population.train_population([p['config'] for p in chosen],
-                                               [p['workdir'] for p in chosen])
+                                               [p['workdir'] for p in chosen], mode=FLAGS.mode)
 
   chosen, result = cli.run_reporting_user_errors(run)
   members = []
@@ -66,7 +69,8 @@ def main(argv):
     members.append({'name': p['name'], 'status': m['status'], 'step': m['step'],
                     'neg_elbo': rec.get('neg_elbo'), 'neg_elbo_stderr': rec.get('neg_elbo_stderr'),
                     'split': split, 'reason': m['reason']})
-  cli.print_json({'step': result['step'], 'compile_s': result['compile_s'], 'members': members})
+  cli.print_json({'step': result['step'], 'compile_s': result['compile_s'],
+                  'mode': result['mode'], 'members': members})
   sys.exit(0 if all(m['status'] == 'done' for m in members) else 1)
 
 

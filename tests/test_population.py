@@ -41,29 +41,44 @@ def leaves(state):
   return [np.asarray(a) for a in jax.tree.leaves(state)]
 
 
-@pytest.fixture(scope='module')
-def population_run(tmp_path_factory):
-  root = tmp_path_factory.mktemp('population')
+@pytest.fixture(scope='module', params=['vmap', 'loop'])
+def population_run(request, tmp_path_factory):
+  root = tmp_path_factory.mktemp(f'population_{request.param}')
   configs = [member_config(o) for o in MEMBERS]
   dirs = [str(root / f'member{i}') for i in range(len(MEMBERS))]
-  result = population.train_population(configs, dirs)
+  result = population.train_population(configs, dirs, mode=request.param)
+  assert result['mode'] == request.param
   return configs, dirs, result
 
 
-def test_population_equals_separate_runs(population_run, tmp_path):
+@pytest.fixture(scope='module')
+def separate_runs(tmp_path_factory):
+  root = tmp_path_factory.mktemp('alone')
+  out = []
+  for i, overrides in enumerate(MEMBERS):
+    workdir = str(root / f'alone{i}')
+    out.append((workdir, train.train_and_evaluate(member_config(overrides), workdir)))
+  return out
+
+
+def test_population_equals_separate_runs(population_run, separate_runs):
   configs, dirs, result = population_run
+  exact = result['mode'] == 'loop'  # the same compiled chunk as a separate run's
   assert [m['status'] for m in result['members']] == ['done'] * len(MEMBERS)
   for i, (config, pop_dir) in enumerate(zip(configs, dirs, strict=True)):
-    alone = train.train_and_evaluate(config, str(tmp_path / f'alone{i}'))
+    alone_dir, alone = separate_runs[i]
     got = train_records(pop_dir)
-    want = train_records(str(tmp_path / f'alone{i}'))
+    want = train_records(alone_dir)
     assert [r['step'] for r in got] == [r['step'] for r in want]
     for key in ('loss', 'neg_elbo', 'kl', 'learning_rate'):
-      np.testing.assert_allclose([r[key] for r in got], [r[key] for r in want], rtol=2e-5,
-                                 err_msg=f'member {i} {key}')
+      np.testing.assert_allclose([r[key] for r in got], [r[key] for r in want],
+                                 rtol=0 if exact else 2e-5, err_msg=f'member {i} {key}')
     for a, b in zip(leaves(population.member(result['states'], i).params),
                     leaves(alone['state'].params), strict=True):
-      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+      if exact:
+        np.testing.assert_array_equal(a, b)
+      else:
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     # The member's workdir is a full run: DONE with its own config, checkpoints, evaluations.
     with open(os.path.join(pop_dir, 'DONE')) as f:
       assert json.load(f) == train.done_record(config, 20)
@@ -85,11 +100,12 @@ def test_members_start_from_their_own_seed(population_run):
 
 def test_population_resumes_bitwise(population_run, tmp_path):
   configs, _, straight = population_run
+  mode = straight['mode']
   dirs = [str(tmp_path / f'm{i}') for i in range(len(MEMBERS))]
   half = [member_config(o, num_train_steps=10) for o in MEMBERS]
-  first = population.train_population(half, dirs)
+  first = population.train_population(half, dirs, mode=mode)
   assert first['step'] == 10
-  resumed = population.train_population(configs, dirs)
+  resumed = population.train_population(configs, dirs, mode=mode)
   assert resumed['step'] == 20
   for a, b in zip(leaves(straight['states']), leaves(resumed['states']), strict=True):
     np.testing.assert_array_equal(a, b)
@@ -98,11 +114,12 @@ def test_population_resumes_bitwise(population_run, tmp_path):
 def test_a_member_ahead_of_the_others_resumes_at_the_common_step(population_run, tmp_path):
   configs, _, straight = population_run
   dirs = [str(tmp_path / f'm{i}') for i in range(2)]
+  mode = straight['mode']
   population.train_population([member_config(MEMBERS[0], num_train_steps=10),
-                               member_config(MEMBERS[1], num_train_steps=10)], dirs)
+                               member_config(MEMBERS[1], num_train_steps=10)], dirs, mode=mode)
   # Member 0 alone goes on to step 20 (as if a kill had come between the members' saves).
   train.train_and_evaluate(configs[0], dirs[0])
-  resumed = population.train_population(configs[:2], dirs)
+  resumed = population.train_population(configs[:2], dirs, mode=mode)
   assert resumed['step'] == 20
   for i in range(2):
     for a, b in zip(leaves(population.member(straight['states'], i).params),
@@ -114,7 +131,7 @@ def test_a_diverging_member_is_reported_and_the_others_finish(tmp_path):
   configs = [member_config({}, max_consecutive_nonfinite=2),
              member_config({'optim.learning_rate': 1e30}, max_consecutive_nonfinite=2)]
   dirs = [str(tmp_path / 'good'), str(tmp_path / 'bad')]
-  result = population.train_population(configs, dirs)
+  result = population.train_population(configs, dirs, mode='vmap')
   good, bad = result['members']
   assert good['status'] == 'done' and os.path.exists(os.path.join(dirs[0], 'DONE'))
   assert bad['status'] == 'failed' and 'non-finite' in bad['reason']

@@ -1,9 +1,17 @@
 """Vectorised populations: several runs that differ only in traced scalars, as one program.
 
 Members may differ in `sweep.VECTORIZABLE` (seed, beta, KL warm-up, free bits, learning rate);
-everything else (architecture, data, batch, loop) is shared. Their train states are stacked
-along a leading member axis [P, ...] and `train.make_train_step` is vmapped over it: one
-compile, one data order, one batch per step fed to every member. Each member keeps
+everything else (architecture, data, batch, loop) is shared: one process, one compile, one
+data order, one batch per step fed to every member, one evaluation program. Two ways to run
+the members' steps:
+- vmap: their train states are stacked along a leading member axis [P, ...] and
+  `train.make_train_step` is vmapped over it, so each step is one program over all members
+  (what fills an accelerator that one small VAE leaves idle);
+- loop: the single run's compiled chunk is applied to each member's state in turn. On a CPU,
+  XLA's batched matmuls are slower than the same matmuls one after another, so there the
+  population gains by sharing the process, the data, the compile and the evaluation
+  programs, not by batching; and each member's numbers are bitwise those of its own run.
+'auto' (the default) takes vmap on an accelerator and loop on a CPU. Each member keeps
 - its own initialisation (from its seed) and posterior-sample stream (its state's key data);
 - its own non-finite guard: the step's guard is per member, and a member that exceeds
   config.max_consecutive_nonfinite is reported, never saved again, and left out of the
@@ -13,8 +21,8 @@ compile, one data order, one batch per step fed to every member. Each member kee
   checkpoints (each member's own slice of the state), pictures, the evaluations and DONE with
   its own config's digest, so the sweep's results and resume read it like any other run.
 
-Placement: the member axis is replicated and the batch is sharded over the mesh's data axis,
-as in a single run. Every member sees the same batch, so splitting the batch keeps every
+Placement (vmap): the member axis is replicated and the batch is sharded over the mesh's data
+axis, as in a single run. Every member sees the same batch, so splitting the batch keeps every
 device busy with every member, keeps each member's numbers independent of the device count,
 and needs no cross-member communication; the cost is P copies of the parameters and optimizer
 state on every device, small for the models where vectorising pays (on an accelerator a few
@@ -23,7 +31,7 @@ small VAEs cannot fill the chip on their own).
 Resume: every member restores its own newest good checkpoint; the population continues from
 the newest step all of them hold (a kill between two members' saves leaves one a step ahead:
 it restores that common step too, and its saves of steps it already holds are kept, not
-repeated). The vmapped program is deterministic, so a resumed population equals an
+repeated). Either mode's program is deterministic, so a resumed population equals an
 uninterrupted one bitwise.
 """
 
@@ -121,10 +129,26 @@ class _Member:
   last_eval: dict = dataclasses.field(default_factory=dict)
 
 
-def train_population(configs, workdirs, log=print):
-  """Trains the members (configs[i] into workdirs[i]) as one vmapped population.
+MODES = ('auto', 'vmap', 'loop')
 
-  Each workdir ends up as train.train_and_evaluate would leave it (see the module docstring).
+
+def resolve_mode(mode):
+  """'auto': vmap on an accelerator, loop on CPU (where XLA's batched matmuls are slower than
+  the same matmuls one member after another)."""
+  if mode not in MODES:
+    raise validation.ConfigError(f'population mode {mode!r} is not one of {", ".join(MODES)}.')
+  if mode == 'auto':
+    return 'loop' if jax.default_backend() == 'cpu' else 'vmap'
+  return mode
+
+
+def train_population(configs, workdirs, mode='auto', log=print):
+  """Trains the members (configs[i] into workdirs[i]) as one population, compiled once.
+
+  mode: 'vmap' (the step vmapped over the stacked states), 'loop' (the one compiled chunk
+  applied to each member in turn) or 'auto' (see resolve_mode). Both give each member the
+  numbers of its own separate run (loop: bitwise; vmap: to float32 round-off). Each workdir
+  ends up as train.train_and_evaluate would leave it (see the module docstring).
 
   Returns:
     {'step', 'compile_s', 'members': [{'workdir', 'status' ('done' | 'failed' |
@@ -137,6 +161,7 @@ def train_population(configs, workdirs, log=print):
   if len(set(workdirs)) != len(workdirs):
     raise validation.ConfigError('Two members of the population share a workdir.')
   check_population(configs, [os.path.basename(w) for w in workdirs])
+  mode = resolve_mode(mode)
   experiment.configure_jax(configs[0])
   with contextlib.ExitStack() as stack_:
     for w in workdirs:  # every member's workdir locked before any data is read
@@ -144,7 +169,8 @@ def train_population(configs, workdirs, log=print):
     base = experiment.build(configs[0])
     exps = [dataclasses.replace(base, config=c) for c in configs]
     is_main = jax.process_index() == 0
-    return _train(base, exps, workdirs, log if is_main else (lambda *a, **k: None), is_main)
+    return _train(base, exps, workdirs, mode, log if is_main else (lambda *a, **k: None),
+                  is_main)
 
 
 def _restore(members, log):
@@ -201,7 +227,48 @@ def _evaluators(members):
   return members
 
 
-def _train(base, exps, workdirs, log, is_main):
+class _Looped:
+  """The 'loop' mode's population: the members' states side by side, one compiled chunk."""
+
+  def __init__(self, states):
+    self.states = list(states)
+
+  def member(self, i):
+    return self.states[i]
+
+  @property
+  def nonfinite_run(self):
+    return jnp.stack([s.nonfinite_run for s in self.states])
+
+
+def _compile(base, states, source, index, mode):
+  """(population chunk: (states, source, index) -> (states, sums [P]), the states on device)."""
+  config, rep = base.config, sharding.replicated(base.mesh)
+  if mode == 'loop':
+    chunk = train.jit_train_chunk(base, config.data.backend).lower(
+        states[0], source, index).compile()
+
+    def run(pop, source, index):
+      outs = []
+      for i, s in enumerate(pop.states):
+        pop.states[i], out = chunk(s, source, index)
+        outs.append(out)
+      sums = {k: jnp.stack([o[k] for o in outs]) for k in outs[0] if k != 'steps'}
+      sums['steps'] = outs[0]['steps']
+      return pop, sums
+
+    return run
+  abstract = jax.eval_shape(lambda s: s, states)
+  abstract = sharding.with_shardings(abstract, jax.tree.map(lambda _: rep, abstract))
+  return jit_population_chunk(base, abstract, config.data.backend).lower(
+      states, source, index).compile()
+
+
+def _member_state(states, i):
+  return states.member(i) if isinstance(states, _Looped) else member(states, i)
+
+
+def _train(base, exps, workdirs, mode, log, is_main):
   config = base.config
   members = [_Member(i, e, w, ckpt_lib.Checkpointer(w, e.config))
              for i, (e, w) in enumerate(zip(exps, workdirs, strict=True))]
@@ -218,22 +285,22 @@ def _train(base, exps, workdirs, log, is_main):
                          lambda s, m=m: log(f'[{_name(m)}] {s}'))
     runinfo.write_run_info(m.workdir, step)
   rep = sharding.replicated(base.mesh)
-  states = jax.device_put(stack(states), rep)
-  result = {'step': step, 'compile_s': 0.0, 'states': states, 'preempted': False,
+  if mode == 'vmap':
+    states = jax.device_put(stack(states), rep)
+  result = {'step': step, 'compile_s': 0.0, 'preempted': False, 'mode': mode,
             'num_devices': sharding.data_axis_size(base.mesh)}
-  log(f'Population of {len(members)} members from step {step}: '
+  log(f'Population of {len(members)} members ({mode}) from step {step}: '
       + ', '.join(_name(m) for m in members))
   if step >= config.num_train_steps:
-    return _finish(members, states, step, result, log, is_main, preempted=False)
+    return _finish(members, _stacked(states), step, result, log, is_main, preempted=False)
 
   feeder = train.ChunkFeeder(base, step)
   _evaluators(members)
   t0 = time.perf_counter()
   source, index = feeder(step)
-  abstract = jax.eval_shape(lambda s: s, states)
-  abstract = sharding.with_shardings(abstract, jax.tree.map(lambda _: rep, abstract))
-  chunk_fn = jit_population_chunk(base, abstract, config.data.backend).lower(
-      states, source, index).compile()
+  chunk_fn = _compile(base, states, source, index, mode)
+  if mode == 'loop':
+    states = _Looped(states)
   result['compile_s'] = time.perf_counter() - t0
   acc, t_log = None, time.perf_counter()
   preempted = False
@@ -256,20 +323,20 @@ def _train(base, exps, workdirs, log, is_main):
           m.writer.write(step, 'train', rec)
         _show(members, acc, step, config, log)
         acc = None
-      jax.block_until_ready(states)
+      jax.block_until_ready(states.states if isinstance(states, _Looped) else states)
       t_pause = time.perf_counter()
       save_now = step % config.checkpoint_every_steps == 0 or final or preempted
       if save_now or step % config.log_every_steps == 0:
         _check_nonfinite(members, states, step, log)
       did_eval = not preempted and (step % config.eval_every_steps == 0 or final)
       for m in _live(members):
-        params = member(states, m.index).params
+        params = _member_state(states, m.index).params
         if did_eval:
           m.last_eval = m.evaluator(step, params)
           if is_main:
             log(f'[{_name(m)}] ' + m.evaluator.summary(step))
         if save_now:
-          _save(m, step, member(states, m.index), did_eval)
+          _save(m, step, _member_state(states, m.index), did_eval)
       if not _live(members):
         log('Every member of the population failed; stopping.')
         break
@@ -279,7 +346,16 @@ def _train(base, exps, workdirs, log, is_main):
         t_log = time.perf_counter()
       else:
         t_log += time.perf_counter() - t_pause
-  return _finish(members, states, step, result, log, is_main, preempted)
+  return _finish(members, _stacked(states), step, result, log, is_main, preempted)
+
+
+def _stacked(states):
+  """The final states as one stacked pytree, whichever mode trained them."""
+  if isinstance(states, _Looped):
+    return stack(states.states)
+  if isinstance(states, list):
+    return stack(states)
+  return states
 
 
 def _live(members):

@@ -394,15 +394,16 @@ def run_slurm(todo, workdir, env, partition='', gpus_per_task=1, time_limit_min=
   return codes
 
 
-def population_job(config_path, overrides, workdir, todo):
+def population_job(config_path, overrides, workdir, todo, mode='auto'):
   """The points to run as one `scripts/train_population.py` command (its log: DIR/sweep.log)."""
   command = [sys.executable, POPULATION_SCRIPT, f'--config={os.path.abspath(config_path)}',
-             f'--workdir={workdir}', '--points=' + ','.join(p['name'] for p in todo), *overrides]
+             f'--workdir={workdir}', '--points=' + ','.join(p['name'] for p in todo),
+             f'--mode={mode}', *overrides]
   return {'name': f'population of {len(todo)}', 'workdir': workdir, 'command': command}
 
 
 def run_sweep(config_path, config, overrides, workdir, executor='local', parallel=1, env=None,
-              slurm=None, vectorize=False, log=print):
+              slurm=None, vectorize=False, population_mode='auto', log=print):
   """Plans, checks, records and runs a sweep, then writes its report.
 
   Args:
@@ -414,6 +415,7 @@ def run_sweep(config_path, config, overrides, workdir, executor='local', paralle
     parallel: local: points at once.
     vectorize: train the points still to run as one vmapped population (one process, one
       compile); refused, before anything runs, unless they differ only in VECTORIZABLE fields.
+    population_mode: with vectorize, auto | vmap | loop (see vae_jax.population).
     env: the points' environment (default: this process's).
     slurm: keyword arguments of run_slurm.
     log: where progress lines go.
@@ -438,7 +440,7 @@ def run_sweep(config_path, config, overrides, workdir, executor='local', paralle
       todo.append(p)
   _stamp(log, f'{len(planned)} points, {len(todo)} to run')
   if vectorize and len(todo) > 1:
-    todo = [population_job(config_path, overrides, workdir, todo)]
+    todo = [population_job(config_path, overrides, workdir, todo, population_mode)]
     _stamp(log, f'vectorised: {todo[0]["name"]} points in one process')
   if todo:
     if executor == 'local':
