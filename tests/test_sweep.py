@@ -300,3 +300,31 @@ def test_sigkill_mid_vectorized_sweep_then_rerun_equals_an_uninterrupted_one(tmp
     assert a['status'] == b['status'] == 'done'
     for key in ('test_neg_elbo', 'valid_neg_elbo', 'test_kl', 'step'):
       assert float(a[key]) == float(b[key]), key  # the population resumes bitwise
+
+
+@pytest.mark.parametrize('parallel, gpus, want', [
+    (4, 8, [('0,1', None), ('2,3', None), ('4,5', None), ('6,7', None)]),
+    (2, 2, [('0', None), ('1', None)]),
+    (4, 2, [('0', '0.450'), ('1', '0.450'), ('0', '0.450'), ('1', '0.450')]),
+    (3, 2, [('0', '0.450'), ('1', '0.450'), ('0', '0.450')]),
+    (2, 0, [(None, None), (None, None)]),
+])
+def test_workers_get_their_own_gpus_or_a_share_of_one(parallel, gpus, want):
+  envs = sweep.worker_envs(parallel, gpus, {'KEEP': '1'})
+  got = [(e.get('CUDA_VISIBLE_DEVICES'), e.get('XLA_PYTHON_CLIENT_MEM_FRACTION')) for e in envs]
+  assert got == want
+  assert all(e['KEEP'] == '1' for e in envs)
+  for e in envs:  # a worker sharing a GPU must not preallocate 75% of it
+    assert (e.get('XLA_PYTHON_CLIENT_PREALLOCATE') == 'false') == (
+        e.get('XLA_PYTHON_CLIENT_MEM_FRACTION') is not None)
+
+
+def test_gpu_count_reads_nvidia_smi(tmp_path, monkeypatch):
+  fake = tmp_path / 'nvidia-smi'
+  fake.write_text('#!/bin/sh\necho "GPU 0: NVIDIA H200 (UUID: a)"\n'
+                  'echo "GPU 1: NVIDIA H200 (UUID: b)"\n')
+  fake.chmod(0o755)
+  monkeypatch.setenv('PATH', f'{tmp_path}{os.pathsep}{os.environ["PATH"]}')
+  assert sweep.gpu_count() == 2
+  monkeypatch.setenv('PATH', str(tmp_path / 'empty'))
+  assert sweep.gpu_count() == 0
