@@ -6,9 +6,12 @@ Compiles, then runs one warm-up and `--chunks` timed fused calls of config.steps
 of the trainer's own compiled chunk, with the next call's inputs prepared while one runs, as in
 the training loop (no evaluation, no checkpoints). The last stdout line is one JSON object:
 images_per_sec (median over the timed chunks, compile excluded), step_ms, compile_s,
-peak_rss_mb, num_devices, global_batch_size, the model's FLOP/s (from the compiled single
-step's cost analysis) and a float32 matmul rate measured in the same process, for a sense of
-how close to the machine's peak the step runs.
+peak_rss_mb (host), device_peak_mb (the accelerator's peak bytes in use; null on a CPU),
+compiled_temp_mb / compiled_argument_mb (XLA's memory analysis of the compiled chunk: its
+scratch beyond the inputs, and the state plus data), num_devices, global_batch_size, the
+model's FLOP/s (from the compiled single step's cost analysis) and a matmul rate in the run's
+compute dtype (config.model.dtype) measured in the same process, for a sense of how close to
+the machine's peak the step runs.
 """
 
 import os
@@ -24,7 +27,7 @@ from vae_jax import cli, validation  # noqa: E402
 
 config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 flags.DEFINE_integer('chunks', 5, 'Timed fused calls (after one untimed warm-up call).')
-flags.DEFINE_integer('matmul_size', 2048, 'Size n of the n x n float32 matmul rate probe.')
+flags.DEFINE_integer('matmul_size', 2048, 'Size n of the n x n matmul rate probe.')
 FLAGS = flags.FLAGS
 
 

@@ -15,9 +15,9 @@ import jax.numpy as jnp
 from vae_jax import experiment, train
 
 
-def matmul_flops_per_sec(n=2048, repeats=30):
-  """Best float32 n x n matmul rate of the default device over `repeats` (its ceiling)."""
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+def matmul_flops_per_sec(n=2048, repeats=30, dtype=jnp.float32):
+  """Best n x n matmul rate of the default device in `dtype` over `repeats` (its ceiling)."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
   f = jax.jit(lambda x: x @ x)
   f(a).block_until_ready()
   times = []
@@ -44,12 +44,40 @@ def step_flops(exp):
   return float(cost.get('flops', float('nan'))) if cost else float('nan')
 
 
-def time_chunks(exp, num_chunks):
-  """(images/s of each timed chunk after one warm-up chunk, compile seconds)."""
+def compiled_memory(compiled):
+  """Device memory of a compiled program from XLA's memory analysis: {name: MiB}.
+
+  temp is the scratch the program needs beyond its inputs and outputs (the activations a
+  rematerialisation saves); arguments and outputs are the state and the data.
+  """
+  m = compiled.memory_analysis()
+  if m is None:
+    return {}
+  mib = lambda b: b / 2.0**20
+  return {'compiled_temp_mb': mib(m.temp_size_in_bytes),
+          'compiled_argument_mb': mib(m.argument_size_in_bytes),
+          'compiled_output_mb': mib(m.output_size_in_bytes)}
+
+
+def device_peak_mb():
+  """Peak bytes in use on the first local device since start (GPU/TPU), or None (CPU)."""
+  stats = jax.local_devices()[0].memory_stats()
+  if not stats or 'peak_bytes_in_use' not in stats:
+    return None
+  return stats['peak_bytes_in_use'] / 2.0**20
+
+
+def time_chunks(exp, num_chunks, memory=None):
+  """(images/s of each timed chunk after one warm-up chunk, compile seconds).
+
+  memory: a dict that receives the compiled chunk's memory analysis.
+  """
   c = exp.config
   state = experiment.init_state(exp)
   feeder = train.ChunkFeeder(exp, 0)
   fn, (source, index), compile_s = train.compile_chunk(exp, state, feeder, 0)
+  if memory is not None:
+    memory.update(compiled_memory(fn))
   rates, step = [], 0
   t0 = time.perf_counter()
   for i in range(num_chunks + 1):
@@ -68,11 +96,14 @@ def benchmark(config, num_chunks=5, matmul_size=2048):
   """Times `num_chunks` fused calls of the config's training; returns the report dict."""
   experiment.configure_jax(config)
   exp = experiment.build(config)
-  rates, compile_s = time_chunks(exp, num_chunks)
+  memory = {}
+  rates, compile_s = time_chunks(exp, num_chunks, memory)
   ips = statistics.median(rates)
   flops = step_flops(exp)
   steps_per_sec = ips / config.batch_size
-  matmul = matmul_flops_per_sec(matmul_size)
+  peak = device_peak_mb()  # before the matmul probe allocates its own arrays
+  dtype = jnp.dtype(config.model.dtype)
+  matmul = matmul_flops_per_sec(matmul_size, dtype=dtype)
   return {
       'config_data': config.data.name,
       'images_per_sec': ips,
@@ -80,13 +111,16 @@ def benchmark(config, num_chunks=5, matmul_size=2048):
       'step_ms': 1000.0 / steps_per_sec,
       'compile_s': compile_s,
       'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+      'device_peak_mb': peak,
+      **memory,
+      'compute_dtype': dtype.name,
       'num_devices': exp.mesh.size,
       'num_processes': jax.process_count(),
       'global_batch_size': config.batch_size,
       'steps_per_call': config.steps_per_call,
       'step_flops': flops,
       'model_flops_per_sec': flops * steps_per_sec,
-      'matmul_flops_per_sec': matmul,
+      'matmul_flops_per_sec': matmul,  # in compute_dtype
       'fraction_of_matmul_rate': flops * steps_per_sec / matmul,
       'backend': jax.default_backend(),
   }
