@@ -154,3 +154,45 @@ def test_members_that_differ_in_a_static_field_are_refused(tmp_path, overrides, 
   with pytest.raises(validation.ConfigError, match=key.replace('.', r'\.')):
     population.train_population(configs, [str(tmp_path / 'a'), str(tmp_path / 'b')])
   assert not os.path.exists(tmp_path / 'a' / 'checkpoints')
+
+
+@pytest.mark.parametrize('mode', ['loop', 'vmap'])
+def test_population_with_ema_and_skipping_equals_separate_runs(tmp_path, mode):
+  stability = {'ema_decay': 0.9, 'optim.skip_factor': 1.05, 'optim.skip_window': 4,
+               'max_consecutive_skipped': 10}
+  configs = [member_config({**stability, **o}) for o in MEMBERS[:2]]
+  result = population.train_population(configs, [str(tmp_path / 'a'), str(tmp_path / 'b')],
+                                       mode=mode)
+  for i, config in enumerate(configs):
+    alone = train.train_and_evaluate(config, str(tmp_path / f'alone{i}'))
+    got = population.member(result['states'], i)
+    assert int(got.skip['total']) == int(alone['state'].skip['total']) > 0  # the guard acted
+    for a, b in zip(leaves(got), leaves(alone['state']), strict=True):
+      np.testing.assert_allclose(a, b, rtol=0 if mode == 'loop' else 1e-4,
+                                 atol=0 if mode == 'loop' else 1e-5)
+    split = config.data.eval_split
+    rec = result['members'][i]['eval'][split]
+    assert rec['params'] == 'ema' == alone['eval'][split]['params']
+    records = train_records(str(tmp_path / 'ab'[i]))
+    assert sum(r['skipped_steps'] for r in records) == int(got.skip['total'])
+
+
+def test_a_spent_budget_stops_the_population_and_a_rerun_resumes_bitwise(population_run,
+                                                                         tmp_path):
+  configs, _, straight = population_run
+  mode = straight['mode']
+  dirs = [str(tmp_path / f'm{i}') for i in range(2)]
+  budget = [member_config(o, max_train_seconds=1e-3) for o in MEMBERS[:2]]
+  first = population.train_population(budget, dirs, mode=mode)
+  assert first['step'] == 5 and [m['status'] for m in first['members']] == ['stopped'] * 2
+  for d in dirs:
+    assert not os.path.exists(os.path.join(d, 'DONE'))
+    assert os.listdir(os.path.join(d, 'checkpoints'))
+    kinds = [json.loads(x)['kind'] for x in open(os.path.join(d, 'metrics.jsonl'))]
+    assert 'eval' in kinds and kinds[-1] == 'stop'
+  resumed = population.train_population(configs[:2], dirs, mode=mode)
+  assert resumed['step'] == 20
+  for i in range(2):
+    for a, b in zip(leaves(population.member(straight['states'], i)),
+                    leaves(population.member(resumed['states'], i)), strict=True):
+      np.testing.assert_array_equal(a, b)

@@ -57,6 +57,7 @@ from vae_jax import (
   workdir_lock,
 )
 from vae_jax import metrics as metrics_lib
+from vae_jax import state as state_lib
 
 
 def check_population(configs, names=None):
@@ -98,6 +99,8 @@ def make_population_chunk(exp, backend):
     out = {k: jnp.sum(v, axis=0) for k, v in ms.items()}          # each [P]
     out['steps'] = jnp.asarray(index.shape[0], jnp.int32)
     out['loss_momentum'] = states.loss_momentum                      # [P]
+    out['skipped_total'] = (states.skip['total'] if states.skip is not None
+                            else jnp.zeros_like(states.step))        # [P]
     return states, out
 
   return chunk
@@ -151,10 +154,11 @@ def train_population(configs, workdirs, mode='auto', log=print):
   ends up as train.train_and_evaluate would leave it (see the module docstring).
 
   Returns:
-    {'step', 'compile_s', 'members': [{'workdir', 'status' ('done' | 'failed' |
-    'preempted'), 'step', 'eval', 'reason'}], 'states': the stacked final state,
-    'preempted'}.
+    {'step', 'compile_s', 'mode', 'members': [{'workdir', 'status' ('done' | 'failed' |
+    'preempted' (a signal) | 'stopped' (config.max_train_seconds spent)), 'step', 'eval',
+    'reason'}], 'states': the stacked final state, 'preempted': whether either stop came}.
   """
+  t_start = time.perf_counter()  # config.max_train_seconds counts from here, as in train
   for c in configs:
     validation.validate_config(c)
   workdirs = [validation.validate_workdir(w) for w in workdirs]
@@ -170,7 +174,7 @@ def train_population(configs, workdirs, mode='auto', log=print):
     exps = [dataclasses.replace(base, config=c) for c in configs]
     is_main = jax.process_index() == 0
     return _train(base, exps, workdirs, mode, log if is_main else (lambda *a, **k: None),
-                  is_main)
+                  is_main, t_start)
 
 
 def _restore(members, log):
@@ -196,10 +200,11 @@ def _restore(members, log):
             '--vectorize to finish them.')
       check = lambda meta, m=m: ckpt_lib.check_compatible(meta['config'], m.exp.config,
                                                           m.checkpointer.directory)
-      state, m.meta = m.checkpointer.restore_good(m.exp.abstract_state, step=common,
-                                                  check_config=check)
-      from vae_jax import state as state_lib
-      state = state.replace(hparams=state_lib.hparams_from_config(m.exp.config))
+      state, m.meta = m.checkpointer.restore_good(train._saved_layout(m.exp),  # noqa: SLF001
+                                                  step=common, check_config=check)
+      state = state_lib.adapt(state, m.exp.config).replace(
+          hparams=state_lib.hparams_from_config(m.exp.config))
+      state = train._placed(m.exp, state)  # noqa: SLF001
     log(f'[{_name(m)}] is at step {steps[i]}; continues from the population\'s step {common} '
         '(its saved steps are kept).')
     states[i] = state
@@ -240,6 +245,12 @@ class _Looped:
   def nonfinite_run(self):
     return jnp.stack([s.nonfinite_run for s in self.states])
 
+  @property
+  def skip(self):
+    if self.states[0].skip is None:
+      return None
+    return {'run': jnp.stack([s.skip['run'] for s in self.states])}
+
 
 def _compile(base, states, source, index, mode):
   """(population chunk: (states, source, index) -> (states, sums [P]), the states on device)."""
@@ -268,7 +279,11 @@ def _member_state(states, i):
   return states.member(i) if isinstance(states, _Looped) else member(states, i)
 
 
-def _train(base, exps, workdirs, mode, log, is_main):
+def base_seconds(members):
+  return members[0].exp.config.max_train_seconds
+
+
+def _train(base, exps, workdirs, mode, log, is_main, t_start):
   config = base.config
   members = [_Member(i, e, w, ckpt_lib.Checkpointer(w, e.config))
              for i, (e, w) in enumerate(zip(exps, workdirs, strict=True))]
@@ -292,7 +307,7 @@ def _train(base, exps, workdirs, mode, log, is_main):
   log(f'Population of {len(members)} members ({mode}) from step {step}: '
       + ', '.join(_name(m) for m in members))
   if step >= config.num_train_steps:
-    return _finish(members, _stacked(states), step, result, log, is_main, preempted=False)
+    return _finish(members, _stacked(states), step, result, log, is_main, None)
 
   feeder = train.ChunkFeeder(base, step)
   _evaluators(members)
@@ -303,7 +318,7 @@ def _train(base, exps, workdirs, mode, log, is_main):
     states = _Looped(states)
   result['compile_s'] = time.perf_counter() - t0
   acc, t_log = None, time.perf_counter()
-  preempted = False
+  preempted = out_of_time = False
   with train._PreemptionFlag() as stop_requested:  # noqa: SLF001
     while step < config.num_train_steps:
       states, out = chunk_fn(states, source, index)
@@ -311,9 +326,12 @@ def _train(base, exps, workdirs, mode, log, is_main):
       acc = out if acc is None else train._accumulate(acc, out)  # noqa: SLF001
       final = step >= config.num_train_steps
       preempted = not final and stop_requested()
-      if not (final or preempted):
+      out_of_time = (not (final or preempted)
+                     and train._budget_spent(config, t_start))  # noqa: SLF001
+      stopping = preempted or out_of_time
+      if not (final or stopping):
         source, index = feeder(step)
-      if step % config.log_every_steps == 0 or final or preempted:
+      if step % config.log_every_steps == 0 or final or stopping:
         acc = sharding.to_host(acc)
         seconds = time.perf_counter() - t_log
         for m in _live(members):
@@ -325,14 +343,13 @@ def _train(base, exps, workdirs, mode, log, is_main):
         acc = None
       jax.block_until_ready(states.states if isinstance(states, _Looped) else states)
       t_pause = time.perf_counter()
-      save_now = step % config.checkpoint_every_steps == 0 or final or preempted
+      save_now = step % config.checkpoint_every_steps == 0 or final or stopping
       if save_now or step % config.log_every_steps == 0:
         _check_nonfinite(members, states, step, log)
-      did_eval = not preempted and (step % config.eval_every_steps == 0 or final)
+      did_eval = not preempted and (step % config.eval_every_steps == 0 or final or out_of_time)
       for m in _live(members):
-        params = _member_state(states, m.index).params
         if did_eval:
-          m.last_eval = m.evaluator(step, params)
+          m.last_eval = m.evaluator(step, *state_lib.eval_params(_member_state(states, m.index)))
           if is_main:
             log(f'[{_name(m)}] ' + m.evaluator.summary(step))
         if save_now:
@@ -340,13 +357,19 @@ def _train(base, exps, workdirs, mode, log, is_main):
       if not _live(members):
         log('Every member of the population failed; stopping.')
         break
-      if preempted:
+      if stopping:
         break
       if acc is None:
         t_log = time.perf_counter()
       else:
         t_log += time.perf_counter() - t_pause
-  return _finish(members, _stacked(states), step, result, log, is_main, preempted)
+  stopped = 'signal' if preempted else 'max_train_seconds' if out_of_time else None
+  if stopped:
+    for m in _live(members):
+      m.writer.write(step, 'stop', {'reason': stopped, 'seconds': time.perf_counter() - t_start,
+                                    'max_train_seconds': config.max_train_seconds,
+                                    'num_train_steps': config.num_train_steps})
+  return _finish(members, _stacked(states), step, result, log, is_main, stopped)
 
 
 def _stacked(states):
@@ -383,26 +406,39 @@ def _save(m, step, state, did_eval):
 
 
 def _check_nonfinite(members, states, step, log):
+  """Marks the members whose non-finite or skipped-update run exceeds its config's limit."""
   runs = np.asarray(jax.device_get(states.nonfinite_run))
+  skip = states.skip
+  skip_runs = None if skip is None else np.asarray(jax.device_get(skip['run']))
   for m in _live(members):
-    limit = m.exp.config.max_consecutive_nonfinite
+    c = m.exp.config
     run = int(runs[m.index])
-    if run > limit:
+    if run > c.max_consecutive_nonfinite:
       m.failed = (f'{run} consecutive train steps (steps {step - run + 1} to {step}) had a '
-                  f'non-finite loss or gradient (more than config.max_consecutive_nonfinite='
-                  f'{limit}); they were skipped and nothing new was saved. Lower the learning '
-                  'rate or enable clipping (config.optim.clip_norm).')
-      m.writer.write(step, 'failed', {'reason': m.failed})
-      log(f'[{_name(m)}] FAILED at step {step}: {m.failed} The other members go on.')
+                  'non-finite loss or gradient (more than config.max_consecutive_nonfinite='
+                  f'{c.max_consecutive_nonfinite}); they were skipped and nothing new was '
+                  'saved. Lower the learning rate or enable clipping (config.optim.clip_norm).')
+    elif skip_runs is not None and int(skip_runs[m.index]) > c.max_consecutive_skipped:
+      run = int(skip_runs[m.index])
+      m.failed = (f'{run} consecutive train steps (steps {step - run + 1} to {step}) had their '
+                  'update skipped by the gradient-norm guard (more than '
+                  f'config.max_consecutive_skipped={c.max_consecutive_skipped}); nothing new '
+                  'was saved.')
+    else:
+      continue
+    m.writer.write(step, 'failed', {'reason': m.failed})
+    log(f'[{_name(m)}] FAILED at step {step}: {m.failed} The other members go on.')
 
 
-def _finish(members, states, step, result, log, is_main, preempted):
+def _finish(members, states, step, result, log, is_main, stopped):
+  preempted = stopped is not None
   out = []
   for m in members:
     m.checkpointer.close()
     if m.writer is not None:
       m.writer.close()
-    status = 'failed' if m.failed else 'preempted' if preempted else 'done'
+    status = ('failed' if m.failed else 'preempted' if stopped == 'signal'
+              else 'stopped' if stopped else 'done')
     if status == 'done' and is_main:
       with open(os.path.join(m.workdir, 'DONE'), 'w') as f:
         json.dump(train.done_record(m.exp.config, step), f)
@@ -410,7 +446,9 @@ def _finish(members, states, step, result, log, is_main, preempted):
     out.append({'workdir': m.workdir, 'status': status, 'step': int(step),
                 'eval': m.last_eval, 'reason': m.failed})
   if preempted:
-    log(f'Stopped by a signal at step {step}: checkpoints saved. Run the same command again to '
-        'resume exactly from here.')
+    why = ('by a signal' if stopped == 'signal' else
+           f'with config.max_train_seconds={base_seconds(members):g} spent (evaluated)')
+    log(f'Stopped {why} at step {step}: checkpoints saved, no DONE. Run the same command again '
+        'to resume exactly from here.')
   result.update(step=int(step), states=states, members=out, preempted=preempted)
   return result

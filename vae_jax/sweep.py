@@ -622,6 +622,9 @@ def _plot(path, rows, pairs, key, keys):
       ax.errorbar(x, y, yerr=e, fmt='o' + style, capsize=3, label=name)
   if min(xs_all) > 0 and max(xs_all) > 10 * min(xs_all):
     ax.set_xscale('log')
+  elif all(isinstance(x, int) for x in xs_all):  # seeds, sizes: no ticks between integers
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
   ax.set_xlabel(key)
   ax.set_ylabel('neg_elbo (nats per example)')
   ax.set_title(f'final neg_elbo against {key}')
