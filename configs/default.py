@@ -52,6 +52,26 @@ def get_config():
   c.eval_chunk_size = 0
   # Consecutive non-finite steps tolerated (each skipped and counted) before the run stops.
   c.max_consecutive_nonfinite = 10
+  # Consecutive updates skipped by the gradient-norm guard (optim.skip_threshold / skip_factor)
+  # tolerated before the run stops with an error naming the steps (nothing new is saved). A
+  # fixed threshold can lock; the adaptive rule skips at most about skip_window / 2 in a row on
+  # a lasting change of the norm, so this must exceed that (validation checks it).
+  c.max_consecutive_skipped = 100
+  # Decay of the exponential moving average of the parameters, 0 = off (the default, which is
+  # also how runs before it existed trained). Updated inside the step after every applied
+  # update, ema <- d ema + (1 - d) params, from the initial parameters, without a warm-up of d,
+  # so d is the averaging (about 1 / (1 - d) steps) from the start; the initialisation's weight
+  # after t updates is d^t and evaluations warn while it exceeds 0.1. Choose d with
+  # d^num_train_steps small: 0.999 for a few thousand steps (0.999^3000 = 0.05), 0.9999 for
+  # 10^5 or more (VDVAE, VDM). When on, the loop's evaluations, pictures and model selection,
+  # scripts/evaluate.py and the analysis use the EMA and say so (params: 'ema').
+  c.ema_decay = 0.0
+  # Wall-clock budget of one invocation in seconds (0 = off), counted from the start of
+  # train_and_evaluate: loading, compilation and evaluations included, as a job's time limit
+  # counts them. Checked after every fused chunk; when spent, the run evaluates, saves and
+  # stops without DONE (a 'stop' record says why), so running it again resumes with a fresh
+  # budget. Leave room for one chunk, one evaluation and one save after it.
+  c.max_train_seconds = 0.0
   # Where to initialise from when the workdir has no checkpoint: '' (scratch) or a workdir /
   # checkpoint directory. Order: workdir checkpoint > init_from > scratch.
   c.init_from = ''
@@ -81,7 +101,12 @@ def get_config():
   d.eval_split = 'test'
 
   c.model = m = ml_collections.ConfigDict()
-  # mlp | conv.
+  # The model family: vae (one stochastic layer, q(h|x) and p(h) = N(0, I)) | hvae (the
+  # hierarchical top-down VAE: groups of latents, each with a learned prior given the groups
+  # above). The sprites need only one layer.
+  m.kind = 'vae'
+  # mlp | conv (hvae: the variant, both the same: mlp groups of latent vectors, conv groups of
+  # spatial latents at several resolutions).
   m.encoder = 'mlp'
   m.decoder = 'mlp'
   # MLP hidden widths (encoder; the decoder mirrors them). 512 is plenty for 1024-pixel sprites.
@@ -89,8 +114,19 @@ def get_config():
   # Conv: channels per resolution stage (each stage halves the resolution) and residual blocks.
   m.conv_channels = (32, 64)
   m.conv_blocks = 1
-  # Dimension of h. dSprites has 5 factors; 10 leaves room.
+  # Dimension of h (hvae: of each group's z, or its channels per position for conv). dSprites
+  # has 5 factors; 10 leaves room.
   m.latent_dim = 10
+  # hvae: stochastic groups per resolution, top (lowest resolution) first; conv places them at
+  # the lowest len(hvae_groups) encoder stages, mlp takes one count. 2 groups: the smallest
+  # hierarchy.
+  m.hvae_groups = (2,)
+  # hvae mlp: width of the bottom-up features and of the top-down state (conv uses
+  # conv_channels). 256 is plenty for the group sizes above.
+  m.hvae_width = 256
+  # hvae: q's mean and log-scale are the prior's plus deltas (NVAE's residual
+  # parametrisation): q starts near p, so the KL of a deep hierarchy starts small.
+  m.hvae_residual_posterior = True
   # diag | full (Cholesky factor L, Sigma = L L^T).
   m.posterior = 'diag'
   # True: Sigma is a free parameter that does not depend on x (q(h|x) = N(mu(x), Sigma)).
@@ -102,6 +138,19 @@ def get_config():
   m.gaussian_sigma = 0.1
   # Discretized logistic: number of mixture components per sub-pixel (1 = plain).
   m.logistic_mixtures = 1
+  # Discretized logistic: none (an independent mixture per sub-pixel) | rgb (PixelCNN++,
+  # VDVAE, NVAE: one mixture indicator per pixel, mean_G += c0 x_R, mean_B += c1 x_R + c2 x_G
+  # with tanh-bounded coefficients; needs 3 channels; model.kind=vae). An option of the same
+  # likelihood, not a new name: the data, bits per dim and discreteness checks stay the same.
+  m.logistic_coupling = 'none'
+  # The prior p(h) of model.kind=vae: standard (N(0, I), the analytic KL) | vamp (the VampPrior
+  # of Tomczak and Welling 2018, (1/K) sum_k q(h|u_k) over K learned pseudo-inputs u_k; kl is
+  # then the one-sample estimate log q(h|x) - log p(h), and kl_standard the analytic KL to
+  # N(0, I), reported beside it).
+  m.prior = 'standard'
+  # VampPrior: K pseudo-inputs (read only with prior=vamp). 500, the paper's choice on MNIST
+  # and Fashion-MNIST-sized data; the prior costs K encoder passes per step.
+  m.num_pseudo_inputs = 500
   # Compute dtype of the networks' matmuls and convolutions (float32 | bfloat16); parameters,
   # the likelihood and the KL stay float32.
   m.dtype = 'float32'
@@ -119,7 +168,8 @@ def get_config():
   # in the loss (0 = off). Traced, sweepable.
   o.free_bits = 0.0
   # The groups free bits floors: total (the whole KL) | unit (each latent unit; a diagonal
-  # posterior, whose KL is a sum over units).
+  # posterior, whose KL is a sum over units) | group (each stochastic group of model.kind=hvae,
+  # its kl/<group> term).
   o.free_bits_per = 'total'
   # K of the iwae objective (static: it sets the shapes). 1 equals a single-sample ELBO whose
   # KL is estimated by Monte Carlo.
@@ -138,6 +188,20 @@ def get_config():
   op.clip_norm = 0.0
   # AdamW decoupled weight decay.
   op.weight_decay = 1e-4
+  # Gradient skipping (vae_jax.optim): a step whose global gradient norm is too large applies
+  # no update (parameters, moments, EMA and loss momentum unchanged; counted as skipped_steps).
+  # Both rules are off by default, as runs before they existed trained. Fixed rule, VDVAE's:
+  # skip when the norm > skip_threshold (0 = off); it locks if the norm stays above it
+  # (openai/vdvae#25), which max_consecutive_skipped then stops.
+  op.skip_threshold = 0.0
+  # Adaptive rule (0 = off): skip when the norm > skip_factor x the median of the last
+  # skip_window finite norms (skipped ones included, so a lasting rise moves the median and the
+  # skipping ends: it cannot lock). Active once the window is full. A factor of 5 to 10 leaves
+  # ordinary noise alone (measured on this config: over 3000 steps the largest norm was 1.8 x
+  # the median of the 100 before it) and catches order-of-magnitude spikes.
+  op.skip_factor = 0.0
+  # Norms in the adaptive rule's median (static: the size of the ring buffer in the state).
+  op.skip_window = 100
 
   c.checkpoint = ck = ml_collections.ConfigDict()
   # Keep the newest N checkpoints (plus the best by eval neg_elbo).

@@ -1,11 +1,14 @@
 """Evaluate a trained run: ELBO terms, the K-sample -log p(x), the posterior gap, active units.
 
   python scripts/evaluate.py --workdir=DIR [--step=S] [--split=test] [--num_samples=K]
-      [--params=state] [--chunk_size=Kc] [--batch_size=B]
+      [--params=ema|state] [--chunk_size=Kc] [--batch_size=B]
 
 Restores the run's checkpoint (the newest verified one, or step S) with the config it was saved
 with, on all local devices, and evaluates the whole split (default: the run's data.eval_split)
-with K importance samples per example. Writes DIR/eval/step_S_SPLIT_kK.json (the JSON printed
+with K importance samples per example, using the run's EMA of the parameters where it keeps one
+(config.ema_decay > 0) and its train state's otherwise, unless --params says which; the report
+names them (params) and, for an EMA still dominated by its starting parameters, warns
+(ema_warning). Writes DIR/eval/step_S_SPLIT_kK.json (the JSON printed
 here) and step_S_SPLIT_kK.npz (per-example values, for paired comparisons). The last stdout line
 is one JSON object, nats per example: neg_elbo, recon, kl, nll, posterior_gap (each with
 _stderr), normalized, bits_per_dim, joint_kl, kl_per_unit, active_units, mutual_info,
@@ -27,7 +30,8 @@ flags.DEFINE_string('workdir', None, 'The --workdir of a training run.')
 flags.DEFINE_integer('step', None, 'Checkpoint step (default: the newest verified one).')
 flags.DEFINE_string('split', None, "Split or slice (default: the run's data.eval_split).")
 flags.DEFINE_integer('num_samples', 1000, 'K: importance samples per example.')
-flags.DEFINE_string('params', 'state', 'Which parameters: state (ema once runs keep them).')
+flags.DEFINE_string('params', None, "Which parameters: ema (the default where the run keeps "
+                    "an EMA) or state (the train state's; the default otherwise).")
 flags.DEFINE_integer('chunk_size', 0, "Samples per chunk (0: the config's eval_chunk_size, "
                      'else automatic). Memory and speed only, never the numbers.')
 flags.DEFINE_integer('batch_size', 0, "Examples per batch (0: the config's eval_batch_size).")

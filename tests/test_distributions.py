@@ -405,6 +405,138 @@ def test_discretized_logistic_mean_and_sample():
     assert np.max(np.abs(emp - np.cumsum(probs[m]))) < 0.015
 
 
+def _coupled_params(loc, log_scale, weights, coeffs):
+  """Coupled-form params for M pixels, each the lone pixel of an example: from tables
+  loc, log_scale, coeffs [M, 3, K] and weights [M, K] -> [M, 1, 1, 3, K] and [M, 1, 1, K]."""
+  col = lambda a, n: jnp.asarray(a, jnp.float32).reshape((len(a), 1, 1) + (3, -1)[-n:])
+  return {'loc': col(loc, 2), 'log_scale': col(log_scale, 2), 'logit_weights': col(weights, 1),
+          'coeffs': col(coeffs, 2)}
+
+
+def _coupled_reference(loc, log_scale, weights, coeffs, x):
+  """PixelCNN++'s coupled log-mass straight from the CDF, float64: [M] for x [M, 3]."""
+  loc, log_scale, coeffs = (np.asarray(a, np.float64) for a in (loc, log_scale, coeffs))
+  w = np.exp(weights) / np.exp(weights).sum(-1, keepdims=True)  # [M, K]
+  x = np.asarray(x, np.int64)
+  v = (2 * x - 255) / 255  # [M, 3] bin centres on [-1, 1]
+  mu = [loc[:, 0], loc[:, 1] + coeffs[:, 0] * v[:, :1],
+        loc[:, 2] + coeffs[:, 1] * v[:, :1] + coeffs[:, 2] * v[:, 1:2]]  # 3 x [M, K]
+  mass = np.ones_like(w)
+  for c in range(3):
+    cdf = lambda y, c=c: 1 / (1 + np.exp(-(y - mu[c]) / np.exp(log_scale[:, c])))
+    xc = x[:, c:c + 1]
+    upper = np.where(xc == 255, 1.0, cdf(v[:, c:c + 1] + 1 / 255))  # the edge bins take the tails
+    lower = np.where(xc == 0, 0.0, cdf(v[:, c:c + 1] - 1 / 255))
+    mass = mass * (upper - lower)
+  return np.log(np.sum(w * mass, -1))
+
+
+def _random_coupled_tables(seed, m, k):
+  rng = np.random.default_rng(seed)
+  return (rng.uniform(-1.2, 1.2, (m, 3, k)), rng.uniform(-5.0, -1.0, (m, 3, k)),
+          rng.normal(size=(m, k)), np.tanh(rng.normal(size=(m, 3, k))))
+
+
+def test_bin_edges_are_correctly_rounded_in_float32():
+  v = np.arange(256)
+  lower, upper = (np.asarray(e) for e in jax.jit(dist._bin_edges, static_argnums=1)(
+      jnp.asarray(v, jnp.int32), jnp.float32))
+  for sign, edge in ((-1, lower), (1, upper)):
+    exact = (2.0 * v + sign - 255.0) / 255.0  # float64
+    new = np.abs(edge.astype(np.float64) - exact)
+    # The former form, (2v +- 1) (1/255) - 1, in float32 arithmetic (IEEE, as XLA's).
+    old_form = (np.float32(2) * v.astype(np.float32) + np.float32(sign)) * np.float32(1 / 255)
+    old = np.abs((old_form - np.float32(1)).astype(np.float64) - exact)
+    assert np.all(new <= 0.5 * np.spacing(np.abs(exact).astype(np.float32)))  # one rounding
+    # Never worse; 2x (lower) and 3x (upper) smaller at the worst edge, 6x on average.
+    assert np.all(new <= old) and old.max() > 1.9 * new.max() and old.mean() > 4 * new.mean()
+  assert lower[128] == upper[127] == 0.0  # the middle edge, where the former form erred most
+  # Every numerator the edges and bin centres use: the correctly rounded quotient.
+  c = np.arange(-256, 257)
+  np.testing.assert_array_equal(jax.jit(dist._div255)(jnp.asarray(c, jnp.float32)),
+                                c.astype(np.float32) / np.float32(255))
+
+
+@pytest.mark.slow
+def test_coupled_logistic_sums_to_one_over_every_pixel_value():
+  # 2 pixels with random parameters, 3 components, the coefficients through tanh; the second
+  # also with a component located far outside [-1, 1] (its mass in the edge bins), a
+  # near-flat one and coefficients near +-1. 2 x 256^3 log-masses, 256 chunks of 65536.
+  loc, log_scale, weights, coeffs = _random_coupled_tables(0, 2, 3)
+  loc[1, :, 0], log_scale[1, :, 2], coeffs[1] = [4.0, -3.0, 2.0], 2.0, np.sign(coeffs[1]) * 0.999
+  params = _coupled_params(loc, log_scale, weights, coeffs)  # [2, 1, 1, ...]
+  gb = np.stack(np.meshgrid(np.arange(256), np.arange(256), indexing='ij'), -1).reshape(-1, 2)
+  gb = jnp.asarray(gb, jnp.int32)[:, None, None, :]  # [65536, 1, 1, 2]: every (G, B)
+
+  @jax.jit
+  def total_log_mass():
+    def for_red(r):  # log of the mass of every (r, G, B), per pixel: [2]
+      x = jnp.concatenate([jnp.full_like(gb[..., :1], r), gb], -1)  # [65536, 1, 1, 3]
+      lp = dist.likelihood_log_prob(
+          'discretized_logistic', jax.tree.map(lambda a: a[:, None], params), x)  # [2, 65536]
+      return jax.nn.logsumexp(lp, axis=1)
+    return jax.nn.logsumexp(jax.lax.map(for_red, jnp.arange(256)), axis=0)  # [2]
+
+  np.testing.assert_allclose(np.exp(total_log_mass()), 1.0, atol=1e-5)
+
+
+def test_coupled_logistic_matches_the_cdf_formula_with_edge_tails():
+  loc, log_scale, weights, coeffs = _random_coupled_tables(1, 6, 2)
+  loc[0, :, 0] = [-5.0, 5.0, -5.0]  # component 0 of pixel 0 sits in the edge bins' tails
+  x = np.random.default_rng(2).integers(0, 256, (6, 3))
+  x[0], x[1] = [0, 255, 0], [255, 0, 128]  # edge bins: the whole tail beyond them
+  ref = _coupled_reference(loc, log_scale, weights, coeffs, x)
+  log_p = jd.likelihood_log_prob('discretized_logistic',
+                                 _coupled_params(loc, log_scale, weights, coeffs),
+                                 jnp.asarray(x, jnp.int32)[:, None, None, :])
+  assert np.isfinite(log_p).all()  # also where the float64 CDF difference underflows
+  ok = ref > -40  # where that difference itself is still accurate
+  np.testing.assert_allclose(np.asarray(log_p)[ok], ref[ok], rtol=1e-5, atol=1e-5)
+  assert ok[:2].all() and ref[0] > -1.0  # the tails hold most of pixel 0's mass
+
+
+def test_coupled_logistic_equals_the_per_sub_pixel_form_where_they_coincide():
+  # One component and zero coefficients: three independent discretized logistics.
+  loc, log_scale, _, _ = _random_coupled_tables(3, 5, 1)
+  weights, coeffs = np.zeros((5, 1)), np.zeros((5, 3, 1))
+  x = jnp.asarray(np.random.default_rng(4).integers(0, 256, (5, 1, 1, 3)), jnp.int32)
+  x = x.at[0].set(jnp.array([0, 255, 7]))
+  coupled = _coupled_params(loc, log_scale, weights, coeffs)
+  plain = {'loc': coupled['loc'], 'log_scale': coupled['log_scale'],
+           'logit_weights': jnp.zeros_like(coupled['loc'])}  # [M, 1, 1, 3, 1]
+  np.testing.assert_allclose(jd.likelihood_log_prob('discretized_logistic', coupled, x),
+                             jd.likelihood_log_prob('discretized_logistic', plain, x), rtol=1e-6)
+  np.testing.assert_allclose(jd.likelihood_mean('discretized_logistic', coupled),
+                             jd.likelihood_mean('discretized_logistic', plain), atol=1e-6)
+  with pytest.raises(ValueError, match='3 channels'):
+    jd.likelihood_log_prob('discretized_logistic', coupled, x[..., :1])
+
+
+def test_coupled_logistic_sample_frequencies_and_mean_agree_with_the_pmf():
+  # Small scales (about a bin) and strong coupling: the mass sits on a few hundred values, so
+  # the draws' frequencies can be checked against the pmf value by value.
+  loc = [[[-0.5, 0.3], [0.1, -0.2], [0.4, 0.0]]]
+  log_scale = [[[-5.0, -4.5], [-5.5, -5.0], [-4.8, -5.2]]]
+  weights, coeffs = [[0.3, -0.2]], [[[0.8, -0.6], [-0.5, 0.7], [0.6, 0.9]]]
+  params = _coupled_params(loc, log_scale, weights, coeffs)
+  n = 200_000
+  tiled = jax.tree.map(lambda a: jnp.broadcast_to(a, (n,) + a.shape[1:]), params)
+  samples = jd.likelihood_sample('discretized_logistic', tiled, jax.random.key(21))
+  assert samples.dtype == jnp.int32 and samples.shape == (n, 1, 1, 3)
+  s = np.asarray(samples).reshape(n, 3)
+  codes, counts = np.unique(s @ np.array([65536, 256, 1]), return_counts=True)
+  values = np.stack([codes // 65536, codes // 256 % 256, codes % 256], -1)  # [U, 3]
+  one = jax.tree.map(lambda a: a[:1], params)
+  probs = np.exp(jd.likelihood_log_prob(
+      'discretized_logistic', jax.tree.map(lambda a: a[None], one),
+      jnp.asarray(values, jnp.int32)[:, None, None, :]))[0]  # [U]
+  assert probs.sum() > 0.99  # the draws cover the support but for the logistic's far tails
+  tv = 0.5 * (np.abs(counts / n - probs).sum() + (1.0 - probs.sum()))
+  assert tv < 0.04, tv  # about 0.02 from the sampling noise alone
+  mean = np.asarray(jd.likelihood_mean('discretized_logistic', one)).reshape(3)
+  np.testing.assert_allclose(mean, (values * probs[:, None]).sum(0) / 255, atol=0.01)
+
+
 def test_bernoulli_and_gaussian_mean_and_sample():
   logits = jnp.array([-3.0, 0.0, 2.0]).reshape(1, 1, 1, 3)
   np.testing.assert_allclose(jd.likelihood_mean('bernoulli', {'logits': logits}),

@@ -19,6 +19,11 @@ Random draws: the prior samples use the stream of the training pictures
 temperatures decode the same standard-normal draws scaled by T (and the T = 1 panel equals the
 training pictures' prior draws of the same count). Nothing else here is random: the examples
 shown are the first ones of the split, in its canonical order.
+
+Parameters: everything here uses `run.params`, the run's EMA of the parameters where it keeps
+one (config.ema_decay > 0), else the train state's; `run.params_kind` says which ('ema' or
+'state'), and the analysis's summary and page say it too. Pass `params=` to any function to
+use others (e.g. `run.state.params`).
 """
 
 import dataclasses
@@ -41,6 +46,7 @@ from vae_jax import checkpoint as ckpt_lib
 from vae_jax import data as data_lib
 from vae_jax import evaluate, experiment, report, sharding, streams
 from vae_jax import metrics as metrics_lib
+from vae_jax import state as state_lib
 from vae_jax.data.preprocess import preprocess
 from vae_jax.data.sprites import FACTORS as SPRITE_FACTORS
 
@@ -74,6 +80,16 @@ class Run:
   image_shape: tuple
   experiment: Any = None
   steps: tuple = ()  # every checkpoint step the workdir holds
+
+  @property
+  def params(self):
+    """The parameters analyses use: the EMA where the run keeps one, else the state's."""
+    return state_lib.eval_params(self.state)[0]
+
+  @property
+  def params_kind(self):
+    """'ema' or 'state': which parameters `params` are."""
+    return state_lib.eval_params(self.state)[1]
 
 
 def check_run(workdir, step=None):
@@ -134,14 +150,16 @@ def load_run(workdir, step=None, device=None):
     checkpointer.close()
     raise ckpt_lib.NoGoodCheckpointError(
         f'No readable checkpoint metadata in {workdir}/checkpoints (steps {steps}).')
-  config = ml_collections.ConfigDict(meta['config'])
+  config = evaluate.saved_config(meta['config'])  # fields added since at their defaults
   jax.config.update('jax_threefry_partitionable', True)  # the project's draws
   device = device or jax.local_devices()[0]
   mesh = Mesh(np.asarray([device]), (sharding.DATA_AXIS,))  # one device: any batch splits
   exp = experiment.build(config, mesh=mesh, image_shape=tuple(meta['image_shape']))
-  state, meta = checkpointer.restore_good(exp.abstract_state, step=step)
+  state, meta = checkpointer.restore_good(
+      lambda m: state_lib.restore_target(exp.abstract_state, evaluate.saved_config(m['config'])),
+      step=step)
   checkpointer.close()
-  config = ml_collections.ConfigDict(meta['config'])
+  config = evaluate.saved_config(meta['config'])
   return Run(workdir=workdir, step=int(meta['step']), config=config, model=exp.model,
              state=state, image_shape=tuple(meta['image_shape']), experiment=exp,
              steps=tuple(steps))
@@ -228,7 +246,7 @@ def _sample(model, params, n, key, temperature):
 
 
 def _params(run, params):
-  return run.state.params if params is None else params
+  return run.params if params is None else params
 
 
 def posterior(run, x, params=None):
@@ -540,9 +558,12 @@ def analyze(workdir, step=None, split=None, out_dir=None, *, device=None, tensor
   arrays = split_arrays(run, split)
   out_dir = os.path.abspath(out_dir or os.path.join(run.workdir, ANALYSIS_DIR))
   os.makedirs(out_dir, exist_ok=True)
-  params = run.state.params
+  params, params_kind, notes = state_lib.eval_params(run.state)
   log(f'Analysing {run.workdir} at checkpoint step {run.step} on split {split!r} '
-      f'({len(arrays["image"])} examples) -> {out_dir}')
+      f'({len(arrays["image"])} examples), '
+      f'{"EMA" if params_kind == "ema" else "train state"} parameters -> {out_dir}')
+  if 'ema_warning' in notes:
+    log(f'WARNING: {notes["ema_warning"]}')
 
   elbo = evaluate.evaluate(run.experiment, params, split, arrays=arrays)
   units = unit_statistics(run, split, arrays)
@@ -619,7 +640,9 @@ def analyze(workdir, step=None, split=None, out_dir=None, *, device=None, tensor
       'workdir': run.workdir, 'out_dir': out_dir, 'step': run.step,
       'checkpoint_steps': list(run.steps), 'split': split,
       'num_examples': int(len(arrays['image'])),
-      'dataset': config.data.name, 'model': _model_description(config),
+      'dataset': config.data.name,
+      'model': _model_description(config) + _params_description(config, params_kind, notes),
+      'params': params_kind, **notes,
       'elbo': elbo,
       'eval_files': [{k: e[k] for k in ('path', 'step', 'split', 'k', 'record')} for e in evals],
       'units': {'kl_per_unit': [float(v) for v in kl],
@@ -654,6 +677,8 @@ def headline(summary):
               and e['record'].get('nll') is not None), {})
   return {
       'workdir': summary['workdir'], 'step': summary['step'], 'split': summary['split'],
+      'params': summary.get('params', 'state'),
+      **{k: summary[k] for k in ('ema_init_weight', 'ema_warning') if k in summary},
       'index_html': summary['index_html'], 'summary_md': summary['summary_md'],
       'figures': [os.path.join(summary['out_dir'], f['file']) for f in summary['figures']],
       **{k: elbo[k] for k in ('neg_elbo', 'neg_elbo_stderr', 'recon', 'kl')},
@@ -668,6 +693,15 @@ def headline(summary):
 def _plain(v):
   v = np.asarray(v).item() if hasattr(v, 'dtype') or isinstance(v, np.generic) else v
   return v
+
+
+def _params_description(config, kind, notes):
+  """Which parameters the analysis shows, for the page (its model line)."""
+  if kind != 'ema':
+    return '; the train state\'s parameters'
+  text = (f'; the EMA of the parameters (decay {config.ema_decay:g}, initial weight '
+          f'{notes["ema_init_weight"]:.3g})')
+  return text + (f' \u2014 WARNING: {notes["ema_warning"]}' if 'ema_warning' in notes else '')
 
 
 def _model_description(config):

@@ -33,11 +33,13 @@ NoGoodCheckpointError says what to do.
 Compatibility (check_compatible). The saved config is compared with the current one field by
 field; any difference refuses the resume, except the fields that do not change the trajectory
 of training (RESUME_NEUTRAL), the traced hyperparameters the trainer applies from the resumed
-step on (APPLIED_ON_RESUME), and num_train_steps under a schedule that does not depend on it.
+step on (APPLIED_ON_RESUME), the stability options it switches at the resumed step
+(SWITCHED_ON_RESUME), and num_train_steps under a schedule that does not depend on it.
 A field the saved config lacks (added to vae_jax since) must have its default value
 (configs/default.py); a field only the saved config has (removed since) is ignored.
 """
 
+import dataclasses
 import functools
 import hashlib
 import importlib.util
@@ -58,7 +60,8 @@ RESUME_NEUTRAL = (
     'steps_per_call',  # the trainer checks that it divides the resumed step
     'eval_batch_size', 'eval_num_samples', 'eval_chunk_size', 'images', 'checkpoint',
     'compilation_cache',
-    'init_from', 'mesh', 'max_consecutive_nonfinite',
+    'init_from', 'mesh', 'max_consecutive_nonfinite', 'max_consecutive_skipped',
+    'max_train_seconds',  # a budget per invocation: raising it and rerunning continues
     'data.data_dir', 'data.manual_dir', 'data.download',
     'data.eval_split',  # evaluated for reporting only (model selection reads valid_split)
 )
@@ -66,6 +69,13 @@ RESUME_NEUTRAL = (
 # resumed step on and logs the change (config_changes).
 APPLIED_ON_RESUME = ('optim.learning_rate', 'objective.beta', 'objective.kl_warmup_steps',
                      'objective.free_bits')
+# Stability options whose part of the state the trainer starts, changes or drops at the resumed
+# step (state.adapt), logged like the above: switching gradient skipping on is the remedy for a
+# run that has started to spike, and the EMA never feeds back into training. A changed
+# ema_decay applies to the saved EMA from the resumed step; an EMA switched on starts at the
+# resumed parameters (its warning then counts from there).
+SWITCHED_ON_RESUME = ('ema_decay', 'optim.skip_threshold', 'optim.skip_factor',
+                      'optim.skip_window')
 # Schedules whose learning rate does not depend on num_train_steps.
 _LENGTH_FREE_SCHEDULES = ('constant',)
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -262,10 +272,34 @@ class Checkpointer:
   # -- restoring -------------------------------------------------------------------------------
 
   def restore(self, step, abstract_state):
-    """Restores `step` into `abstract_state`'s structure, dtypes and shardings (no checks)."""
+    """Restores `step` into `abstract_state`'s structure, dtypes and shardings (no checks).
+
+    A field of the state that is None in the target (an optional part that is off) and absent
+    from the step (saved before the field existed) is left None.
+    """
+    absent = self._absent_none_fields(step, abstract_state)
+    target = abstract_state
+    if absent:  # restored as a dict of the fields the step has, then put back together
+      target = {f.name: getattr(abstract_state, f.name)
+                for f in dataclasses.fields(abstract_state) if f.name not in absent}
     restored = self._manager.restore(int(step), args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-    return restored['state'], restored['meta']
+        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+    state = restored['state']
+    if absent:
+      state = abstract_state.replace(**state)
+    return state, restored['meta']
+
+  def _absent_none_fields(self, step, abstract_state):
+    if not dataclasses.is_dataclass(abstract_state):
+      return ()
+    nones = [f.name for f in dataclasses.fields(abstract_state)
+             if getattr(abstract_state, f.name) is None]
+    if not nones:
+      return ()
+    from etils import epath  # Orbax's path type
+    path = epath.Path(os.path.join(self._step_dir(int(step)), 'state'))
+    tree = ocp.StandardCheckpointHandler().metadata(path).tree
+    return tuple(n for n in nones if n not in tree)
 
   def restore_meta(self, step):
     restored = self._manager.restore(int(step), args=ocp.args.Composite(
@@ -279,7 +313,9 @@ class Checkpointer:
     (create=True) moves those newer than the restored step aside (see the module docstring).
 
     Args:
-      abstract_state: the restore target (structure, dtypes and shardings).
+      abstract_state: the restore target (structure, dtypes and shardings), or a function of
+        a step's meta that returns it (the layout may follow the config the step was saved
+        with: state.restore_target).
       step: the newest step to consider; None = all.
       check_config: `check_config(meta)` may raise IncompatibleCheckpointError to refuse a
         checkpoint (raised as is, nothing moved).
@@ -310,8 +346,9 @@ class Checkpointer:
         meta = self.restore_meta(s)
         if check_config is not None:
           check_config(meta)
-        state, meta = self.restore(s, abstract_state)
-      except IncompatibleCheckpointError:
+        target = _target(abstract_state, meta)
+        state, meta = self.restore(s, target)
+      except (IncompatibleCheckpointError, _TargetError):
         raise
       except Exception as e:  # noqa: BLE001 - any damage shows up as some error here
         why = f'{type(e).__name__}: {str(e)[:200]}'
@@ -361,6 +398,20 @@ class Checkpointer:
     with open(dest + '.reason.txt', 'w') as f:
       f.write(f'checkpoint step {step} was set aside as {reason}\n')
     return dest
+
+
+class _TargetError(RuntimeError):
+  """Building the restore target failed: a fault of the caller, never of the step's files."""
+
+
+def _target(abstract_state, meta):
+  if not callable(abstract_state):
+    return abstract_state
+  try:
+    return abstract_state(meta)
+  except Exception as e:  # noqa: BLE001 - re-raised as not-damage, so nothing is set aside
+    raise _TargetError(f'building the restore target from the step\'s config failed: '
+                       f'{type(e).__name__}: {e}') from e
 
 
 def step_digest(step_dir):
@@ -437,7 +488,7 @@ def check_compatible(saved_config, config, where, only=None):
   now = _flatten(json.loads(config.to_json()))
   diffs = []
   for key in sorted(now):
-    if _covered(key, RESUME_NEUTRAL + APPLIED_ON_RESUME):
+    if _covered(key, RESUME_NEUTRAL + APPLIED_ON_RESUME + SWITCHED_ON_RESUME):
       continue
     if only is not None and not _covered(key, (only,)):
       continue
@@ -465,15 +516,16 @@ def check_compatible(saved_config, config, where, only=None):
         f'The checkpoint in {where} was written by a different experiment: '
         + '; '.join(diffs) + '. Resuming would mix two runs. Use a new --workdir, or restore '
         'these values (intervals, eval and image settings, checkpointing, the mesh and '
-        f'{", ".join(APPLIED_ON_RESUME)} may change on resume).')
+        f'{", ".join(APPLIED_ON_RESUME + SWITCHED_ON_RESUME)} may change on resume).')
 
 
 def config_changes(saved_config, config):
-  """[(dotted key, saved, now)] of the APPLIED_ON_RESUME fields that differ, for the log."""
+  """[(dotted key, saved, now)] of the APPLIED_ON_RESUME and SWITCHED_ON_RESUME fields that
+  differ, for the log."""
   saved = _flatten(saved_config)
   now = _flatten(json.loads(config.to_json()))
   out = []
-  for key in APPLIED_ON_RESUME:
+  for key in APPLIED_ON_RESUME + SWITCHED_ON_RESUME:
     before = _saved_value(saved, key)
     if key in now and before is not _ABSENT and before != now[key]:
       out.append((key, before, now[key]))

@@ -19,6 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 LIKELIHOODS = ('bernoulli', 'continuous_bernoulli', 'gaussian', 'discretized_logistic')
+# Forms of the discretized logistic mixture: none (independent per sub-pixel) | rgb
+# (PixelCNN++: one indicator per pixel, G and B located by the earlier channels' values).
+LOGISTIC_COUPLINGS = ('none', 'rgb')
 
 _LOG_2PI = math.log(2.0 * math.pi)
 # Continuous Bernoulli: below this |logit| the closed forms cancel catastrophically and are
@@ -165,6 +168,18 @@ def gaussian_kl_units_to_standard_normal(post):
   return jnp.broadcast_to(units, post['mean'].shape)
 
 
+def diagonal_mixture_log_prob(components, h):
+  """log (1/K) sum_k N(h; mean_k, diag(exp(log_scale_k))^2): [...] for h [..., D].
+
+  components: {'mean': [K, D], 'log_scale': [K, D]}, the K equally weighted Gaussians (the
+  VampPrior's q(h|u_k)). Each component's log-density is formed from h - mean_k directly (no
+  expanded square, which cancels in float32 for small scales), then one log-sum-exp.
+  """
+  k = components['mean'].shape[0]
+  log_p = gaussian_log_prob(components, h[..., None, :])  # [..., K]
+  return jax.nn.logsumexp(log_p, axis=-1) - math.log(k)
+
+
 def standard_normal_log_prob(h):
   """log N(h; 0, I): [...] for h of shape [..., D]."""
   return -0.5 * jnp.sum(jnp.square(h), axis=-1) - 0.5 * h.shape[-1] * _LOG_2PI
@@ -298,18 +313,45 @@ def _log_sigmoid_diff(a, b, delta):
   return -softplus(-a) - softplus(b) + jnp.log(-jnp.expm1(-delta))
 
 
-def _discretized_logistic_log_prob(loc, log_scale, logit_weights, x):
-  """Per-sub-pixel log-mass of a mixture of discretized logistics: [..., H, W, C]."""
+def _bin_edges(x, dtype):
+  """(lower, upper) edges of bin x (integers 0..255) on the [-1, 1] scale, in dtype.
+
+  Bin v is [(2v - 1 - 255) / 255, (2v + 1 - 255) / 255). The numerators are odd integers,
+  exact in float32, so each edge is the correctly rounded quotient (see _div255); the former
+  (2v + 1) (1/255) - 1 rounded three times, up to 3x the error, and never gave the middle edge
+  exactly 0, errors that a small scale magnifies. Neighbouring bins share a numerator, so a
+  shared edge is the same float on both sides and the masses telescope to 1 even for scales
+  near float32 resolution.
+  """
+  centred = 2.0 * x.astype(dtype) - 255.0  # exact
+  return _div255(centred - 1.0), _div255(centred + 1.0)
+
+
+def _div255(c):
+  """c / 255, correctly rounded for the integers |c| <= 256 in float32.
+
+  As c / 256 + c / 65280 (1/255 = 1/256 + 1/(256 * 255)): the first term is exact and the
+  second 255 times smaller, so the sum's one rounding gives the correctly rounded quotient
+  (the tests check all 513 numerators). A plain `c / 255.0` is compiled by XLA into c times
+  the rounded reciprocal, up to 1.25 ulp off.
+  """
+  return c * (1.0 / 256.0) + c * (1.0 / 65280.0)
+
+
+def _rescaled(x, dtype):
+  """The bin centre of x (integers 0..255) on the [-1, 1] scale: (2x - 255) / 255."""
+  return _div255(2.0 * x.astype(dtype) - 255.0)
+
+
+def _discretized_logistic_log_mass(loc, log_scale, x):
+  """log P(bin x) of each discretized logistic: [..., K] for x [...] against loc [..., K]."""
   x = x[..., None]  # against the trailing mixture axis K
-  # Bin v is [(2v - 1) / 255 - 1, (2v + 1) / 255 - 1). The edges come from the same odd integer
-  # for neighbouring bins, so a shared edge is the same float on both sides and the masses
-  # telescope to 1 even for scales near float32 resolution.
-  twice = 2.0 * x.astype(loc.dtype)
+  lower, upper = _bin_edges(x, loc.dtype)
   inv_scale = jnp.exp(-log_scale)
-  upper = inv_scale * ((twice + 1.0) * (1.0 / 255.0) - 1.0 - loc)  # [..., K]
-  lower = inv_scale * ((twice - 1.0) * (1.0 / 255.0) - 1.0 - loc)
+  upper = inv_scale * (upper - loc)  # [..., K]
+  lower = inv_scale * (lower - loc)
   # Bin 0 takes the whole left tail and bin 255 the whole right tail, so the 256 masses sum to 1.
-  log_mass = jnp.where(
+  return jnp.where(
       x == 0,
       -softplus(-upper),  # log sigmoid(upper)
       jnp.where(
@@ -318,6 +360,46 @@ def _discretized_logistic_log_prob(loc, log_scale, logit_weights, x):
           _log_sigmoid_diff(upper, lower, inv_scale * (2.0 / 255.0)),
       ),
   )
+
+
+def _discretized_logistic_log_prob(loc, log_scale, logit_weights, x):
+  """Per-sub-pixel log-mass of a mixture of discretized logistics: [..., H, W, C]."""
+  log_mass = _discretized_logistic_log_mass(loc, log_scale, x)  # [..., K]
+  log_mix = jax.nn.log_softmax(logit_weights, axis=-1)
+  return jax.nn.logsumexp(log_mix + log_mass, axis=-1)
+
+
+def _coupled_locs(loc, coeffs, r, g):
+  """The R, G, B locations [..., K] given the earlier channels' values r, g [..., K].
+
+  PixelCNN++'s autoregression within a pixel: mu_G = loc_G + c0 r, mu_B = loc_B + c1 r + c2 g,
+  with loc [..., 3, K] and coeffs [..., 3, K] = (c0, c1, c2).
+  """
+  mu_r = loc[..., 0, :]
+  mu_g = loc[..., 1, :] + coeffs[..., 0, :] * r
+  mu_b = loc[..., 2, :] + coeffs[..., 1, :] * r + coeffs[..., 2, :] * g
+  return mu_r, mu_g, mu_b
+
+
+def _check_rgb(x_or_loc, axis):
+  channels = x_or_loc.shape[axis]
+  if channels != 3:
+    raise ValueError(f'the coupled (rgb) discretized logistic needs 3 channels, got {channels}')
+
+
+def _coupled_logistic_log_prob(loc, log_scale, logit_weights, coeffs, x):
+  """Per-pixel log-mass of PixelCNN++'s coupled mixture: [..., H, W].
+
+  One mixture indicator per pixel (logit_weights [..., H, W, K]) and, per component, a
+  discretized logistic for R, for G given R and for B given R and G, each conditioned on the
+  earlier channels' actual values rescaled to [-1, 1] (loc, log_scale, coeffs [..., H, W, 3, K]).
+  """
+  _check_rgb(x, -1)
+  dtype = loc.dtype
+  r, g = (_rescaled(x[..., c], dtype)[..., None] for c in (0, 1))  # [..., H, W, 1]
+  locs = _coupled_locs(loc, coeffs, r, g)  # 3 x [..., H, W, K]
+  log_mass = sum(_discretized_logistic_log_mass(mu, log_scale[..., c, :], x[..., c])
+                 for c, mu in enumerate(locs))  # [..., H, W, K]: the channels multiply
   log_mix = jax.nn.log_softmax(logit_weights, axis=-1)
   return jax.nn.logsumexp(log_mix + log_mass, axis=-1)
 
@@ -328,9 +410,35 @@ def _discretized_logistic_mean(loc, log_scale, logit_weights):
   E[clip(Y, -1, 1)] = -1 + s (softplus((mu + 1) / s) - softplus((mu - 1) / s)) in closed form;
   the discretized value is within half a bin of clip(Y), so this is within 1/510 of its mean.
   """
-  s = jnp.exp(log_scale)
-  clipped = -1.0 + s * (softplus((loc + 1.0) / s) - softplus((loc - 1.0) / s))
+  clipped = _clipped_logistic_mean(loc, log_scale)
   mean = jnp.sum(jax.nn.softmax(logit_weights, axis=-1) * clipped, axis=-1)
+  return jnp.clip(0.5 * (mean + 1.0), 0.0, 1.0)
+
+
+def _clipped_logistic_mean(loc, log_scale):
+  """E[clip(Y, -1, 1)] for Y logistic(loc, exp(log_scale)), in closed form: [...]."""
+  s = jnp.exp(log_scale)
+  return -1.0 + s * (softplus((loc + 1.0) / s) - softplus((loc - 1.0) / s))
+
+
+def _coupled_logistic_mean(loc, log_scale, logit_weights, coeffs):
+  """Mixture mean of the coupled form, mapped to [0, 1]: [..., H, W, 3].
+
+  Per component, the channels' clipped-logistic means in order, each earlier channel entering
+  the later locations through its component mean: m_R = E[clip R], m_G = E[clip G] at
+  mu_G = loc_G + c0 m_R, m_B likewise at loc_B + c1 m_R + c2 m_G; then the mixture average.
+  Without the clipping the location is linear in the earlier values, so this plug-in would be
+  the exact mean; the clipping makes it an approximation, exact where the scales are small
+  against the distance to the edges (within 1/510 per channel of the plain form otherwise).
+  """
+  _check_rgb(loc, -2)
+  m_r = _clipped_logistic_mean(loc[..., 0, :], log_scale[..., 0, :])  # [..., H, W, K]
+  _, mu_g, _ = _coupled_locs(loc, coeffs, m_r, 0.0)
+  m_g = _clipped_logistic_mean(mu_g, log_scale[..., 1, :])
+  _, _, mu_b = _coupled_locs(loc, coeffs, m_r, m_g)
+  m_b = _clipped_logistic_mean(mu_b, log_scale[..., 2, :])
+  weights = jax.nn.softmax(logit_weights, axis=-1)[..., None, :]  # [..., H, W, 1, K]
+  mean = jnp.sum(weights * jnp.stack([m_r, m_g, m_b], axis=-2), axis=-1)  # [..., H, W, 3]
   return jnp.clip(0.5 * (mean + 1.0), 0.0, 1.0)
 
 
@@ -343,8 +451,40 @@ def _discretized_logistic_sample(loc, log_scale, logit_weights, key):
   loc = jnp.take_along_axis(jnp.broadcast_to(loc, shape), k, axis=-1)[..., 0]
   log_scale = jnp.take_along_axis(jnp.broadcast_to(log_scale, shape), k, axis=-1)[..., 0]
   y = loc + jnp.exp(log_scale) * jax.random.logistic(key_noise, loc.shape, loc.dtype)
-  # Bin v covers [2v/255 - 1 - 1/255, 2v/255 - 1 + 1/255); the tails go to the edge bins.
+  return _to_bin(y)
+
+
+def _to_bin(y):
+  """The bin of a continuous value y on the [-1, 1] scale: int32 in 0..255.
+
+  Bin v covers [(2v - 1 - 255) / 255, (2v + 1 - 255) / 255); the tails go to the edge bins.
+  """
   return jnp.round((jnp.clip(y, -1.0, 1.0) + 1.0) * 127.5).astype(jnp.int32)
+
+
+def _coupled_logistic_sample(loc, log_scale, logit_weights, coeffs, key):
+  """A component per pixel, then R, then G given R, then B given R and G: int32 [..., H, W, 3].
+
+  Each later channel is conditioned on the earlier channels' sampled bins rescaled to [-1, 1],
+  as the log-mass conditions on the data's, so the draws follow that mass exactly.
+  """
+  _check_rgb(loc, -2)
+  key_mix, key_noise = jax.random.split(key)
+  lead = jnp.broadcast_shapes(loc.shape[:-2], log_scale.shape[:-2], coeffs.shape[:-2],
+                              logit_weights.shape[:-1])  # [..., H, W]
+  logits = jnp.broadcast_to(logit_weights, lead + logit_weights.shape[-1:])  # [..., H, W, K]
+  k = jax.random.categorical(key_mix, logits, axis=-1)[..., None, None]  # [..., H, W, 1, 1]
+  pick = lambda a: jnp.take_along_axis(jnp.broadcast_to(a, lead + a.shape[-2:]), k, axis=-1)
+  loc, log_scale, coeffs = pick(loc), pick(log_scale), pick(coeffs)  # [..., H, W, 3, 1]
+  noise = jax.random.logistic(key_noise, lead + (3, 1), loc.dtype)
+  draw = lambda mu, c: _to_bin(mu + jnp.exp(log_scale[..., c, :]) * noise[..., c, :])
+  x_r = draw(loc[..., 0, :], 0)  # [..., H, W, 1]
+  r = _rescaled(x_r, loc.dtype)
+  _, mu_g, _ = _coupled_locs(loc, coeffs, r, 0.0)
+  x_g = draw(mu_g, 1)
+  _, _, mu_b = _coupled_locs(loc, coeffs, r, _rescaled(x_g, loc.dtype))
+  x_b = draw(mu_b, 2)
+  return jnp.concatenate([x_r, x_g, x_b], axis=-1)  # [..., H, W, 3]
 
 
 def _flatten_events(params, x, trailing):
@@ -384,6 +524,11 @@ def likelihood_log_prob(name, params, x):
     discretized_logistic: {'loc', 'log_scale', 'logit_weights'}, each [..., K] (K = 1 is a
       plain logistic). x integer in 0..255; loc and scale live on the [-1, 1] scale with bins
       of width 2/255 and the tails in the edge bins (PixelCNN++, Salimans et al. 2017).
+      With 'coeffs' it is PixelCNN++'s coupled form instead (x [..., H, W, 3] only): one mixture
+      indicator per pixel, logit_weights [..., H, W, K]; loc and log_scale [..., H, W, 3, K];
+      coeffs [..., H, W, 3, K] = (c0, c1, c2), in [-1, 1] (the decoder bounds them by tanh),
+      with mu_G = loc_G + c0 r and mu_B = loc_B + c1 r + c2 g, where r, g are the pixel's R
+      and G values rescaled to [-1, 1]. Not independent over the channels of a pixel.
 
   Args:
     name: one of LIKELIHOODS.
@@ -395,6 +540,10 @@ def likelihood_log_prob(name, params, x):
     log p(x|h): [B], or [..., B] with the params' leading sample axes.
   """
   _check(name)
+  if 'coeffs' in params:
+    log_p = _coupled_logistic_log_prob(params['loc'], params['log_scale'],
+                                       params['logit_weights'], params['coeffs'], x)  # [..., H, W]
+    return jnp.sum(log_p, axis=(-2, -1))
   params, x = _flatten_events(params, x, trailing=1 if name == 'discretized_logistic' else 0)
   if name == 'discretized_logistic':
     log_p = _discretized_logistic_log_prob(
@@ -416,7 +565,9 @@ def likelihood_mean(name, params):
 
   The exact mean for bernoulli and continuous_bernoulli; the Gaussian's loc clipped to the data
   range [0, 1]; for discretized_logistic the mixture mean of the clipped logistic mapped from
-  [-1, 1] to [0, 1] (within 1/510 of the discrete mean).
+  [-1, 1] to [0, 1] (within 1/510 of the discrete mean); for its coupled form (with 'coeffs')
+  the mixture of the channels' means computed in order, each earlier channel's component mean
+  standing in for its value (see _coupled_logistic_mean).
   """
   _check(name)
   if name == 'bernoulli':
@@ -425,6 +576,9 @@ def likelihood_mean(name, params):
     return _cb_mean(params['logits'])
   if name == 'gaussian':
     return jnp.clip(params['loc'], 0.0, 1.0)
+  if 'coeffs' in params:
+    return _coupled_logistic_mean(params['loc'], params['log_scale'], params['logit_weights'],
+                                  params['coeffs'])
   return _discretized_logistic_mean(params['loc'], params['log_scale'], params['logit_weights'])
 
 
@@ -444,6 +598,9 @@ def likelihood_sample(name, params, key):
     loc = params['loc']
     scale = jnp.exp(params['log_scale'])
     return jnp.clip(loc + scale * jax.random.normal(key, loc.shape, loc.dtype), 0.0, 1.0)
+  if 'coeffs' in params:
+    return _coupled_logistic_sample(params['loc'], params['log_scale'], params['logit_weights'],
+                                    params['coeffs'], key)
   return _discretized_logistic_sample(
       params['loc'], params['log_scale'], params['logit_weights'], key)
 

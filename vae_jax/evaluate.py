@@ -469,7 +469,9 @@ def _report(exp, split, per_example, num_samples, binary_data, data_entropy):
   config = exp.config
   out = {'split': split, 'num_examples': int(per_example['index'].size),
          'num_samples': int(num_samples)}
-  for name in _PER_EXAMPLE:
+  # The family's other [B] terms: a hierarchy's kl/<group>, the VampPrior's kl_standard.
+  groups = tuple(k for k in per_example if k not in _PER_EXAMPLE and k != 'index')
+  for name in _PER_EXAMPLE + groups:
     if name in per_example:
       out[name], out[f'{name}_stderr'] = _mean_and_stderr(per_example[name])
     else:
@@ -516,12 +518,16 @@ def eval_path(workdir, step, split, num_samples):
   return os.path.join(workdir, 'eval', f'step_{step}_{tag}_k{num_samples}.json')
 
 
-def check_run_request(workdir, *, step=None, split=None, num_samples=1, params='state',
+def check_run_request(workdir, *, step=None, split=None, num_samples=1, params=None,
                       chunk_size=0, batch_size=0):
   """Checks what a user asks of a saved run without TensorFlow or a compile (seconds).
 
+  `params`: 'ema', 'state', or None for the EMA where the run keeps one (config.ema_decay > 0
+  in the checkpoint's config), else the train state's.
+
   Returns:
-    (the run's config from the checkpoint's metadata, the checkpoint steps, the split).
+    (the run's config from the checkpoint's metadata, the checkpoint steps, the split,
+    the parameters to evaluate: 'ema' or 'state').
 
   Raises:
     validation.ConfigError: no run in workdir, a step it does not have, K < 1, an unknown
@@ -541,12 +547,8 @@ def check_run_request(workdir, *, step=None, split=None, num_samples=1, params='
   if chunk_size < 0 or batch_size < 0:
     raise validation.ConfigError('--chunk_size and --batch_size must be >= 0 (0: the '
                                  "config's eval_chunk_size and eval_batch_size).")
-  if params not in PARAMS_CHOICES:
+  if params is not None and params not in PARAMS_CHOICES:
     raise validation.ConfigError(f'--params={params!r} is not one of {PARAMS_CHOICES}.')
-  if params == 'ema':
-    raise validation.ConfigError(
-        f'The run in {workdir} has no EMA parameters (this version of vae_jax trains none); '
-        'evaluate its train state with --params=state.')
   with open(os.path.join(workdir, 'config.json')) as f:
     config = saved_config(json.load(f))
   checkpointer = ckpt_lib.Checkpointer(workdir, config, create=False)
@@ -561,9 +563,16 @@ def check_run_request(workdir, *, step=None, split=None, num_samples=1, params='
   finally:
     checkpointer.close()
   config = saved_config(meta['config'])
+  has_ema = config.ema_decay > 0
+  if params == 'ema' and not has_ema:
+    raise validation.ConfigError(
+        f'The run in {workdir} has no EMA parameters at step {meta["step"]} (it trained with '
+        'config.ema_decay=0); evaluate its train state with --params=state, or train with '
+        '--config.ema_decay=0.999.')
+  params = params or ('ema' if has_ema else 'state')
   split = split or config.data.eval_split
   _check_split(config.data, split)
-  return config, steps, split
+  return config, steps, split, params
 
 
 def saved_config(saved):
@@ -606,14 +615,16 @@ def _check_split(data_cfg, split):
     raise validation.ConfigError(f'--split={split!r} does not fit {data_cfg.name!r}: {e}') from None
 
 
-def evaluate_run(workdir, *, step=None, split=None, num_samples=1000, params='state',
+def evaluate_run(workdir, *, step=None, split=None, num_samples=1000, params=None,
                  chunk_size=0, batch_size=0, progress=None, log=print):
   """Restores a run's checkpoint, estimates everything and writes DIR/eval/.
 
+  params: 'ema', 'state', or None (the EMA where the run keeps one, else the train state's).
   The run is rebuilt from its checkpoint's config on all local devices (config.mesh.data =
-  -1). The report (see estimate, plus step and params) goes to eval_path(...) and its
-  per-example values to the same name with .npz. An evaluation of one step, split and K is
-  deterministic, so an existing file with the same results (up to the fields of _HOW_IT_RAN
+  -1). The report (see estimate, plus step, params and, for the EMA, ema_init_weight and an
+  ema_warning while the EMA is dominated by its starting parameters) goes to eval_path(...)
+  and its per-example values to the same name with .npz. An evaluation of one step, split and
+  K is deterministic, so an existing file with the same results (up to the fields of _HOW_IT_RAN
   and float32 rounding between device counts) is replaced; a different one (the code or the
   data changed) is kept as NAME.json.1 (.2, ...) beside the new one, with a warning.
 
@@ -621,11 +632,12 @@ def evaluate_run(workdir, *, step=None, split=None, num_samples=1000, params='st
     The report, without the per-example values.
   """
   from vae_jax import checkpoint as ckpt_lib
-  from vae_jax import experiment
+  from vae_jax import experiment, validation
+  from vae_jax import state as state_lib
   workdir = os.path.abspath(os.path.expanduser(workdir))
-  config, _, split = check_run_request(workdir, step=step, split=split, num_samples=num_samples,
-                                       params=params, chunk_size=chunk_size,
-                                       batch_size=batch_size)
+  config, _, split, params = check_run_request(
+      workdir, step=step, split=split, num_samples=num_samples, params=params,
+      chunk_size=chunk_size, batch_size=batch_size)
   with config.unlocked():
     config.mesh.data = -1
     if batch_size:
@@ -634,16 +646,29 @@ def evaluate_run(workdir, *, step=None, split=None, num_samples=1000, params='st
   exp = experiment.build(config)
   checkpointer = ckpt_lib.Checkpointer(workdir, config, create=False)
   try:
-    state, meta = checkpointer.restore_good(exp.abstract_state, step=step)
+    state, meta = checkpointer.restore_good(
+        lambda m: state_lib.restore_target(exp.abstract_state, saved_config(m['config'])),
+        step=step)
   finally:
     checkpointer.close()
   restored = int(meta['step'])
   if step is not None and restored != step:
     log(f'Evaluating step {restored}: step {step} could not be verified (see the warning).')
-  report = estimate(exp, state.params, split, num_samples, chunk_size=chunk_size or None,
+  if params == 'ema' and state.ema is None:
+    raise validation.ConfigError(
+        f'Checkpoint step {restored} of {workdir} holds no EMA parameters; evaluate it with '
+        '--params=state.')
+  chosen, kind, notes = state_lib.eval_params(state)
+  if params == 'state':
+    chosen, kind, notes = state.params, 'state', {}
+  log(f'Evaluating the {"EMA" if kind == "ema" else "train state"} parameters of step '
+      f'{restored} (--params={kind}).')
+  if 'ema_warning' in notes:
+    log(f'WARNING: {notes["ema_warning"]}')
+  report = estimate(exp, chosen, split, num_samples, chunk_size=chunk_size or None,
                     progress=progress)
   per_example = report.pop('per_example')
-  report.update(step=restored, params=params)
+  report.update(step=restored, params=kind, **notes)
   report = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in report.items()}
   if jax.process_index() == 0:
     _write_eval(eval_path(workdir, restored, split, num_samples), report, per_example, log)

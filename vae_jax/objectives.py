@@ -78,7 +78,8 @@ def training_objective(means, hparams, step, free_bits_per='total'):
   """The scalar loss the optimizer minimises, from the batch means of the terms.
 
   mean recon + kl_weight(beta, kl_warmup_steps, step) * KL, where KL is the batch-mean KL
-  under free bits (per latent unit with free_bits_per='unit', which reads 'kl_units' [U]).
+  under free bits (per latent unit with free_bits_per='unit', which reads 'kl_units' [U]; per
+  stochastic group with free_bits_per='group', which reads every 'kl/<group>' scalar).
   With an 'iwae' term present (the importance-weighted objective) the loss is its mean: the
   bound itself, not reweighted. The true neg_elbo is always reported apart from this loss.
   """
@@ -86,9 +87,21 @@ def training_objective(means, hparams, step, free_bits_per='total'):
     return means['iwae']
   if free_bits_per == 'unit':
     kl = free_bits_kl(means['kl_units'], hparams['free_bits'])
+  elif free_bits_per == 'group':
+    groups = group_kl_means(means)
+    if groups is None:
+      raise ValueError("free_bits_per='group' needs the model's 'kl/<group>' terms (a "
+                       'hierarchical model); this model has none.')
+    kl = free_bits_kl(groups, hparams['free_bits'])
   else:
     kl = free_bits_kl(means['kl'], hparams['free_bits'])
   return means['recon'] + kl_weight(hparams['beta'], hparams['kl_warmup_steps'], step) * kl
+
+
+def group_kl_means(means):
+  """The 'kl/<group>' batch means stacked, [G] in the groups' order, or None if there are none."""
+  names = sorted((k for k in means if k.startswith('kl/')), key=lambda k: int(k[3:]))
+  return jnp.stack([means[k] for k in names]) if names else None
 
 
 def reduce_terms(per_example, weight, denominator):

@@ -8,6 +8,7 @@ For adamw this is optax.adamw's update: the weight decay is scaled by the learni
 """
 
 import jax
+import jax.numpy as jnp
 import optax
 
 
@@ -49,3 +50,59 @@ def make_optimizer(config):
 def apply_learning_rate(updates, lr):
   """updates * -lr (a traced scalar)."""
   return jax.tree.map(lambda u: (-lr * u).astype(u.dtype), updates)
+
+
+# ----------------------------------------------------------------------------------------------
+# Gradient skipping: a step whose global gradient norm is too large applies no update.
+#
+# Fixed rule (optim.skip_threshold, VDVAE's): skip when norm > threshold. It can lock
+# (openai/vdvae#25): once the norm stays above the threshold, every later update is skipped.
+# Adaptive rule (optim.skip_factor): skip when norm > skip_factor x the lower median of the
+# last skip_window finite norms, skipped steps' norms included. An isolated spike does not move
+# that median; a lasting rise does: after at most skip_window - (skip_window - 1) // 2 skipped
+# steps (half the window) at a new level L, the median is >= L, and norms within skip_factor of
+# L pass again. So the rule cannot lock on a persistent change, only ride out short spikes. It
+# starts once the window is full (early training's norms fall fast; no history, no skipping).
+
+
+def skip_enabled(config):
+  o = config.optim
+  return o.skip_threshold > 0 or o.skip_factor > 0
+
+
+def init_skip_state(config):
+  """The guard's state: {'norms': float32 [skip_window] ring of recent finite gradient norms,
+  'count': int32 [] finite norms recorded, 'run': int32 [] consecutive skipped steps,
+  'total': int32 [] all skipped steps}."""
+  return {'norms': jnp.zeros((config.optim.skip_window,), jnp.float32),
+          'count': jnp.zeros((), jnp.int32),
+          'run': jnp.zeros((), jnp.int32),
+          'total': jnp.zeros((), jnp.int32)}
+
+
+def skip_limit(config, skip_state):
+  """The largest gradient norm the next step may apply (inf where no rule applies yet)."""
+  o = config.optim
+  limit = jnp.asarray(jnp.inf, jnp.float32)
+  if o.skip_threshold > 0:
+    limit = jnp.minimum(limit, jnp.float32(o.skip_threshold))
+  if o.skip_factor > 0:
+    norms = skip_state['norms']
+    window = norms.shape[0]
+    median = jnp.sort(norms)[(window - 1) // 2]
+    full = skip_state['count'] >= window
+    limit = jnp.minimum(limit, jnp.where(full, jnp.float32(o.skip_factor) * median, jnp.inf))
+  return limit
+
+
+def update_skip_state(skip_state, grad_norm, finite, skipped):
+  """Records a finite norm in the ring and counts a skipped step; a non-finite step (the
+  non-finite guard's) records nothing and leaves the run of skips as it is."""
+  norms, count = skip_state['norms'], skip_state['count']
+  slot = count % norms.shape[0]
+  return {
+      'norms': jnp.where(finite, norms.at[slot].set(grad_norm.astype(jnp.float32)), norms),
+      'count': count + finite.astype(jnp.int32),
+      'run': jnp.where(skipped, skip_state['run'] + 1, jnp.where(finite, 0, skip_state['run'])),
+      'total': skip_state['total'] + skipped.astype(jnp.int32),
+  }

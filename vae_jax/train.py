@@ -3,7 +3,8 @@
 Data flow of one fused call (k = config.steps_per_call steps in one `lax.scan`):
   uint8 images (on device) -> preprocess (binarization keyed by data_seed, example, epoch)
   -> model.terms(params, x, key of (seed, step)) -> mean loss and its gradient over the global
-  batch -> optax update at the schedule's learning rate -> non-finite guard -> momentum-tracked
+  batch -> non-finite guard and gradient-norm guard (optim's skipping rules) -> optax update at
+  the schedule's learning rate, and the parameter EMA (config.ema_decay) -> momentum-tracked
   loss -> metric sums (stay on device).
 The step is plain `jit` over a batch-sharded input: XLA inserts the gradient all-reduce, and the
 model draws the batch's noise in the global view, so the numbers do not depend on the device
@@ -17,7 +18,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
@@ -65,11 +65,14 @@ def make_loss_fn(model, objective):
 def make_train_step(exp):
   """The pure single train step: (state, images uint8 [B,...], index [B]) -> (state, metrics).
 
-  With `positions` given (memory back end), images are the split's rows on device and the
-  batch is gathered there.
+  A step whose loss or gradient is not finite, or whose gradient norm a skipping rule rejects,
+  applies no update: it changes nothing but the step, the counters and the guard's norm
+  history (parameters, optimizer moments, EMA and loss momentum stay). Everything is traced
+  (lax.cond, no host callbacks), so the step vmaps over a population of states.
   """
   config, tx = exp.config, exp.tx
   gamma = config.loss_momentum_gamma
+  ema_decay = config.ema_decay
   grad_fn = jax.value_and_grad(make_loss_fn(exp.model, config.objective), has_aux=True)
   batch_sharding = sharding.batch_sharding(exp.mesh)
   steps_per_epoch = exp.steps_per_epoch
@@ -84,29 +87,42 @@ def make_train_step(exp):
     grad_norm = optax.tree.norm(grads)
     lr = optim.learning_rate(config, state.hparams['learning_rate'], state.step)
     finite = jnp.isfinite(means['loss']) & jnp.isfinite(grad_norm)
+    skip = state.skip
+    skipped = jnp.zeros((), bool)
+    if skip is not None:  # static: the guard is part of the state only when a rule is on
+      skipped = finite & (grad_norm > optim.skip_limit(config, skip))
+      skip = optim.update_skip_state(skip, grad_norm, finite, skipped)
+    applied = finite & ~skipped
 
     def apply_update(operand):
-      grads, opt_state, params = operand
+      grads, opt_state, params, ema = operand
       updates, opt_state = tx.update(grads, opt_state, params)
-      return optax.apply_updates(params, optim.apply_learning_rate(updates, lr)), opt_state
+      params = optax.apply_updates(params, optim.apply_learning_rate(updates, lr))
+      if ema is not None:
+        ema = state_lib.update_ema(ema, params, ema_decay)
+      return params, opt_state, ema
 
-    # A non-finite step changes nothing but the counters. lax.cond skips the whole optimizer
-    # update (cheaper than selecting between two copies of params and moments every step).
-    params, opt_state = jax.lax.cond(
-        finite, apply_update, lambda operand: (operand[2], operand[1]),
-        (grads, state.opt_state, state.params))
+    # A step that is not applied changes nothing but the counters. lax.cond skips the whole
+    # optimizer and EMA update (cheaper than selecting between two copies of params and moments
+    # every step).
+    params, opt_state, ema = jax.lax.cond(
+        applied, apply_update, lambda operand: (operand[2], operand[1], operand[3]),
+        (grads, state.opt_state, state.params, state.ema))
     momentum = objectives.momentum_update(state.loss_momentum, means['loss'], gamma,
                                           state.step == 0)
     new_state = state.replace(
         step=state.step + 1,
         params=params,
         opt_state=opt_state,
-        loss_momentum=jnp.where(finite, momentum, state.loss_momentum),
+        loss_momentum=jnp.where(applied, momentum, state.loss_momentum),
         nonfinite_run=jnp.where(finite, 0, state.nonfinite_run + 1),
         nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32),
+        ema=ema,
+        skip=skip,
     )
     step_metrics = dict(means, grad_norm=grad_norm, learning_rate=lr,
-                        nonfinite=(~finite).astype(jnp.int32))
+                        nonfinite=(~finite).astype(jnp.int32),
+                        skipped=skipped.astype(jnp.int32))
     return new_state, step_metrics
 
   return train_step
@@ -117,8 +133,9 @@ def make_train_chunk(exp, backend):
 
   memory: (state, data uint8 [N,...] replicated, (positions, index) [k, B]) -> gathers on
   device. stream: (state, images uint8 [k, B, ...], index [k, B]).
-  Returns (state, chunk sums): every step metric summed over the k steps (the non-finite count
-  included), the steps of the chunk, and the momentum-tracked loss at its end.
+  Returns (state, chunk sums): every step metric summed over the k steps (the non-finite and
+  skipped counts included), the steps of the chunk, and the momentum-tracked loss and the total
+  of skipped steps at its end.
   """
   train_step = make_train_step(exp)
 
@@ -133,6 +150,8 @@ def make_train_chunk(exp, backend):
     out = {k: jnp.sum(v) for k, v in ms.items()}
     out['steps'] = jnp.asarray(index.shape[0], jnp.int32)
     out['loss_momentum'] = state.loss_momentum
+    out['skipped_total'] = (state.skip['total'] if state.skip is not None
+                            else jnp.zeros((), jnp.int32))
     return state, out
 
   return chunk
@@ -209,21 +228,35 @@ def restore_or_init(exp, checkpointer, log=print):
   """Resume order: a checkpoint in the workdir > config.init_from > scratch.
 
   Returns (state, meta of the restored checkpoint or None). On a resume the config's traced
-  hyperparameters (learning rate, beta) take effect from the resumed step.
+  hyperparameters (learning rate, beta) take effect from the resumed step, and so do its
+  stability options (state.adapt: an EMA or a skipping guard switched on starts there).
   """
   config = exp.config
   check = lambda meta: ckpt_lib.check_compatible(meta['config'], config, checkpointer.directory)
-  state, meta = checkpointer.restore_good(exp.abstract_state, check_config=check)
+  state, meta = checkpointer.restore_good(_saved_layout(exp), check_config=check)
   if state is not None:
     log(f'Resuming from the workdir checkpoint at step {meta["step"]}.')
-    return state.replace(hparams=state_lib.hparams_from_config(config)), meta
+    state = state_lib.adapt(state, config).replace(
+        hparams=state_lib.hparams_from_config(config))
+    return _placed(exp, state), meta
   if config.init_from:
     params, step = _init_from_params(exp)
     log(f'Initialising parameters from {config.init_from} step {step}; training from step 0 '
-        'with a fresh optimizer.')
-    return experiment.init_state(exp).replace(params=params), None
+        'with a fresh optimizer' + (' and an EMA starting there.' if config.ema_decay else '.'))
+    return _placed(exp, state_lib.with_params(experiment.init_state(exp), params)), None
   log('Starting from scratch (no checkpoint in the workdir, no config.init_from).')
   return experiment.init_state(exp), None
+
+
+def _saved_layout(exp):
+  """The restore target of a checkpoint of this run: its optional parts as saved."""
+  return lambda meta: state_lib.restore_target(exp.abstract_state,
+                                               eval_lib.saved_config(meta['config']))
+
+
+def _placed(exp, state):
+  """`state` on the shardings the compiled chunk expects (adapt makes new arrays)."""
+  return jax.device_put(state, jax.tree.map(lambda a: a.sharding, exp.abstract_state))
 
 
 def _init_from_params(exp):
@@ -244,8 +277,9 @@ def _init_from_params(exp):
       raise validation.ConfigError(
           f'config.init_from={config.init_from!r} was trained on images of shape '
           f'{tuple(meta["image_shape"])}, this run has {exp.image_shape}.')
-    target = experiment.abstract_state(ml_collections.ConfigDict(meta['config']), exp.mesh,
-                                       exp.image_shape)
+    source_config = eval_lib.saved_config(meta['config'])
+    abstract = experiment.abstract_state(source_config, exp.mesh, exp.image_shape)
+    target = lambda m: state_lib.restore_target(abstract, eval_lib.saved_config(m['config']))
     check = lambda m: ckpt_lib.check_compatible(m['config'], config, config.init_from,
                                                 only='model')
     restored, meta = source.restore_good(target, check_config=check)
@@ -280,7 +314,9 @@ def _record_config(workdir, config, meta, step, writer, log):
 def _train_record(acc, batch_size, seconds):
   steps = int(acc.pop('steps'))
   rec = {'loss_momentum': float(acc.pop('loss_momentum')),
-         'nonfinite_steps': int(acc.pop('nonfinite'))}
+         'nonfinite_steps': int(acc.pop('nonfinite')),
+         'skipped_steps': int(acc.pop('skipped', 0)),       # updates the norm guard skipped
+         'skipped_total': int(acc.pop('skipped_total', 0))}  # ... since the run began
   rec.update({k: float(v) / steps for k, v in acc.items()})
   rec['images_per_sec'] = steps * batch_size / seconds if seconds > 0 else float('nan')
   return rec
@@ -298,12 +334,17 @@ def train_and_evaluate(config, workdir):
   TensorBoard events, DIR/images/*.png, DIR/checkpoints/ and DIR/DONE. The workdir is locked
   for the run's life: a second run on it is refused.
 
+  A run stopped early (a signal, or config.max_train_seconds spent) saves a checkpoint, writes
+  a `stop` record saying why, and no DONE: the same command resumes it exactly. The budget
+  stop also evaluates, as at the end; the signal stop does not (it must be quick).
+
   Returns:
     {'step': final step, 'compile_s': seconds to compile the fused chunk, 'eval': the last
     eval records by split ({} if none ran), 'num_devices': devices on the data axis,
     'state': the final TrainState, 'experiment': the Experiment, 'preempted': whether a
-    signal stopped the run}.
+    signal stopped the run, 'stopped': None, 'signal' or 'max_train_seconds'}.
   """
+  t_start = time.perf_counter()  # config.max_train_seconds counts from here
   validation.validate_config(config)
   workdir = validation.validate_workdir(workdir)
   experiment.configure_jax(config)
@@ -312,10 +353,10 @@ def train_and_evaluate(config, workdir):
     exp = experiment.build(config)
     is_main = jax.process_index() == 0
     log = print if is_main else (lambda *a, **k: None)
-    return _train(exp, workdir, log, is_main)
+    return _train(exp, workdir, log, is_main, t_start)
 
 
-def _train(exp, workdir, log, is_main):
+def _train(exp, workdir, log, is_main, t_start):
   config = exp.config
   checkpointer = ckpt_lib.Checkpointer(workdir, config)
   state, meta = restore_or_init(exp, checkpointer, log)
@@ -330,7 +371,8 @@ def _train(exp, workdir, log, is_main):
   _record_config(workdir, config, meta, step, writer, log)
   runinfo.write_run_info(workdir, step)
   result = {'step': step, 'compile_s': 0.0, 'eval': {}, 'state': state, 'experiment': exp,
-            'num_devices': sharding.data_axis_size(exp.mesh), 'preempted': False}
+            'num_devices': sharding.data_axis_size(exp.mesh), 'preempted': False,
+            'stopped': None}
   if step >= config.num_train_steps:
     log(f'Nothing to do: step {step} >= num_train_steps {config.num_train_steps}.')
     checkpointer.close()
@@ -343,7 +385,7 @@ def _train(exp, workdir, log, is_main):
   chunk_fn, (source, index), result['compile_s'] = compile_chunk(exp, state, feeder, step)
   progress = _progress(config, step, is_main)
   acc, t_log = None, time.perf_counter()
-  preempted = False
+  preempted = out_of_time = False
   with _PreemptionFlag() as stop_requested:
     while step < config.num_train_steps:
       state, m = chunk_fn(state, source, index)
@@ -351,30 +393,36 @@ def _train(exp, workdir, log, is_main):
       acc = m if acc is None else _accumulate(acc, m)
       final = step >= config.num_train_steps
       preempted = not final and stop_requested()
-      if not (final or preempted):  # prepare the next call's inputs while this one runs
+      out_of_time = not (final or preempted) and _budget_spent(config, t_start)
+      stopping = preempted or out_of_time
+      if not (final or stopping):  # prepare the next call's inputs while this one runs
         source, index = feeder(step)
-      if step % config.log_every_steps == 0 or final or preempted:
+      if step % config.log_every_steps == 0 or final or stopping:
         acc = sharding.to_host(acc)
         rec = _train_record(acc, config.batch_size, time.perf_counter() - t_log)
         writer.write(step, 'train', rec)
         _show_progress(progress, config, step, rec, log)
+        if rec['skipped_steps']:
+          log(f'step {step}: {rec["skipped_steps"]} updates skipped in this interval by the '
+              f'gradient-norm guard ({rec["skipped_total"]} since the start).')
         acc = None
       # Wait for the device before pausing the clock, so evaluation and saving never hide
       # compute of the chunk.
       jax.block_until_ready(state)
       t_pause = time.perf_counter()
-      save_now = step % config.checkpoint_every_steps == 0 or final or preempted
+      save_now = step % config.checkpoint_every_steps == 0 or final or stopping
       if save_now or step % config.log_every_steps == 0:
         _check_nonfinite(config, state, step)  # before anything new is saved
-      did_eval = not preempted and (step % config.eval_every_steps == 0 or final)
+        _check_skipped(config, state, step)
+      did_eval = not preempted and (step % config.eval_every_steps == 0 or final or out_of_time)
       if did_eval:
-        result['eval'] = evaluator(step, state.params)
+        result['eval'] = evaluator(step, *state_lib.eval_params(state))
         if is_main:
           progress.write(evaluator.summary(step))
       if save_now:
         selection = result['eval'].get(config.data.valid_split) if did_eval else None
         checkpointer.save(step, state, config, exp.image_shape, selection)
-      if preempted:
+      if stopping:
         break
       if acc is None:  # evaluation and saving are not training throughput
         t_log = time.perf_counter()
@@ -382,14 +430,38 @@ def _train(exp, workdir, log, is_main):
         t_log += time.perf_counter() - t_pause
   progress.close()
   checkpointer.close()
+  stopped = 'signal' if preempted else 'max_train_seconds' if out_of_time else None
+  if stopped:
+    writer.write(step, 'stop', {'reason': stopped, 'seconds': time.perf_counter() - t_start,
+                                'max_train_seconds': config.max_train_seconds,
+                                'num_train_steps': config.num_train_steps})
   writer.close()
-  result.update(step=int(state.step), state=state, preempted=preempted)
+  result.update(step=int(state.step), state=state, preempted=preempted, stopped=stopped)
   if preempted:
     log(f'Stopped by a signal at step {step}: checkpoint saved. Run the same command again to '
         'resume exactly from here.')
+  elif out_of_time:
+    log(f'Stopped at step {step} of {config.num_train_steps}: config.max_train_seconds='
+        f'{config.max_train_seconds:g} is spent. Evaluated and saved; no DONE. Run the same '
+        'command again (each run has its own budget) to resume exactly from here.')
   else:
     _write_done(workdir, config, int(state.step), is_main)
   return result
+
+
+def _budget_spent(config, t_start):
+  """Whether config.max_train_seconds is spent (every process agrees: any one's clock)."""
+  if config.max_train_seconds <= 0:
+    return False
+  return _any_process(time.perf_counter() - t_start >= config.max_train_seconds)
+
+
+def _any_process(flag):
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils
+  flags = multihost_utils.process_allgather(np.asarray(flag, np.int32))
+  return bool(np.any(flags))
 
 
 def _write_done(workdir, config, step, is_main):
@@ -405,7 +477,10 @@ class _PeriodicEval:
 
   With config.eval_num_samples = K > 0 each record also holds the K-sample nll and the
   posterior gap (eval_lib.estimate, compiled once for the run). Records name the parameters
-  they evaluated: params='state' (the train state's).
+  they evaluated: params='ema' (the EMA, when config.ema_decay > 0: the loop passes
+  state.eval_params) or 'state' (the train state's); the pictures show the same parameters.
+  An EMA record holds `ema_init_weight`, and `ema_warning` while the EMA is still dominated by
+  its starting parameters (also logged).
   """
 
   def __init__(self, exp, workdir, writer):
@@ -425,8 +500,12 @@ class _PeriodicEval:
     self.picture_inputs = None
     self.last = {}
 
-  def __call__(self, step, params):
+  def __call__(self, step, params, params_kind='state', notes=None):
     self.last = {}
+    notes = notes or {}
+    if 'ema_warning' in notes and jax.process_index() == 0:
+      print(f'WARNING: step {step}: evaluating the EMA of the parameters, but '
+            f'{notes["ema_warning"]}', file=sys.stderr, flush=True)
     for split in self.splits:
       if self.num_samples:
         rec = eval_lib.estimate(self.exp, params, split, self.num_samples,
@@ -436,7 +515,8 @@ class _PeriodicEval:
       else:
         rec = eval_lib.evaluate(self.exp, params, split, eval_step=self.step_fn,
                                 arrays=self.arrays[split])
-      rec['params'] = 'state'
+      rec['params'] = params_kind
+      rec.update(notes)
       self.writer.write(step, 'eval', rec)
       self.last[split] = rec
     split = self.exp.config.data.eval_split
@@ -446,11 +526,13 @@ class _PeriodicEval:
     return self.last
 
   def summary(self, step):
+    kind = next(iter(self.last.values()), {}).get('params', 'state')
     parts = [f'{s} neg_elbo {r["neg_elbo"]:.3f} +- {r["neg_elbo_stderr"]:.3f} = recon '
              f'{r["recon"]:.3f} + kl {r["kl"]:.3f}'
              + (f', nll(K={self.num_samples}) {r["nll"]:.3f} +- {r["nll_stderr"]:.3f}'
                 if self.num_samples else '') for s, r in self.last.items()]
-    return f'step {step}: ' + '; '.join(parts) + ' nats/example'
+    return (f'step {step} ({"EMA" if kind == "ema" else "train state"} parameters): '
+            + '; '.join(parts) + ' nats/example')
 
 
 class _PreemptionFlag:
@@ -479,11 +561,7 @@ class _PreemptionFlag:
     self._signal.signal(signum, self._previous.get(signum, self._signal.SIG_DFL))
 
   def requested(self):
-    if jax.process_count() == 1:
-      return self._requested
-    from jax.experimental import multihost_utils
-    flags = multihost_utils.process_allgather(np.asarray(self._requested, np.int32))
-    return bool(np.any(flags))
+    return _any_process(self._requested)
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
@@ -493,7 +571,9 @@ class _PreemptionFlag:
 
 def _accumulate(acc, m):
   out = jax.tree.map(jnp.add, acc, m)
-  out['loss_momentum'] = m['loss_momentum']
+  for key in ('loss_momentum', 'skipped_total'):  # values at the end, not sums
+    if key in m:
+      out[key] = m[key]
   return out
 
 
@@ -506,6 +586,27 @@ def _check_nonfinite(config, state, step):
         f'(more than config.max_consecutive_nonfinite={config.max_consecutive_nonfinite}); '
         'they were skipped and nothing new was saved. Lower the learning rate or enable '
         'clipping (config.optim.clip_norm).')
+
+
+class SkippedUpdatesError(RuntimeError):
+  """The gradient-norm guard skipped more consecutive updates than the config tolerates."""
+
+
+def _check_skipped(config, state, step):
+  if state.skip is None:
+    return
+  run = int(state.skip['run'])
+  if run > config.max_consecutive_skipped:
+    o = config.optim
+    raise SkippedUpdatesError(
+        f'{run} consecutive train steps (steps {step - run + 1} to {step}) had their update '
+        'skipped by the gradient-norm guard (more than config.max_consecutive_skipped='
+        f'{config.max_consecutive_skipped}); nothing new was saved. '
+        + (f'A fixed optim.skip_threshold={o.skip_threshold:g} locks once the gradient norm '
+           'stays above it (openai/vdvae#25): raise it, or use the adaptive rule '
+           '(optim.skip_factor, with skip_threshold=0).' if o.skip_threshold > 0 else
+           'The norm keeps growing faster than the adaptive rule follows: lower the learning '
+           'rate, or raise optim.skip_factor.'))
 
 
 def _show_progress(progress, config, step, rec, log):

@@ -8,13 +8,14 @@ import os
 
 # The valid names live with the code that implements them (no TensorFlow is imported here).
 from vae_jax.data.checks import validate_data_config
-from vae_jax.distributions import LIKELIHOODS
-from vae_jax.models import DECODERS, ENCODERS, POSTERIORS
+from vae_jax.distributions import LIKELIHOODS, LOGISTIC_COUPLINGS
+from vae_jax.models import DECODERS, ENCODERS, MODEL_KINDS, POSTERIORS
 
 OPTIMIZERS = ('adam', 'adamw')
 OBJECTIVES = ('elbo', 'iwae')
-FREE_BITS_GROUPS = ('total', 'unit')
+FREE_BITS_GROUPS = ('total', 'unit', 'group')
 SCHEDULES = ('constant', 'warmup_cosine')
+PRIORS = ('standard', 'vamp')
 # Image sizes the conv encoder/decoder are built and tested for.
 CONV_SIZES = (28, 32, 64)
 
@@ -97,6 +98,11 @@ def validate_config(config, num_devices=None):
                         f'ints, e.g. --config.model.{field}="(500,)".')
   if m.gaussian_sigma <= 0:
     raise ConfigError('config.model.gaussian_sigma must be > 0.')
+  _choice(m.kind, MODEL_KINDS, 'model.kind')
+  if m.kind == 'hvae':
+    validate_hierarchy(m)
+  validate_coupling(m)
+  validate_prior(config)
 
   discrete = m.likelihood == 'discretized_logistic'
   if discrete != (d.preprocess == 'uint8'):
@@ -115,6 +121,11 @@ def validate_config(config, num_devices=None):
     raise ConfigError(
         'objective.name=iwae trains the importance-weighted bound itself: beta, kl_warmup_steps '
         'and free_bits do not apply to it. Set them to 1, 0 and 0, or use objective.name=elbo.')
+  if ob.free_bits_per == 'group' and m.kind != 'hvae':
+    raise ConfigError(
+        'objective.free_bits_per=group floors each stochastic group of a hierarchy, and '
+        f'model.kind={m.kind!r} has one group: its KL. Use free_bits_per=total (the same '
+        'floor here) or unit, or model.kind=hvae.')
   if ob.free_bits_per == 'unit' and m.posterior != 'diag':
     raise ConfigError(
         'objective.free_bits_per=unit needs model.posterior=diag: a full covariance KL is not a '
@@ -130,11 +141,117 @@ def validate_config(config, num_devices=None):
   if o.schedule == 'warmup_cosine' and o.warmup_steps >= config.num_train_steps:
     raise ConfigError(f'config.optim.warmup_steps={o.warmup_steps} must be smaller than '
                       f'num_train_steps={config.num_train_steps}.')
+  validate_stability(config)
   _positive(config.checkpoint.keep, 'checkpoint.keep')
   _positive(config.images.num, 'images.num')
 
   if num_devices is not None:
     validate_batch_split(config, num_devices)
+
+
+def _number(value, field):
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+    raise ConfigError(f'config.{field}={value!r} must be a number.')
+
+
+def validate_stability(config):
+  """Gradient skipping, the parameter EMA and the wall-clock budget."""
+  o = config.optim
+  for field, value in (('optim.skip_threshold', o.skip_threshold),
+                       ('optim.skip_factor', o.skip_factor),
+                       ('max_train_seconds', config.max_train_seconds)):
+    _number(value, field)
+    if value < 0:
+      raise ConfigError(f'config.{field}={value!r} must be >= 0 (0 = off).')
+  if 0 < o.skip_factor <= 1:
+    raise ConfigError(
+        f'config.optim.skip_factor={o.skip_factor} would skip about half of all updates (the '
+        'limit is skip_factor x the median gradient norm): use a factor well above 1, e.g. 10, '
+        'or 0 to turn the adaptive rule off.')
+  _positive(o.skip_window, 'optim.skip_window')
+  limit = config.max_consecutive_skipped
+  if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+    raise ConfigError(f'config.max_consecutive_skipped={limit!r} must be an int >= 0.')
+  longest = o.skip_window - (o.skip_window - 1) // 2
+  if o.skip_factor > 0 and limit < longest:
+    raise ConfigError(
+        f'config.max_consecutive_skipped={limit} is below {longest}, the most consecutive '
+        f'skips the adaptive rule makes on a lasting change of the gradient norm (about half of '
+        f'optim.skip_window={o.skip_window}): the run would stop where the rule recovers. Use '
+        f'max_consecutive_skipped >= {longest}, or a smaller skip_window.')
+  _number(config.ema_decay, 'ema_decay')
+  if not 0.0 <= config.ema_decay < 1.0:
+    raise ConfigError(
+        f'config.ema_decay={config.ema_decay!r} must be in [0, 1): 0 turns the EMA of the '
+        'parameters off; 0.999 averages about the last 1000 steps.')
+
+
+def validate_coupling(m):
+  """model.logistic_coupling: a form of the discretized logistic (both model kinds).
+
+  Its channel count is known only with the dataset (validate_image_shape checks it is 3).
+  """
+  _choice(m.logistic_coupling, LOGISTIC_COUPLINGS, 'model.logistic_coupling')
+  if m.logistic_coupling == 'none':
+    return
+  if m.likelihood != 'discretized_logistic':
+    raise ConfigError(
+        f'model.logistic_coupling={m.logistic_coupling!r} couples the channels of the '
+        f'discretized logistic mixture, and model.likelihood={m.likelihood!r}. Set '
+        'model.likelihood=discretized_logistic (with data.preprocess=uint8), or '
+        'model.logistic_coupling=none.')
+
+
+def validate_prior(config):
+  """model.prior and model.num_pseudo_inputs, and what the VampPrior rules out."""
+  m, ob = config.model, config.objective
+  _choice(m.prior, PRIORS, 'model.prior')
+  if m.prior == 'standard':
+    return
+  _positive(m.num_pseudo_inputs, 'model.num_pseudo_inputs')
+  if m.kind != 'vae':
+    raise ConfigError(
+        f'model.prior={m.prior!r} is the single-layer family\'s (model.kind=vae); '
+        f'model.kind={m.kind!r} learns its own prior for each group. Use model.prior=standard.')
+  if m.posterior != 'diag':
+    raise ConfigError(
+        f'model.prior={m.prior!r} is built for the diagonal posterior (its components are the '
+        f'encoder\'s q(h|u_k)); model.posterior={m.posterior!r}. Use model.posterior=diag.')
+  if ob.free_bits_per == 'unit':
+    raise ConfigError(
+        f'objective.free_bits_per=unit floors the KL of each latent unit, but under '
+        f'model.prior={m.prior!r} the KL (log q(h|x) - log p(h) at the sample) is not a sum '
+        'over units: the mixture prior couples them. Use objective.free_bits_per=total.')
+
+
+def validate_hierarchy(m):
+  """The model.hvae_* fields and what the hierarchical family needs of the others."""
+  if m.encoder != m.decoder:
+    raise ConfigError(
+        f'model.kind=hvae shares one architecture between its bottom-up and top-down paths: '
+        f'model.encoder={m.encoder!r} and model.decoder={m.decoder!r} must be the same (mlp '
+        'or conv).')
+  groups = tuple(m.hvae_groups)
+  if not groups or any(not isinstance(g, int) or isinstance(g, bool) or g <= 0 for g in groups):
+    raise ConfigError(f'config.model.hvae_groups={groups!r} must be a non-empty tuple of '
+                      'positive ints (groups per resolution, top first), e.g. "(4,)".')
+  if m.encoder == 'mlp' and len(groups) != 1:
+    raise ConfigError(
+        f'config.model.hvae_groups={groups!r}: the mlp hierarchy has one resolution, so give '
+        f'one count, e.g. --config.model.hvae_groups="({sum(groups)},)".')
+  stages = len(tuple(m.conv_channels))
+  if m.encoder == 'conv' and len(groups) > stages:
+    raise ConfigError(
+        f'config.model.hvae_groups={groups!r} places groups at {len(groups)} resolutions, but '
+        f'model.conv_channels={tuple(m.conv_channels)!r} makes only {stages}. Give at most '
+        f'{stages} counts or add stages.')
+  _positive(m.hvae_width, 'model.hvae_width')
+  if not isinstance(m.hvae_residual_posterior, bool):
+    raise ConfigError('config.model.hvae_residual_posterior must be True or False.')
+  if m.posterior != 'diag' or m.shared_covariance:
+    raise ConfigError(
+        'model.kind=hvae has a diagonal Gaussian per group that depends on x: set '
+        'model.posterior=diag and model.shared_covariance=False.')
 
 
 def validate_batch_split(config, num_devices):
@@ -173,6 +290,11 @@ def validate_image_shape(config, image_shape):
         f'The conv encoder/decoder is built for square images of size {CONV_SIZES}; dataset '
         f'{config.data.name!r} has {h}x{w}. Use --config.model.encoder=mlp '
         '--config.model.decoder=mlp.')
+  channels = image_shape[-1]
+  if config.model.logistic_coupling == 'rgb' and channels != 3:
+    raise ConfigError(
+        f'model.logistic_coupling=rgb couples the R, G and B values of a pixel; dataset '
+        f'{config.data.name!r} has {channels} channel(s). Use model.logistic_coupling=none.')
 
 
 def validate_workdir(workdir):

@@ -1,11 +1,17 @@
-"""The single-stochastic-layer VAE: q(h|x) Gaussian (diagonal or full), p(h) = N(0, I).
+"""The single-stochastic-layer VAE: q(h|x) Gaussian (diagonal or full), p(h) = N(0, I) or the
+VampPrior p(h) = (1/K) sum_k q(h|u_k) over K learned pseudo-inputs u_k (Tomczak and Welling
+2018; `prior='vamp'`, diagonal posterior).
 
 This is the model contract every family provides, as pure functions of the parameters:
 - `terms(params, x, key)` -> dict of [B] arrays: `recon`, `kl`, `neg_elbo` (nats). `key` is
   one key for the whole batch (training: one per step; the batch's noise is drawn in the
   global view, so with `jax_threefry_partitionable` a sharded draw equals the unsharded one) or
   keys [B], one per example (evaluation: example i's sample k comes from fold_in(key_i, k), so
-  the batch size, padding and device count change nothing).
+  the batch size, padding and device count change nothing). With the VampPrior `kl` is the
+  one-sample estimate log q(h|x) - log p(h) at the same posterior sample h the recon uses (the
+  KL to a mixture has no closed form), so neg_elbo stays an unbiased one-sample estimate; the
+  analytic KL(q(h|x) || N(0, I)) is reported beside it as `kl_standard` [B], and there is no
+  `kl_units` (that KL is not a sum over units).
 - `log_weights(params, x, keys, num_samples, sample_offset, encoded=None)` -> [K, B] of
   log p(x|h) + log p(h) - log q(h|x) for samples sample_offset .. sample_offset + K - 1 of each
   example; chunks with offsets 0, Kc, 2Kc, ... concatenate to the unchunked result. `encoded`
@@ -14,7 +20,8 @@ This is the model contract every family provides, as pure functions of the param
 - `encode(params, x)` -> whatever per-example state the family's log_weights reuses across
   chunks (here the posterior's parameters); callers only pass it back.
 - `sample(params, key, n, temperature)` -> prior draws decoded: {'means': E[x|h],
-  'samples': x ~ p(x|h)}, each [n, H, W, C] in the data's display range.
+  'samples': x ~ p(x|h)}, each [n, H, W, C] in the data's display range (`sample_latents`
+  draws the h).
 - `reconstruct(params, x)` -> E[x|h] at h = the posterior mean, [B, H, W, C].
 - `decode_mean(params, h)` -> E[x|h] for latents h [n, U] laid out as `posterior_stats`'
   units (interpolations and traversals), [n, H, W, C].
@@ -43,6 +50,7 @@ class GaussianVAE:
   likelihood: str
   latent_dim: int
   x_dtype: Any = jnp.float32  # the model input's dtype (int32 for 8-bit discrete data)
+  prior: str = 'standard'     # standard: N(0, I) | vamp: the network's pseudo-inputs' mixture
 
   def init(self, key, x):
     """Parameters for inputs shaped like x [B, H, W, C]."""
@@ -56,11 +64,42 @@ class GaussianVAE:
   def _noise(self, key, batch, num_samples=None, sample_offset=0):
     return standard_normal_noise(key, batch, self.latent_dim, num_samples, sample_offset)
 
+  @property
+  def _vamp(self):
+    if self.prior not in ('standard', 'vamp'):
+      raise ValueError(f"Unknown prior {self.prior!r}; expected 'standard' or 'vamp'.")
+    if self.prior == 'vamp' and not self.network.num_pseudo_inputs:
+      raise ValueError('the VampPrior needs a network with num_pseudo_inputs > 0.')
+    return self.prior == 'vamp'
+
+  def prior_components(self, params):
+    """The VampPrior's K components q(h|u_k): {'mean': [K, D], 'log_scale': [K, D]}.
+
+    One encoder pass over the K pseudo-inputs, shared by every h of the call.
+    """
+    return self.network.apply({'params': params}, method='encode_pseudo_inputs')
+
+  def log_prior(self, params, h, components=None):
+    """log p(h): [...] for h [..., D] (components: prior_components, reused if given)."""
+    if not self._vamp:
+      return distributions.standard_normal_log_prob(h)
+    components = self.prior_components(params) if components is None else components
+    return distributions.diagonal_mixture_log_prob(components, h)
+
   def terms(self, params, x, key):
-    """recon, kl, neg_elbo: each [B], nats (one reparameterized sample per example)."""
+    """recon, kl, neg_elbo: each [B], nats (one reparameterized sample per example).
+
+    VampPrior: kl is log q(h|x) - log p(h) at that sample, plus kl_standard [B] (see above).
+    """
     eps = self._noise(key, x.shape[0])  # [B, D]
     out = self.network.apply({'params': params}, x, eps)
-    return objectives.elbo_terms(out['posterior'], out['likelihood'], x, self.likelihood)
+    if not self._vamp:
+      return objectives.elbo_terms(out['posterior'], out['likelihood'], x, self.likelihood)
+    post, h = out['posterior'], out['h']  # h: [B, D]
+    recon = -distributions.likelihood_log_prob(self.likelihood, out['likelihood'], x)  # [B]
+    kl = distributions.gaussian_log_prob(post, h) - self.log_prior(params, h)  # [B]
+    kl_standard = distributions.gaussian_kl_to_standard_normal(post)  # [B]
+    return dict(recon=recon, kl=kl, neg_elbo=recon + kl, kl_standard=kl_standard)
 
   def encode(self, params, x):
     """The posterior's parameters (see distributions), the state log_weights reuses."""
@@ -70,20 +109,33 @@ class GaussianVAE:
     """log p(x|h) + log p(h) - log q(h|x): [K, B], for samples offset .. offset + K - 1.
 
     The encoder runs once per call, or not at all with `encoded`; only the decoder sees the K
-    samples.
+    samples (and the VampPrior's K pseudo-inputs are encoded once per call).
     """
     post = self.encode(params, x) if encoded is None else encoded
     eps = self._noise(keys, x.shape[0], num_samples, sample_offset)  # [K, B, D]
     h = distributions.gaussian_rsample(post, eps)  # [K, B, D]
     lik = self.network.apply({'params': params}, h, method='decode')
     log_px_h = distributions.likelihood_log_prob(self.likelihood, lik, x)  # [K, B]
-    return (log_px_h + distributions.standard_normal_log_prob(h)
-            - distributions.gaussian_log_prob(post, h))
+    return (log_px_h + self.log_prior(params, h) - distributions.gaussian_log_prob(post, h))
+
+  def sample_latents(self, params, key, n, temperature=1.0):
+    """n prior draws h [n, D] with every scale multiplied by temperature.
+
+    Standard: h ~ N(0, temperature^2 I). VampPrior: a component k uniformly per draw, then
+    h ~ N(mean_k, temperature^2 diag(scale_k^2)).
+    """
+    if not self._vamp:
+      return temperature * jax.random.normal(key, (n, self.latent_dim))
+    comp = self.prior_components(params)  # [K, D] each
+    k_c, k_h = jax.random.split(key)
+    idx = jax.random.randint(k_c, (n,), 0, comp['mean'].shape[0])  # [n]
+    scale = jnp.exp(jnp.broadcast_to(comp['log_scale'], comp['mean'].shape)[idx])
+    return comp['mean'][idx] + temperature * scale * jax.random.normal(k_h, (n, self.latent_dim))
 
   def sample(self, params, key, n, temperature=1.0):
-    """n prior draws h ~ N(0, temperature^2 I), decoded: {'means', 'samples'} [n, H, W, C]."""
+    """n prior draws (sample_latents), decoded: {'means', 'samples'} [n, H, W, C]."""
     k_h, k_x = jax.random.split(key)
-    h = temperature * jax.random.normal(k_h, (n, self.latent_dim))
+    h = self.sample_latents(params, k_h, n, temperature)
     lik = self.network.apply({'params': params}, h, method='decode')
     samples = distributions.likelihood_sample(self.likelihood, lik, k_x)
     if jnp.issubdtype(samples.dtype, jnp.integer):
@@ -132,4 +184,4 @@ def build_model(model_cfg, image_shape, x_dtype=jnp.float32):
   """The model family `config.model` describes, for images of image_shape."""
   return GaussianVAE(network=networks.build_network(model_cfg, image_shape),
                      likelihood=model_cfg.likelihood, latent_dim=model_cfg.latent_dim,
-                     x_dtype=x_dtype)
+                     x_dtype=x_dtype, prior=model_cfg.prior)

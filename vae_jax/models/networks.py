@@ -12,7 +12,10 @@ The decoder maps h [N,D] to the parameters of p(x|h), by likelihood:
     per-pixel parameter initialised at log(gaussian_sigma), or that constant)
   discretized_logistic: {'loc', 'log_scale', 'logit_weights'}, each [N,H,W,C,K]; loc is
     unconstrained on the [-1, 1] data scale (the edge bins absorb values beyond it, as in
-    PixelCNN++), log_scale is clipped below at -7.
+    PixelCNN++), log_scale is clipped below at -7. With logistic_coupling='rgb' (PixelCNN++'s
+    coupled form, C = 3): logit_weights [N,H,W,K] (one indicator per pixel), loc and log_scale
+    [N,H,W,3,K] and coeffs [N,H,W,3,K] = tanh of the raw outputs; 10 K outputs per pixel, laid
+    out as PixelCNN++'s (K logits, then per channel K locs, K log-scales, K coefficients).
 
 No losses and no randomness live here: the maths of these parameters is in distributions.py,
 and the model family built on these networks (`gaussian_vae`) draws the noise eps.
@@ -28,7 +31,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax.distributions import LIKELIHOODS, gaussian_rsample, scale_tril_from_raw
+from vae_jax.distributions import (
+    LIKELIHOODS,
+    LOGISTIC_COUPLINGS,
+    gaussian_rsample,
+    scale_tril_from_raw,
+)
 
 ENCODERS = ('mlp', 'conv')
 DECODERS = ('mlp', 'conv')
@@ -57,6 +65,19 @@ def num_pixel_params(likelihood: str, logistic_mixtures: int) -> int:
   return 1
 
 
+def num_pixel_outputs(likelihood: str, logistic_mixtures: int, channels: int,
+                      logistic_coupling: str = 'none') -> int:
+  """Raw decoder outputs per pixel (all its channels together)."""
+  _check('logistic coupling', logistic_coupling, LOGISTIC_COUPLINGS)
+  if likelihood == 'discretized_logistic' and logistic_coupling == 'rgb':
+    if channels != 3:
+      raise ValueError(f'logistic_coupling=rgb couples R, G and B: it needs 3 channels, got '
+                       f'{channels}.')
+    # K logits + per channel K locs, K log-scales and K coefficients (c0, c1, c2 over channels).
+    return logistic_mixtures * (1 + 3 * channels)
+  return channels * num_pixel_params(likelihood, logistic_mixtures)
+
+
 @dataclasses.dataclass(frozen=True)
 class LikelihoodSpec:
   """What a decoder's output head needs to know: the image and the likelihood's options.
@@ -70,11 +91,25 @@ class LikelihoodSpec:
   learn_sigma: bool = True         # gaussian: learn a per-pixel sigma, else gaussian_sigma
   gaussian_sigma: float = 0.1
   logistic_mixtures: int = 1       # discretized_logistic: mixture components per sub-pixel
+  logistic_coupling: str = 'none'  # discretized_logistic: none | rgb (PixelCNN++'s coupling)
+
+  @property
+  def coupled(self) -> bool:
+    return self.likelihood == 'discretized_logistic' and self.logistic_coupling == 'rgb'
 
   @property
   def pixel_params(self) -> int:
-    """Raw decoder outputs per sub-pixel."""
+    """Raw decoder outputs per sub-pixel (the per-channel forms only)."""
+    if self.coupled:
+      raise ValueError('the coupled (rgb) discretized logistic has no per-sub-pixel outputs: '
+                       'its heads emit pixel_outputs per pixel.')
     return num_pixel_params(self.likelihood, self.logistic_mixtures)
+
+  @property
+  def pixel_outputs(self) -> int:
+    """Raw decoder outputs per pixel: [N,H,W,pixel_outputs] is what LikelihoodHead reads."""
+    return num_pixel_outputs(self.likelihood, self.logistic_mixtures, self.image_shape[-1],
+                             self.logistic_coupling)
 
 
 def _groups(channels: int) -> int:
@@ -152,7 +187,11 @@ class PosteriorHead(nn.Module):
 
 
 class LikelihoodHead(nn.Module):
-  """Raw decoder outputs [N,H,W,C,P] -> parameters of p(x|h) (see the module docstring)."""
+  """Raw decoder outputs -> parameters of p(x|h) (see the module docstring).
+
+  raw is [N,H,W,Q] with Q = spec.pixel_outputs, or, for the per-channel forms, already split
+  per sub-pixel as [N,H,W,C,P] with P = spec.pixel_params (the same numbers: Q = C P).
+  """
 
   spec: LikelihoodSpec
 
@@ -161,6 +200,10 @@ class LikelihoodHead(nn.Module):
     spec = self.spec
     _check('likelihood', spec.likelihood, LIKELIHOODS)
     raw = raw.astype(jnp.float32)
+    if spec.coupled:
+      return _coupled_logistic_params(raw, spec.logistic_mixtures)
+    if raw.ndim == 4:  # [N,H,W,C*P] -> [N,H,W,C,P]
+      raw = raw.reshape(raw.shape[:3] + (spec.image_shape[-1], spec.pixel_params))
     if spec.likelihood in ('bernoulli', 'continuous_bernoulli'):
       return {'logits': raw[..., 0]}  # [N,H,W,C]
     if spec.likelihood == 'gaussian':
@@ -178,6 +221,17 @@ class LikelihoodHead(nn.Module):
         'log_scale': jnp.maximum(raw[..., k : 2 * k], MIN_LOGISTIC_LOG_SCALE),
         'logit_weights': raw[..., 2 * k :],
     }
+
+
+def _coupled_logistic_params(raw: jax.Array, k: int) -> dict[str, jax.Array]:
+  """[N,H,W,10K] -> the coupled form's parameters, in PixelCNN++'s layout."""
+  per_channel = raw[..., k:].reshape(raw.shape[:-1] + (3, 3 * k))  # [N,H,W,3,3K]
+  return {
+      'logit_weights': raw[..., :k],  # [N,H,W,K]
+      'loc': per_channel[..., :k],  # [N,H,W,3,K]
+      'log_scale': jnp.maximum(per_channel[..., k : 2 * k], MIN_LOGISTIC_LOG_SCALE),
+      'coeffs': jnp.tanh(per_channel[..., 2 * k :]),  # [N,H,W,3,K]: (c0, c1, c2)
+  }
 
 
 class MLPEncoder(nn.Module):
@@ -215,12 +269,12 @@ class MLPDecoder(nn.Module):
 
   @nn.compact
   def __call__(self, h: jax.Array) -> dict[str, jax.Array]:
-    shape, p = tuple(self.spec.image_shape), self.spec.pixel_params
+    shape, q = tuple(self.spec.image_shape), self.spec.pixel_outputs
     y = h  # [N,D]
     for i, width in enumerate(reversed(tuple(self.hidden))):
       y = nn.relu(nn.Dense(width, dtype=self.dtype, name=f'hidden_{i}')(y))
-    y = nn.Dense(math.prod(shape) * p, dtype=self.dtype, name='out')(y)
-    raw = y.reshape((h.shape[0], *shape, p))  # [N,H,W,C,P]
+    y = nn.Dense(math.prod(shape[:2]) * q, dtype=self.dtype, name='out')(y)
+    raw = y.reshape((h.shape[0], *shape[:2], q))  # [N,H,W,Q]
     return LikelihoodHead(self.spec, name='likelihood')(raw)
 
 
@@ -292,11 +346,11 @@ class ConvDecoder(nn.Module):
 
   @nn.compact
   def __call__(self, h: jax.Array) -> dict[str, jax.Array]:
-    height, width, c = self.spec.image_shape
+    height, width, _ = self.spec.image_shape
     chans = tuple(self.conv_channels)
     n_stages = len(chans)
     hs, ws = stage_sizes(height, n_stages), stage_sizes(width, n_stages)
-    p = self.spec.pixel_params
+    q = self.spec.pixel_outputs
     y = nn.Dense(hs[-1] * ws[-1] * chans[-1], dtype=self.dtype, name='dense_in')(h)
     y = y.reshape((h.shape[0], hs[-1], ws[-1], chans[-1]))  # [N,h,w,c_last]
     for i in reversed(range(n_stages)):
@@ -305,8 +359,7 @@ class ConvDecoder(nn.Module):
       y = jnp.repeat(jnp.repeat(y, 2, axis=1), 2, axis=2)[:, : hs[i], : ws[i]]  # [N,hs[i],ws[i],c]
       y = nn.Conv(chans[max(i - 1, 0)], (3, 3), dtype=self.dtype, name=f'up_{i}')(y)
     y = nn.swish(nn.GroupNorm(_groups(y.shape[-1]), dtype=self.dtype, name='norm_out')(y))
-    y = nn.Conv(c * p, (3, 3), dtype=self.dtype, name='conv_out')(y)  # [N,H,W,C*P]
-    raw = y.reshape((h.shape[0], height, width, c, p))  # [N,H,W,C,P]
+    raw = nn.Conv(q, (3, 3), dtype=self.dtype, name='conv_out')(y)  # [N,H,W,Q]
     return LikelihoodHead(self.spec, name='likelihood')(raw)
 
 
@@ -330,6 +383,9 @@ class VAE(nn.Module):
   learn_sigma: bool = True
   gaussian_sigma: float = 0.1
   logistic_mixtures: int = 1
+  logistic_coupling: str = 'none'
+  # K learned pseudo-inputs, for a VampPrior (0 = none: the family's prior is N(0, I)).
+  num_pseudo_inputs: int = 0
   dtype: Any = jnp.float32  # computation dtype; parameters and outputs stay float32
 
   def setup(self):
@@ -340,7 +396,8 @@ class VAE(nn.Module):
     lik = dict(spec=LikelihoodSpec(
         image_shape=tuple(self.image_shape), likelihood=self.likelihood,
         learn_sigma=self.learn_sigma, gaussian_sigma=self.gaussian_sigma,
-        logistic_mixtures=self.logistic_mixtures), dtype=self.dtype)
+        logistic_mixtures=self.logistic_mixtures, logistic_coupling=self.logistic_coupling),
+        dtype=self.dtype)
     if self.encoder == 'mlp':
       self.enc = MLPEncoder(hidden=tuple(self.hidden), **post)
     else:
@@ -351,6 +408,22 @@ class VAE(nn.Module):
     else:
       self.dec = ConvDecoder(
           conv_channels=tuple(self.conv_channels), conv_blocks=self.conv_blocks, **lik)
+    if self.num_pseudo_inputs:
+      # The VampPrior's pseudo-inputs are the sigmoid of these logits, so they stay inside the
+      # encoder's input range (0, 1) with a gradient everywhere (a hard-tanh clip would strand
+      # any that cross an edge). Logits ~ N(0, 0.1^2): inputs 0.5 +- 0.025, grey images whose
+      # small differences break the symmetry between the mixture's components.
+      self.pseudo_input_logits = self.param(
+          'pseudo_input_logits', nn.initializers.normal(0.1),
+          (self.num_pseudo_inputs, *self.image_shape), jnp.float32)  # [K,H,W,C]
+
+  def pseudo_inputs(self) -> jax.Array:
+    """The VampPrior's K pseudo-inputs, [K,H,W,C] floats in (0, 1), like encoder inputs."""
+    return jax.nn.sigmoid(self.pseudo_input_logits)
+
+  def encode_pseudo_inputs(self) -> dict[str, jax.Array]:
+    """q(h|u_k) of each pseudo-input u_k: the VampPrior's components, posterior params [K,...]."""
+    return self.enc(self.pseudo_inputs())
 
   def encode(self, x: jax.Array) -> dict[str, jax.Array]:
     """x [B,H,W,C] (floats in [0,1] or integers 0..255) -> posterior params."""
@@ -392,5 +465,7 @@ def build_network(model_cfg, image_shape: Sequence[int]) -> VAE:
       learn_sigma=model_cfg.learn_sigma,
       gaussian_sigma=model_cfg.gaussian_sigma,
       logistic_mixtures=model_cfg.logistic_mixtures,
+      logistic_coupling=model_cfg.logistic_coupling,
+      num_pseudo_inputs=model_cfg.num_pseudo_inputs if model_cfg.prior == 'vamp' else 0,
       dtype=jnp.dtype(model_cfg.dtype),
   )
