@@ -16,9 +16,14 @@ Then:
   python scripts/train.py --config=configs/fashion_mnist_vamp.py --workdir=/tmp/vae_fm_vamp
   python scripts/evaluate.py --workdir=/tmp/vae_fm_vamp --num_samples=1000
 
-Expected result: the test neg_elbo and the K = 1000 nll (with their standard errors over the
-10000 test images) that those two commands print, to compare with
-configs/fashion_mnist_binarized.py's 242.70 +- 0.76 and 238.54 +- 0.76.
+Expected result (measured here, seed 0, 2-core CPU; +- the standard error over the 10000 test
+images): test neg_elbo 238.04 +- 0.77 nats per example (recon 222.09, kl 15.95; kl_standard
+39.33) after 4680 steps, about 150 s of training beside another job; importance-sampled nll
+238.04 -> 234.73 +- 0.76 with K = 1000 (0.4320 bits/dim), posterior gap 3.31 +- 0.03; 20 of
+20 units active. Against configs/fashion_mnist_binarized.py's N(0, I) prior on the same data
+order and step count (neg_elbo 242.70 +- 0.76, K = 1000 nll 238.54 +- 0.76): 4.7 nats better
+ELBO and 3.8 nats better nll. The KL to N(0, I) is 39 nats although the KL to the learned
+prior is 16: the aggregate posterior is far from a standard normal, and the prior follows it.
 """
 
 from configs import fashion_mnist_binarized

@@ -98,6 +98,9 @@ def validate_config(config, num_devices=None):
                         f'ints, e.g. --config.model.{field}="(500,)".')
   if m.gaussian_sigma <= 0:
     raise ConfigError('config.model.gaussian_sigma must be > 0.')
+  _choice(m.dtype, ('float32', 'bfloat16'), 'model.dtype')
+  if not isinstance(m.remat, bool):
+    raise ConfigError(f'config.model.remat={m.remat!r} must be True or False.')
   _choice(m.kind, MODEL_KINDS, 'model.kind')
   if m.kind == 'hvae':
     validate_hierarchy(m)

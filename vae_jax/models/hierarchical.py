@@ -104,10 +104,9 @@ class MLPBlock(nn.Module):
     return x + y
 
 
-def _block(variant, channels, dtype, name):
-  if variant == 'mlp':
-    return MLPBlock(channels, dtype, name=name)
-  return networks.ResBlock(channels, dtype, name=name)
+def _block(variant, channels, dtype, name, remat=False):
+  cls = MLPBlock if variant == 'mlp' else networks.ResBlock
+  return networks.remat_if(cls, remat)(channels, dtype, name=name)
 
 
 def _norm(variant, channels, dtype, name):
@@ -139,6 +138,7 @@ class BottomUp(nn.Module):
   conv_channels: Sequence[int]
   conv_blocks: int
   dtype: Any = jnp.float32
+  remat: bool = False  # rematerialise every residual block
 
   @nn.compact
   def __call__(self, x):
@@ -150,7 +150,7 @@ class BottomUp(nn.Module):
         y = nn.relu(nn.Dense(w, dtype=self.dtype, name=f'hidden_{i}')(y))
       y = nn.Dense(self.width, dtype=self.dtype, name='proj')(y)  # [B, W]
       for g in range(self.groups[0]):
-        y = MLPBlock(self.width, self.dtype, name=f'group_block_{g}')(y)
+        y = _block('mlp', self.width, self.dtype, f'group_block_{g}', self.remat)(y)
         feats.append(y)
       return feats[::-1]
     n_stages = len(self.conv_channels)
@@ -158,9 +158,9 @@ class BottomUp(nn.Module):
     for i, ch in enumerate(self.conv_channels, start=1):
       y = nn.Conv(ch, (3, 3), strides=(2, 2), dtype=self.dtype, name=f'down_{i}')(y)
       for j in range(self.conv_blocks):
-        y = networks.ResBlock(ch, self.dtype, name=f'block_{i}_{j}')(y)
+        y = _block('conv', ch, self.dtype, f'block_{i}_{j}', self.remat)(y)
       for g in range(per_stage.get(i, 0)):
-        y = networks.ResBlock(ch, self.dtype, name=f'group_block_{i}_{g}')(y)
+        y = _block('conv', ch, self.dtype, f'group_block_{i}_{g}', self.remat)(y)
         feats.append(y)  # [B, h_i, w_i, c_i]
     return feats[::-1]
 
@@ -180,6 +180,7 @@ class TopDownGroup(nn.Module):
   top: bool
   residual_posterior: bool
   dtype: Any = jnp.float32
+  remat: bool = False  # rematerialise the group's residual block
 
   def _gaussian(self, raw):
     mean, raw_log_scale = jnp.split(raw.astype(jnp.float32), 2, axis=-1)
@@ -217,7 +218,7 @@ class TopDownGroup(nn.Module):
       z = posterior['mean'] if mode == 'mean' else (
           posterior['mean'] + jnp.exp(posterior['log_scale']) * eps)
     s = s + _linear(v, self.channels, self.dtype, 'z_proj', kernel=(1, 1))(z)
-    s = _block(v, self.channels, self.dtype, 'block')(s)
+    s = _block(v, self.channels, self.dtype, 'block', self.remat)(s)
     as_flat = lambda g: None if g is None else {k: flat(a) for k, a in g.items()}
     return s, {'z': flat(z), 'prior': as_flat(prior), 'posterior': as_flat(posterior)}
 
@@ -239,6 +240,7 @@ class TopDown(nn.Module):
   conv_blocks: int
   residual_posterior: bool
   dtype: Any = jnp.float32
+  remat: bool = False  # rematerialise every residual block
 
   @nn.compact
   def __call__(self, feats, eps, mode, temperature=1.0):
@@ -249,7 +251,7 @@ class TopDown(nn.Module):
 
     def run_group(s, g, channels):
       group = TopDownGroup(self.variant, self.latent_dim, channels, g == 0,
-                           self.residual_posterior, self.dtype, name=f'group_{g}')
+                           self.residual_posterior, self.dtype, self.remat, name=f'group_{g}')
       return group(s, None if feats is None else feats[g], eps[g], mode, temperature)
 
     if self.variant == 'mlp':
@@ -272,7 +274,7 @@ class TopDown(nn.Module):
         out.append(info)
         g += 1
       for j in range(self.conv_blocks):
-        s = networks.ResBlock(chans[i - 1], self.dtype, name=f'block_{i}_{j}')(s)
+        s = _block('conv', chans[i - 1], self.dtype, f'block_{i}_{j}', self.remat)(s)
       s = jnp.repeat(jnp.repeat(s, 2, axis=1), 2, axis=2)[:, : hs[i - 1], : ws[i - 1]]
       s = nn.Conv(chans[max(i - 2, 0)], (3, 3), dtype=self.dtype, name=f'up_{i}')(s)
     return s, out
@@ -320,13 +322,14 @@ class HierarchicalNetwork(nn.Module):
   residual_posterior: bool = True
   spec: networks.LikelihoodSpec = networks.LikelihoodSpec()
   dtype: Any = jnp.float32  # computation dtype; parameters, likelihood and KL stay float32
+  remat: bool = False  # rematerialise every residual block (networks.remat_if)
 
   def setup(self):
     if self.variant not in VARIANTS:
       raise ValueError(f'Unknown hierarchy variant {self.variant!r}; expected one of {VARIANTS}.')
     common = dict(variant=self.variant, groups=tuple(self.groups), width=self.width,
                   conv_channels=tuple(self.conv_channels), conv_blocks=self.conv_blocks,
-                  dtype=self.dtype)
+                  dtype=self.dtype, remat=self.remat)
     self.bu = BottomUp(hidden=tuple(self.hidden), **common)
     self.td = TopDown(image_shape=tuple(self.image_shape), latent_dim=self.latent_dim,
                       residual_posterior=self.residual_posterior, **common)
@@ -512,5 +515,6 @@ def build_model(model_cfg, image_shape, x_dtype=jnp.float32):
       residual_posterior=bool(model_cfg.hvae_residual_posterior),
       spec=likelihood_spec(model_cfg, image_shape),
       dtype=jnp.dtype(model_cfg.dtype),
+      remat=bool(model_cfg.remat),
   )
   return HierarchicalVAE(network=network, likelihood=model_cfg.likelihood, x_dtype=x_dtype)

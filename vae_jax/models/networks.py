@@ -296,6 +296,13 @@ class ResBlock(nn.Module):
     return x + y
 
 
+def remat_if(block_cls, remat: bool):
+  """The block class, rematerialised (nn.remat) when `remat`: its activations are recomputed
+  in the backward pass instead of kept, trading compute for memory; parameters and numbers
+  are unchanged."""
+  return nn.remat(block_cls) if remat else block_cls
+
+
 def stage_sizes(size: int, num_stages: int) -> list[int]:
   """Spatial sizes through the stages: each halves, rounding up (28 -> 14 -> 7 -> 4)."""
   sizes = [size]
@@ -317,6 +324,7 @@ class ConvEncoder(nn.Module):
   posterior: str = 'diag'
   shared_covariance: bool = False
   dtype: Any = jnp.float32
+  remat: bool = False  # rematerialise each residual block (remat_if)
 
   @nn.compact
   def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
@@ -324,7 +332,7 @@ class ConvEncoder(nn.Module):
     for i, ch in enumerate(self.conv_channels):
       y = nn.Conv(ch, (3, 3), strides=(2, 2), dtype=self.dtype, name=f'down_{i}')(y)
       for j in range(self.conv_blocks):
-        y = ResBlock(ch, self.dtype, name=f'block_{i}_{j}')(y)
+        y = remat_if(ResBlock, self.remat)(ch, self.dtype, name=f'block_{i}_{j}')(y)
     y = nn.swish(nn.GroupNorm(_groups(y.shape[-1]), dtype=self.dtype, name='norm_out')(y))
     y = y.reshape((y.shape[0], -1))  # [B,h*w*c] at the lowest resolution
     return PosteriorHead(
@@ -343,6 +351,7 @@ class ConvDecoder(nn.Module):
   conv_blocks: int = 1
   spec: LikelihoodSpec = LikelihoodSpec()
   dtype: Any = jnp.float32
+  remat: bool = False  # rematerialise each residual block (remat_if)
 
   @nn.compact
   def __call__(self, h: jax.Array) -> dict[str, jax.Array]:
@@ -355,7 +364,7 @@ class ConvDecoder(nn.Module):
     y = y.reshape((h.shape[0], hs[-1], ws[-1], chans[-1]))  # [N,h,w,c_last]
     for i in reversed(range(n_stages)):
       for j in range(self.conv_blocks):
-        y = ResBlock(chans[i], self.dtype, name=f'block_{i}_{j}')(y)
+        y = remat_if(ResBlock, self.remat)(chans[i], self.dtype, name=f'block_{i}_{j}')(y)
       y = jnp.repeat(jnp.repeat(y, 2, axis=1), 2, axis=2)[:, : hs[i], : ws[i]]  # [N,hs[i],ws[i],c]
       y = nn.Conv(chans[max(i - 1, 0)], (3, 3), dtype=self.dtype, name=f'up_{i}')(y)
     y = nn.swish(nn.GroupNorm(_groups(y.shape[-1]), dtype=self.dtype, name='norm_out')(y))
@@ -387,6 +396,7 @@ class VAE(nn.Module):
   # K learned pseudo-inputs, for a VampPrior (0 = none: the family's prior is N(0, I)).
   num_pseudo_inputs: int = 0
   dtype: Any = jnp.float32  # computation dtype; parameters and outputs stay float32
+  remat: bool = False  # rematerialise the conv encoder's and decoder's residual blocks
 
   def setup(self):
     _check('encoder', self.encoder, ENCODERS)
@@ -402,12 +412,14 @@ class VAE(nn.Module):
       self.enc = MLPEncoder(hidden=tuple(self.hidden), **post)
     else:
       self.enc = ConvEncoder(
-          conv_channels=tuple(self.conv_channels), conv_blocks=self.conv_blocks, **post)
+          conv_channels=tuple(self.conv_channels), conv_blocks=self.conv_blocks,
+          remat=self.remat, **post)
     if self.decoder == 'mlp':
       self.dec = MLPDecoder(hidden=tuple(self.hidden), **lik)
     else:
       self.dec = ConvDecoder(
-          conv_channels=tuple(self.conv_channels), conv_blocks=self.conv_blocks, **lik)
+          conv_channels=tuple(self.conv_channels), conv_blocks=self.conv_blocks,
+          remat=self.remat, **lik)
     if self.num_pseudo_inputs:
       # The VampPrior's pseudo-inputs are the sigmoid of these logits, so they stay inside the
       # encoder's input range (0, 1) with a gradient everywhere (a hard-tanh clip would strand
@@ -468,4 +480,5 @@ def build_network(model_cfg, image_shape: Sequence[int]) -> VAE:
       logistic_coupling=model_cfg.logistic_coupling,
       num_pseudo_inputs=model_cfg.num_pseudo_inputs if model_cfg.prior == 'vamp' else 0,
       dtype=jnp.dtype(model_cfg.dtype),
+      remat=bool(model_cfg.remat),
   )
