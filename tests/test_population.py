@@ -196,3 +196,18 @@ def test_a_spent_budget_stops_the_population_and_a_rerun_resumes_bitwise(populat
     for a, b in zip(leaves(population.member(straight['states'], i)),
                     leaves(population.member(resumed['states'], i)), strict=True):
       np.testing.assert_array_equal(a, b)
+
+
+def test_a_vmapped_population_sharded_over_8_devices_equals_one_device(tmp_path):
+  # The member axis is replicated and the batch is split over the mesh's data axis.
+  results = []
+  for devices in (1, -1):
+    configs = [member_config(o, **{'mesh.data': devices, 'num_train_steps': 10})
+               for o in MEMBERS[:2]]
+    dirs = [str(tmp_path / f'{devices}_{i}') for i in range(2)]
+    result = population.train_population(configs, dirs, mode='vmap')
+    assert result['num_devices'] == (1 if devices == 1 else jax.device_count())
+    results.append(result['states'])
+  assert jax.device_count() == 8
+  for a, b in zip(leaves(results[0]), leaves(results[1]), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
