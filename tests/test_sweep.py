@@ -235,7 +235,9 @@ def test_submitit_local_executor(tmp_path):
   assert os.path.isdir(os.path.join(workdir, 'submitit'))
 
 
-@pytest.mark.parametrize('mode', ['loop', 'vmap'])
+# vmap's equality with separate runs is tested in tests/test_population.py; through the
+# runner one mode is enough.
+@pytest.mark.parametrize('mode', ['loop'])
 def test_vectorized_sweep_matches_the_sequential_one(tiny_sweep, tmp_path, mode):
   workdir = str(tmp_path / 'vec')
   result = run_script(f'--config={tiny_sweep["config"]}', f'--workdir={workdir}',
