@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.test_train import tiny_config
+from tests.test_train import set_fields, tiny_config
 from vae_jax import population, train, validation
 
 # Four members that differ in every traced scalar a population may vary.
@@ -21,14 +21,7 @@ MEMBERS = [
 
 
 def member_config(overrides, **extra):
-  c = tiny_config(**{'mesh.data': 1, **extra})
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return set_fields(tiny_config(**{'mesh.data': 1, **extra}), **overrides)
 
 
 def train_records(workdir):

@@ -80,41 +80,11 @@ def member(states, i):
   return jax.tree.map(lambda a: a[i], states)
 
 
-def make_population_chunk(exp, backend):
-  """train.make_train_chunk with the step vmapped over the member axis of the state.
-
-  The data arguments are shared (not mapped); the chunk sums come back per member, [P].
-  """
-  vstep = jax.vmap(train.make_train_step(exp), in_axes=(0, None, None))
-
-  def chunk(states, source, index):
-    if backend == 'memory':
-      positions, index = index
-      from vae_jax.data.preprocess import gather_images
-      body = lambda s, xs: vstep(s, gather_images(source, xs[0]), xs[1])
-      states, ms = jax.lax.scan(body, states, (positions, index))
-    else:
-      body = lambda s, xs: vstep(s, *xs)
-      states, ms = jax.lax.scan(body, states, (source, index))
-    out = {k: jnp.sum(v, axis=0) for k, v in ms.items()}          # each [P]
-    out['steps'] = jnp.asarray(index.shape[0], jnp.int32)
-    out['loss_momentum'] = states.loss_momentum                      # [P]
-    out['skipped_total'] = (states.skip['total'] if states.skip is not None
-                            else jnp.zeros_like(states.step))        # [P]
-    return states, out
-
-  return chunk
-
-
 def jit_population_chunk(exp, abstract_states, backend):
-  mesh = exp.mesh
-  state_sh = jax.tree.map(lambda a: a.sharding, abstract_states)
-  rep = sharding.replicated(mesh)
-  rows = sharding.batch_sharding(mesh, leading_axes=1)
-  source_sh, index_sh = (rep, (rows, rows)) if backend == 'memory' else (rows, rows)
-  return jax.jit(make_population_chunk(exp, backend),
-                 in_shardings=(state_sh, source_sh, index_sh),
-                 out_shardings=(state_sh, rep), donate_argnums=(0,))
+  """train's fused chunk of the step vmapped over the member axis of the state: the data
+  arguments are shared (not mapped), and the chunk sums come back per member, [P]."""
+  vstep = jax.vmap(train.make_train_step(exp), in_axes=(0, None, None))
+  return train.jit_train_chunk(exp, backend, vstep, abstract_states)
 
 
 @dataclasses.dataclass
@@ -128,7 +98,6 @@ class _Member:
   evaluator: object = None
   meta: dict = None
   failed: str = ''
-  done: bool = False
   last_eval: dict = dataclasses.field(default_factory=dict)
 
 
@@ -198,13 +167,7 @@ def _restore(members, log):
             f'{m.workdir} is at step {steps[i]} but holds no checkpoint of step {common}, '
             f'where the rest of the population is ({held} are kept). Run the points without '
             '--vectorize to finish them.')
-      check = lambda meta, m=m: ckpt_lib.check_compatible(meta['config'], m.exp.config,
-                                                          m.checkpointer.directory)
-      state, m.meta = m.checkpointer.restore_good(train._saved_layout(m.exp),  # noqa: SLF001
-                                                  step=common, check_config=check)
-      state = state_lib.adapt(state, m.exp.config).replace(
-          hparams=state_lib.hparams_from_config(m.exp.config))
-      state = train._placed(m.exp, state)  # noqa: SLF001
+      state, m.meta = train.restore_or_init(m.exp, m.checkpointer, lambda s: None, step=common)
     log(f'[{_name(m)}] is at step {steps[i]}; continues from the population\'s step {common} '
         '(its saved steps are kept).')
     states[i] = state
@@ -277,10 +240,6 @@ def _compile(base, states, source, index, mode):
 
 def _member_state(states, i):
   return states.member(i) if isinstance(states, _Looped) else member(states, i)
-
-
-def base_seconds(members):
-  return members[0].exp.config.max_train_seconds
 
 
 def _train(base, exps, workdirs, mode, log, is_main, t_start):
@@ -447,7 +406,8 @@ def _finish(members, states, step, result, log, is_main, stopped):
                 'eval': m.last_eval, 'reason': m.failed})
   if preempted:
     why = ('by a signal' if stopped == 'signal' else
-           f'with config.max_train_seconds={base_seconds(members):g} spent (evaluated)')
+           f'with config.max_train_seconds={members[0].exp.config.max_train_seconds:g} spent '
+           '(evaluated)')
     log(f'Stopped {why} at step {step}: checkpoints saved, no DONE. Run the same command again '
         'to resume exactly from here.')
   result.update(step=int(step), states=states, members=out, preempted=preempted)

@@ -128,16 +128,17 @@ def make_train_step(exp):
   return train_step
 
 
-def make_train_chunk(exp, backend):
-  """k fused steps in one lax.scan.
+def make_train_chunk(exp, backend, step_fn=None):
+  """k fused steps in one lax.scan (of step_fn; default: make_train_step(exp)).
 
   memory: (state, data uint8 [N,...] replicated, (positions, index) [k, B]) -> gathers on
   device. stream: (state, images uint8 [k, B, ...], index [k, B]).
   Returns (state, chunk sums): every step metric summed over the k steps (the non-finite and
   skipped counts included), the steps of the chunk, and the momentum-tracked loss and the total
-  of skipped steps at its end.
+  of skipped steps at its end. A population's vmapped step (vae_jax.population) gets each of
+  them per member, [P].
   """
-  train_step = make_train_step(exp)
+  train_step = step_fn or make_train_step(exp)
 
   def chunk(state, source, index):
     if backend == 'memory':
@@ -147,24 +148,28 @@ def make_train_chunk(exp, backend):
     else:
       body = lambda s, xs: train_step(s, *xs)
       state, ms = jax.lax.scan(body, state, (source, index))
-    out = {k: jnp.sum(v) for k, v in ms.items()}
+    out = {k: jnp.sum(v, axis=0) for k, v in ms.items()}  # over the k steps
     out['steps'] = jnp.asarray(index.shape[0], jnp.int32)
     out['loss_momentum'] = state.loss_momentum
     out['skipped_total'] = (state.skip['total'] if state.skip is not None
-                            else jnp.zeros((), jnp.int32))
+                            else jnp.zeros_like(state.step))
     return state, out
 
   return chunk
 
 
-def jit_train_chunk(exp, backend):
-  """The fused chunk, jitted once with explicit shardings and the state donated."""
+def jit_train_chunk(exp, backend, step_fn=None, abstract_state=None):
+  """The fused chunk, jitted once with explicit shardings and the state donated.
+
+  abstract_state: the state's structure and shardings (default: exp.abstract_state).
+  """
   mesh = exp.mesh
-  state_sh = jax.tree.map(lambda a: a.sharding, exp.abstract_state)
+  abstract_state = exp.abstract_state if abstract_state is None else abstract_state
+  state_sh = jax.tree.map(lambda a: a.sharding, abstract_state)
   rep = sharding.replicated(mesh)
   rows = sharding.batch_sharding(mesh, leading_axes=1)
   source_sh, index_sh = (rep, (rows, rows)) if backend == 'memory' else (rows, rows)
-  return jax.jit(make_train_chunk(exp, backend),
+  return jax.jit(make_train_chunk(exp, backend, step_fn),
                  in_shardings=(state_sh, source_sh, index_sh),
                  out_shardings=(state_sh, rep),
                  donate_argnums=(0,))
@@ -224,16 +229,19 @@ def compile_chunk(exp, state, feeder, step):
 # Resume.
 
 
-def restore_or_init(exp, checkpointer, log=print):
+def restore_or_init(exp, checkpointer, log=print, step=None):
   """Resume order: a checkpoint in the workdir > config.init_from > scratch.
 
   Returns (state, meta of the restored checkpoint or None). On a resume the config's traced
   hyperparameters (learning rate, beta) take effect from the resumed step, and so do its
   stability options (state.adapt: an EMA or a skipping guard switched on starts there).
+
+  step: the newest checkpoint step to consider (None: all); a population resumes its members
+  at the step all of them hold.
   """
   config = exp.config
   check = lambda meta: ckpt_lib.check_compatible(meta['config'], config, checkpointer.directory)
-  state, meta = checkpointer.restore_good(_saved_layout(exp), check_config=check)
+  state, meta = checkpointer.restore_good(_saved_layout(exp), step=step, check_config=check)
   if state is not None:
     log(f'Resuming from the workdir checkpoint at step {meta["step"]}.')
     state = state_lib.adapt(state, config).replace(
