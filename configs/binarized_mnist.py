@@ -1,31 +1,47 @@
-"""TFDS binarized_mnist (Larochelle's fixed binarization, 50000/10000/10000) with the Flax
-example's setup: MLP 784-500-20, Bernoulli, Adam 1e-3, batch 128, 10 epochs.
+"""TFDS binarized_mnist (Larochelle's fixed binarization: 50000/10000/10000 images that are
+already 0/1) with the best model measured here for a 30-minute CPU budget: the hierarchical
+top-down VAE of configs/fashion_mnist_hvae.py (MLP, 4 groups of 16 units, residual posteriors,
+KL warm-up and 0.25 free bits per group), under config.max_train_seconds = 1800.
 
 Command (connected machine, or offline with the three .amat files in DIR):
   python scripts/prepare_data.py --dataset=binarized_mnist --manual_dir=DIR
   python scripts/train.py --config=configs/binarized_mnist.py --workdir=/tmp/vae_bmnist
+  python scripts/evaluate.py --workdir=/tmp/vae_bmnist --num_samples=5000
 
-Expected result: not measured here (the data cannot be installed on these machines). The Flax
-example reports a test loss of about 104 nats per example after 10 epochs of this setup.
+What was measured where. This data cannot be installed on these machines, so the model was
+chosen on dynamically binarized Fashion-MNIST (the same 784 binary pixels), where three
+families had the same 30 minutes of one core of this 2-core CPU: the hierarchy had the best
+validation ELBO and the best test nll, 1.46 +- 0.03 nats (paired) better than the VampPrior
+and 3.05 +- 0.03 better than the single-layer VAE (configs/fashion_mnist_hvae.py). Its
+MNIST number is not measured. The published anchors on this data: a one-layer VAE with the
+VampPrior about 85.6 nats, hierarchical VAEs 81-84 nats (IWAE-5000), after hundreds to
+thousands of epochs; 30 minutes on this CPU give this model about 188 epochs, so expect it to
+sit above them.
+
+Longer, on an accelerator: the same model for 1000 epochs (--config.num_train_steps=390000
+--config.max_train_seconds=0 --config.steps_per_call=390 --config.eval_every_steps=39000
+--config.checkpoint_every_steps=39000 --config.objective.kl_warmup_steps=39000), and wider
+(--config.model.hidden='(1024,)' --config.model.hvae_width=512), as the references train.
 """
 
-from configs import default
+from configs import fashion_mnist_hvae
 
 
 def get_config():
-  c = default.get_config()
+  c = fashion_mnist_hvae.get_config()
   c.data.name = 'binarized_mnist'
-  c.data.preprocess = 'grey'          # the stored values are already 0/1
+  c.data.preprocess = 'grey'          # the stored values are already 0/1: no binarization
   c.data.download = True
   c.data.train_split = 'train'
   c.data.valid_split = 'validation'
-  c.batch_size = 128
-  c.num_train_steps = 3900            # 10 epochs of 50000 // 128 = 390 steps
-  c.steps_per_call = 390
-  c.log_every_steps = 390
-  c.eval_every_steps = 1950
-  c.checkpoint_every_steps = 1950
-  c.model.hidden = (500,)
-  c.model.latent_dim = 20
-  c.model.likelihood = 'bernoulli'
+  c.steps_per_call = 390              # 50000 // 128 = 390 steps per epoch
+  c.log_every_steps = 3900
+  c.max_train_seconds = 1800.0
+  # 188 epochs: 93% of the budget at the 44 steps/s this model ran on both cores of this CPU
+  # (on Fashion-MNIST's 28x28 binary images, the same shapes).
+  c.num_train_steps = 73320
+  c.eval_every_steps = 14820
+  c.checkpoint_every_steps = 14820
+  c.objective.kl_warmup_steps = 1950  # the first 5 epochs
+  c.optim.warmup_steps = 390
   return c

@@ -16,8 +16,22 @@ Then:
   python scripts/train.py --config=configs/fashion_mnist_hvae.py --workdir=/tmp/vae_fm_hvae
   python scripts/evaluate.py --workdir=/tmp/vae_fm_hvae --num_samples=1000
 
-Expected result (measured here, seed 0, 2-core CPU): the lead adds the numbers of the
-commands above (test neg_elbo and K = 1000 nll, with standard errors, per-group KL).
+Expected result (measured here, seed 0, config.max_train_seconds = 1800 on one core of this
+2-core CPU beside the VampPrior's run; +- the standard error over the 10000 test images): all
+51480 steps (110 epochs, about 3900 images/s) in 27.6 minutes; test neg_elbo 229.93 +- 0.76
+(recon 213.13, kl 16.80 = kl/0 8.57 + kl/1 2.90 + kl/2 2.18 + kl/3 3.15, top first; validation
+227.09 +- 1.07); importance-sampled nll 228.10 +- 0.76 with K = 1000 (0.4198 bits/dim),
+posterior gap 1.83 +- 0.04; active units per group 11, 16, 16, 16 (59 of 64). The K = 1000
+evaluation took 414 s on one core.
+
+The 30-minute comparison (same data order, budget and evaluation; paired differences of the
+per-example nll, scripts/compare_evals.py):
+  model                                  test nll (K=1000)   vs this hierarchy
+  hierarchy (this config)                228.10 +- 0.76      -
+  VampPrior (fashion_mnist_vamp.py)      229.56 +- 0.76      +1.46 +- 0.030 (z = 49)
+  N(0, I) single layer (..._binarized)   231.15 +- 0.76      +3.05 +- 0.032 (z = 96)
+The family was chosen on the validation split (neg_elbo 227.09 vs 228.72 vs 230.88); its width
+and group count were not searched.
 """
 
 from configs import fashion_mnist_binarized
@@ -25,11 +39,10 @@ from configs import fashion_mnist_binarized
 
 def get_config():
   c = fashion_mnist_binarized.get_config()
-  # 50 x 468 steps: about 30 minutes at the 13 steps/s measured for 300 steps on a busy 2-core
-  # CPU (configs/fashion_mnist_binarized.py ran 60 steps/s there at the same time).
-  c.num_train_steps = 23400
-  c.eval_every_steps = 4680
-  c.checkpoint_every_steps = 4680
+  # 110 epochs: 95% of the budget at the 30 steps/s measured on one core of this CPU.
+  c.num_train_steps = 51480
+  c.eval_every_steps = 10296
+  c.checkpoint_every_steps = 10296
   c.model.kind = 'hvae'
   c.model.hidden = (512,)
   c.model.hvae_width = 256
@@ -39,7 +52,5 @@ def get_config():
   c.objective.kl_warmup_steps = 2340  # the first 5 epochs
   c.objective.free_bits_per = 'group'
   c.objective.free_bits = 0.25
-  c.optim.schedule = 'warmup_cosine'
-  c.optim.warmup_steps = 468
   c.optim.clip_norm = 100.0
   return c

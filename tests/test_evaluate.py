@@ -19,7 +19,7 @@ from scipy.special import erfinv
 from tests.test_config import ROOT, load_config
 from tests.test_train import set_fields, tiny_config
 from vae_jax import distributions as dist
-from vae_jax import evaluate, experiment, sharding, streams, train
+from vae_jax import evaluate, experiment, sharding, streams, train, validation
 from vae_jax import metrics as metrics_lib
 from vae_jax.data.preprocess import uniform
 from vae_jax.models import gaussian_vae
@@ -543,3 +543,25 @@ def test_script_user_errors_are_fast_and_need_no_tensorflow(trained_run, tmp_pat
   assert proc.returncode == 2, proc.stderr[-3000:]
   assert 'Traceback' not in proc.stderr and match in proc.stderr, proc.stderr[-3000:]
   assert seconds < 30
+
+
+def test_paired_difference_matches_examples_by_index_and_gives_the_paired_stderr(tmp_path):
+  rng = np.random.default_rng(0)
+  shared = rng.normal(100.0, 10.0, size=500)  # what both runs find hard: cancels when paired
+  a = shared + rng.normal(0.0, 0.1, size=500)
+  b = shared - 0.5 + rng.normal(0.0, 0.1, size=500)
+  order = rng.permutation(500)  # b's file lists the same examples in another order
+  np.savez(tmp_path / 'a.npz', index=np.arange(500), nll=a)
+  np.savez(tmp_path / 'b.npz', index=order, nll=b[order])
+  out = evaluate.paired_difference(str(tmp_path / 'a.json'), str(tmp_path / 'b.npz'))
+  d = a - b
+  assert out['difference'] == pytest.approx(d.mean())
+  assert out['difference_stderr'] == pytest.approx(d.std(ddof=1) / math.sqrt(500))
+  assert out['difference_stderr'] < out['a_stderr'] / 50 and out['z'] > 30
+  np.savez(tmp_path / 'c.npz', index=np.arange(400), nll=a[:400])
+  with pytest.raises(validation.ConfigError, match='different examples'):
+    evaluate.paired_difference(str(tmp_path / 'a.npz'), str(tmp_path / 'c.npz'))
+  with pytest.raises(validation.ConfigError, match="no per-example 'kl/1'"):
+    evaluate.paired_difference(str(tmp_path / 'a.npz'), str(tmp_path / 'b.npz'), key='kl/1')
+  with pytest.raises(validation.ConfigError, match='does not exist'):
+    evaluate.paired_difference(str(tmp_path / 'a.npz'), str(tmp_path / 'none.json'))

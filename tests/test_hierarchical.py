@@ -120,7 +120,8 @@ def test_contract_outputs_have_their_shapes(name):
   assert {k: v.shape for k, v in samples.items()} == {'means': (3, *shape),
                                                       'samples': (3, *shape)}
   assert 0.0 <= float(jnp.min(samples['samples'])) and float(jnp.max(samples['samples'])) <= 1.0
-  assert {k: v.shape for k, v in stats.items()} == {'mean': (B, u), 'var': (B, u)}
+  assert {k: v.shape for k, v in stats.items()} == {'mean': (B, u), 'var': (B, u), 'kl': (B, u)}
+  assert sum(family.unit_groups) == u and len(family.unit_groups) == n_groups
   assert recon.shape == (B, *shape)
   # reconstruct is decode_mean at posterior_stats' means (the same units, top first).
   np.testing.assert_allclose(out['decoded'], recon, atol=1e-6)
@@ -328,6 +329,13 @@ def test_hvae_trains_evaluates_and_is_analysed(hvae_run):
   report = eval_lib.estimate(exp, params, 'test', 8, chunk_size=3, units=True)
   assert report['nll'] < report['neg_elbo_mc'] and 'kl/1_stderr' in report
   assert len(report['kl_per_unit']) == 2 * 4 and report['mutual_info'] is None
+  # Units are counted per group, and each unit's KL is to its own prior p(z_l | z_above).
+  assert report['kl_per_unit_to'] == 'prior'
+  assert len(report['active_units_per_group']) == 2
+  assert sum(report['active_units_per_group']) == report['active_units']
+  for r in evals:
+    if r['split'] == exp.config.data.valid_split:
+      assert len(r['active_units_per_group']) == 2  # the training's records count them too
   summary = analysis.analyze(workdir, log=None)
   assert {f['name'] for f in summary['figures']} >= {'reconstructions', 'samples',
                                                       'interpolations', 'traversals'}
@@ -349,6 +357,28 @@ def test_conv_hvae_trains_on_8_bit_sprites(tmp_path):
   assert np.isfinite(rec['neg_elbo']) and rec['kl'] == pytest.approx(
       rec['kl/0'] + rec['kl/1'], rel=1e-4)
   assert os.path.exists(tmp_path / 'images' / 'prior_samples_step_10.png')
+
+
+def test_unit_statistics_count_each_group_and_take_each_units_kl_to_its_own_prior():
+  family, params, x = variant('mlp')
+  stats = jax.jit(family.posterior_stats)(params, x)
+  # The mean path's groups, recomputed here: the per-unit KL to each group's prior.
+  _, groups = family._mean_path(params, x)
+  want_kl = np.concatenate([np.asarray(hierarchical.diagonal_gaussian_kl_units(
+      g['posterior'], g['prior'])) for g in groups], axis=-1)  # [B, U]
+  np.testing.assert_allclose(stats['kl'], want_kl, rtol=1e-6)
+  # The top group's prior is N(0, I): its units' KL is the textbook formula of mean and var.
+  m, v = np.asarray(stats['mean'][:, :3], np.float64), np.asarray(stats['var'][:, :3], np.float64)
+  np.testing.assert_allclose(stats['kl'][:, :3], 0.5 * (m * m + v - 1 - np.log(v)), rtol=1e-4,
+                             atol=1e-6)
+  exp = type('Exp', (), {'model': family})()
+  mean = np.zeros((100, family.num_units))
+  mean[:, [0, 4, 5, 8]] = np.random.default_rng(0).normal(size=(100, 4))  # groups 0, 1, 2
+  out = eval_lib._unit_summary(exp, mean, np.ones_like(mean), np.arange(100), mutual_info=False,
+                               kl=np.ones_like(mean))
+  assert family.unit_groups == (3, 3, 3)
+  assert out['active_units_per_group'] == [1, 2, 1] and out['active_units'] == 4
+  assert out['kl_per_unit_to'] == 'prior' and np.allclose(out['kl_per_unit'], 1.0)
 
 
 def test_the_cifar10_config_builds_a_multi_resolution_hierarchy():

@@ -104,6 +104,8 @@ def test_population_resumes_bitwise(population_run, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+# The resume paths below are mode-independent (train.restore_or_init); loop mode is the cheap one.
+@pytest.mark.parametrize('population_run', ['loop'], indirect=True)
 def test_a_member_ahead_of_the_others_resumes_at_the_common_step(population_run, tmp_path):
   configs, _, straight = population_run
   dirs = [str(tmp_path / f'm{i}') for i in range(2)]
@@ -170,6 +172,7 @@ def test_population_with_ema_and_skipping_equals_separate_runs(tmp_path, mode):
     assert sum(r['skipped_steps'] for r in records) == int(got.skip['total'])
 
 
+@pytest.mark.parametrize('population_run', ['loop'], indirect=True)
 def test_a_spent_budget_stops_the_population_and_a_rerun_resumes_bitwise(population_run,
                                                                          tmp_path):
   configs, _, straight = population_run

@@ -166,3 +166,7 @@ def test_the_trainer_runs_with_the_vamp_prior_and_reports_both_kls(tmp_path):
   assert cheap['kl_standard_stderr'] > 0
   test_eval = next(r for r in evals if r['split'] == 'test')
   np.testing.assert_allclose(cheap['kl_standard'], test_eval['kl_standard'], rtol=1e-5)
+  # The mixture prior does not split over units: the per-unit KL is to N(0, 1), and says so.
+  units = eval_lib.unit_statistics(result['experiment'], params, 'test', mutual_info=False)
+  assert units['kl_per_unit_to'] == 'standard_normal'
+  np.testing.assert_allclose(np.sum(units['kl_per_unit']), cheap['kl_standard'], rtol=1e-4)

@@ -647,8 +647,10 @@ def analyze(workdir, step=None, split=None, out_dir=None, *, device=None, tensor
       'eval_files': [{k: e[k] for k in ('path', 'step', 'split', 'k', 'record')} for e in evals],
       'units': {'kl_per_unit': [float(v) for v in kl],
                 'mean_var': [float(v) for v in units['mean_var']],
-                **{k: _plain(units.get(k)) for k in ('active_units', 'mutual_info',
-                                                     'mutual_info_stderr', 'aggregate_kl')}},
+                'active_units_per_group': [int(v) for v in units['active_units_per_group']],
+                **{k: _plain(units.get(k)) for k in ('active_units', 'kl_per_unit_to',
+                                                     'mutual_info', 'mutual_info_stderr',
+                                                     'aggregate_kl')}},
       'mig': None if mig_result is None else {
           'mig': mig_result['mig'], 'factors': mig_result['factors'],
           'gap': [float(g) for g in mig_result['gap']],

@@ -153,13 +153,18 @@ def _posterior_stats_fn(exp):
 
   def stats(params, images, index, mask):
     x = preprocess(images, index, mode=config.data.preprocess, data_seed=config.data_seed)
-    s = model.posterior_stats(params, x)  # {'mean', 'var'}: [B, U]
-    return {'mean': s['mean'], 'var': s['var'], 'index': index, 'mask': mask}
+    s = model.posterior_stats(params, x)  # {'mean', 'var'[, 'kl']}: [B, U]
+    return {**s, 'index': index, 'mask': mask}
 
   return stats
 
 
-def unit_statistics(exp, params, split, *, arrays=None, mutual_info=True):
+def jit_unit_statistics_fn(exp):
+  """unit_statistics' per-batch program, compiled once and passed back as its `fn`."""
+  return _jit_batch_fn(exp, _posterior_stats_fn(exp))
+
+
+def unit_statistics(exp, params, split, *, arrays=None, mutual_info=True, fn=None):
   """Per-unit statistics of q(h|x) over the whole split, through `model.posterior_stats`.
 
   With m(x), v(x) the marginal mean and variance of unit d under q(h|x):
@@ -167,7 +172,12 @@ def unit_statistics(exp, params, split, *, arrays=None, mutual_info=True):
       a diagonal posterior these sum to the mean KL term exactly (for a full one the sum is
       at most the KL: the KL of the joint also counts the units' correlations);
     mean_var[d] = Var_x m_d(x) (over the split's examples, ddof 0);
-    active_units = #{d: mean_var[d] > 0.01} (Burda et al. 2016).
+    active_units = #{d: mean_var[d] > 0.01} (Burda et al. 2016), and active_units_per_group
+      the same count within each of model.unit_groups (top first);
+    a model whose prior is not N(0, I) per unit gives its own per-unit KL (a hierarchy: each
+      unit's KL to p(z_l | z_above) on the posterior-mean path) and kl_per_unit is that; the
+      VampPrior's mixture does not split over units, so there kl_per_unit stays the KL to
+      N(0, 1) and kl_per_unit_to says 'standard_normal' (else 'prior').
   mutual_info estimates I(x; h) with x uniform over the split's N examples and h ~ q(h|x), so
   the aggregate posterior q(h) = (1/N) sum_j q(h|x_j) is an exact mixture (no minibatch
   log-mean-exp): for examples i (all of them, or MI_MAX_SAMPLES spread evenly) one draw
@@ -180,28 +190,41 @@ def unit_statistics(exp, params, split, *, arrays=None, mutual_info=True):
   Gaussian N(m, diag(v)) (`model.diagonal_posterior`); otherwise they are None.
 
   Returns:
-    {'kl_per_unit': [U], 'mean_var': [U], 'active_units': int, 'mutual_info', 'mutual_info_stderr',
+    {'kl_per_unit': [U], 'kl_per_unit_to', 'mean_var': [U], 'active_units': int,
+     'active_units_per_group': [int], 'mutual_info', 'mutual_info_stderr',
      'aggregate_kl', 'num_examples', 'split'} (numpy arrays and floats).
   """
-  fn = _jit_batch_fn(exp, _posterior_stats_fn(exp))
+  fn = fn or jit_unit_statistics_fn(exp)
   params = jax.device_put(params, sharding.replicated(exp.mesh))
   parts = [_kept(fn(params, *g)) for _, g in _global_batches(exp, split, arrays,
                                                              exp.config.eval_batch_size)]
-  stats = {k: np.concatenate([p[k] for p in parts]) for k in ('mean', 'var', 'index')}
+  stats = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
   return {'split': split, **_unit_summary(exp, stats['mean'], stats['var'], stats['index'],
-                                          mutual_info)}
+                                          mutual_info, stats.get('kl'))}
 
 
-def _unit_summary(exp, mean, var, index, mutual_info=True):
-  """unit_statistics' numbers from every example's posterior mean and variance [N, U]."""
+def _unit_summary(exp, mean, var, index, mutual_info=True, kl=None):
+  """unit_statistics' numbers from every example's posterior mean and variance [N, U] (and the
+  model's own per-unit KL [N, U] where it gives one)."""
   mean, var = np.asarray(mean, np.float64), np.asarray(var, np.float64)
-  kl_units = 0.5 * (np.square(mean) + var - 1.0 - np.log(var))  # [N, U]
+  if kl is None:
+    kl_units = 0.5 * (np.square(mean) + var - 1.0 - np.log(var))  # [N, U]: to N(0, 1)
+    to_prior = getattr(exp.model, 'prior', 'standard') == 'standard'
+  else:
+    kl_units, to_prior = np.asarray(kl, np.float64), True  # [N, U]
   mean_var = np.var(mean, axis=0)  # [U]
+  active = mean_var > ACTIVE_UNIT_THRESHOLD  # [U]
+  bounds = np.cumsum((0, *getattr(exp.model, 'unit_groups', (mean.shape[1],))))  # one group
   out = {
       'num_examples': int(mean.shape[0]),
       'kl_per_unit': kl_units.mean(axis=0),
+      # What kl_per_unit (and aggregate_kl) measure the distance to: the model's prior, or
+      # N(0, 1) where the prior does not split over units (the VampPrior's mixture).
+      'kl_per_unit_to': 'prior' if to_prior else 'standard_normal',
       'mean_var': mean_var,
-      'active_units': int(np.sum(mean_var > ACTIVE_UNIT_THRESHOLD)),
+      'active_units': int(np.sum(active)),
+      'active_units_per_group': [int(np.sum(active[a:b]))
+                                 for a, b in zip(bounds[:-1], bounds[1:], strict=True)],
       'mutual_info': None, 'mutual_info_stderr': None, 'aggregate_kl': None,
   }
   if mutual_info and exp.model.diagonal_posterior:
@@ -326,6 +349,8 @@ def make_estimate_step(exp, num_samples, chunk_size, units=False):
     if units:
       stats = model.posterior_stats(params, x)  # [B, U] each
       out.update(post_mean=stats['mean'], post_var=stats['var'])
+      if 'kl' in stats:
+        out['post_kl'] = stats['kl']
     out.update(index=index, mask=mask)
     return out
 
@@ -440,7 +465,7 @@ def estimate(exp, params, split, num_samples, *, chunk_size=None, batch_size=Non
     done = _collect(parts, pending, done, total, progress)
   seconds = time.perf_counter() - t0 if t0 is not None else 0.0
   per_example = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-  post = {k: per_example.pop(k) for k in ('post_mean', 'post_var') if k in per_example}
+  post = {k: per_example.pop(k) for k in ('post_mean', 'post_var', 'post_kl') if k in per_example}
   report = _report(exp, split, per_example, num_samples, binary, data_entropy)
   n = report['num_examples']
   report.update(
@@ -450,7 +475,8 @@ def estimate(exp, params, split, num_samples, *, chunk_size=None, batch_size=Non
       seconds=seconds, compile_s=compile_s,
       samples_per_sec=n * max(num_samples, 1) / seconds if seconds > 0 else float('nan'))
   if units:
-    stats = _unit_summary(exp, post['post_mean'], post['post_var'], per_example['index'])
+    stats = _unit_summary(exp, post['post_mean'], post['post_var'], per_example['index'],
+                          kl=post.get('post_kl'))
     report.update({k: v for k, v in stats.items() if k != 'num_examples'})
   report['per_example'] = per_example
   return report
@@ -713,3 +739,49 @@ def _write_eval(path, report, per_example, log):
   with open(stem + '.npz.tmp', 'wb') as f:
     np.savez(f, **per_example)
   os.replace(stem + '.npz.tmp', stem + '.npz')
+
+
+def paired_difference(path_a, path_b, key='nll'):
+  """The paired comparison of two evaluations of the same split: per-example a - b of `key`.
+
+  Each path is an evaluation's .json or .npz (eval_path's files; the .npz holds the
+  per-example values). The examples are matched by their index in the split, so two runs of
+  the same data compare image by image: the standard error of the mean difference is then
+  the paired one, which is far smaller than either mean's when the runs err on the same
+  images.
+
+  Returns:
+    {'key', 'num_examples', 'a', 'a_stderr', 'b', 'b_stderr', 'difference',
+     'difference_stderr', 'z'} (z = difference / difference_stderr), nats per example.
+
+  Raises:
+    validation.ConfigError: a file is missing or lacks `key`, or the two evaluations do not
+      cover the same examples.
+  """
+  from vae_jax import validation
+  values = []
+  for path in (path_a, path_b):
+    stem = path[:-len('.json')] if path.endswith('.json') else (
+        path[:-len('.npz')] if path.endswith('.npz') else path)
+    if not os.path.exists(stem + '.npz'):
+      raise validation.ConfigError(
+          f'{stem}.npz does not exist: give an evaluation written by scripts/evaluate.py '
+          '(DIR/eval/step_S_SPLIT_kK.json or .npz).')
+    with np.load(stem + '.npz') as f:
+      if key not in f.files:
+        raise validation.ConfigError(
+            f'{stem}.npz has no per-example {key!r}; it has {sorted(f.files)} (nll needs an '
+            'evaluation with --num_samples >= 1).')
+      values.append((np.asarray(f['index']), np.asarray(f[key], np.float64)))
+  (ia, a), (ib, b) = values
+  if ia.shape != ib.shape or not np.array_equal(np.sort(ia), np.sort(ib)):
+    raise validation.ConfigError(
+        f'{path_a} and {path_b} evaluate different examples ({ia.size} and {ib.size}); a paired '
+        'comparison needs the same split.')
+  a, b = a[np.argsort(ia)], b[np.argsort(ib)]
+  out = {'key': key, 'num_examples': int(a.size)}
+  for name, v in (('a', a), ('b', b), ('difference', a - b)):
+    out[name], out[f'{name}_stderr'] = _mean_and_stderr(v)
+  out['z'] = (out['difference'] / out['difference_stderr'] if out['difference_stderr'] > 0
+              else float('inf') if out['difference'] else 0.0)
+  return out

@@ -301,7 +301,9 @@ def plot_kl_per_unit(units):
     ax.text(j, v, f'{v:.2f}', ha='center', va='bottom', fontsize=7)
   ax.set_xticks(range(len(kl)), [str(j) for j in range(len(kl))], fontsize=8)
   ax.set_xlabel('latent unit')
-  ax.set_ylabel('KL(q(h_j|x) || p(h_j)) [nats]')
+  to_prior = units.get('kl_per_unit_to', 'prior') == 'prior'
+  ax.set_ylabel('KL(q(h_j|x) || p(h_j)) [nats]' if to_prior else
+                'KL(q(h_j|x) || N(0, 1)) [nats]')
   title = f'KL per unit: total {kl.sum():.2f} nats'
   if 'active_units' in units:
     title += f', {int(units["active_units"])} active of {len(kl)}'
@@ -435,8 +437,11 @@ def _numbers(summary):
                  'nats per example, mean \u00b1 standard error'))
   units = summary.get('units') or {}
   if units.get('active_units') is not None:
+    groups = units.get('active_units_per_group') or []
     rows.append(('active units', str(units['active_units']),
-                 f'of {len(units["kl_per_unit"])}'))
+                 f'of {len(units["kl_per_unit"])}' + (
+                     f'; per group, top first: {", ".join(map(str, groups))}'
+                     if len(groups) > 1 else '')))
   if units.get('mutual_info') is not None:
     err = units.get('mutual_info_stderr')
     rows.append(('mutual information I(x; h)', _fmt(units['mutual_info'])

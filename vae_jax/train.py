@@ -484,7 +484,8 @@ class _PeriodicEval:
   (reporting only), full and exact, plus the picture grids.
 
   With config.eval_num_samples = K > 0 each record also holds the K-sample nll and the
-  posterior gap (eval_lib.estimate, compiled once for the run). Records name the parameters
+  posterior gap (eval_lib.estimate, compiled once for the run). The validation record also
+  counts active units, in all and per stochastic group. Records name the parameters
   they evaluated: params='ema' (the EMA, when config.ema_decay > 0: the loop passes
   state.eval_params) or 'state' (the train state's); the pictures show the same parameters.
   An EMA record holds `ema_init_weight`, and `ema_warning` while the EMA is still dominated by
@@ -501,6 +502,7 @@ class _PeriodicEval:
     self.chunk_size = c.eval_chunk_size or eval_lib.default_chunk_size(exp, c.eval_batch_size)
     self.estimate_step = (eval_lib.EstimateStep(exp, self.num_samples, self.chunk_size)
                           if self.num_samples else None)
+    self.units_fn = eval_lib.jit_unit_statistics_fn(exp)
     self.pictures = analysis.make_picture_fn(exp)
     # The memory back end holds the eval splits once instead of re-reading them every time.
     self.arrays = {s: data_lib.load_arrays(d, s) if d.backend == 'memory' else None
@@ -523,6 +525,12 @@ class _PeriodicEval:
       else:
         rec = eval_lib.evaluate(self.exp, params, split, eval_step=self.step_fn,
                                 arrays=self.arrays[split])
+      if split == self.splits[0]:
+        # Active units (Var_x E_q[h_d] > 0.01) of the validation split, per stochastic group.
+        units = eval_lib.unit_statistics(self.exp, params, split, arrays=self.arrays[split],
+                                         mutual_info=False, fn=self.units_fn)
+        rec['active_units'] = units['active_units']
+        rec['active_units_per_group'] = units['active_units_per_group']
       rec['params'] = params_kind
       rec.update(notes)
       self.writer.write(step, 'eval', rec)

@@ -25,7 +25,12 @@ This is the model contract every family provides, as pure functions of the param
 - `reconstruct(params, x)` -> E[x|h] at h = the posterior mean, [B, H, W, C].
 - `decode_mean(params, h)` -> E[x|h] for latents h [n, U] laid out as `posterior_stats`'
   units (interpolations and traversals), [n, H, W, C].
-- `posterior_stats(params, x)` -> {'mean': [B, U], 'var': [B, U]} per latent unit.
+- `posterior_stats(params, x)` -> {'mean': [B, U], 'var': [B, U]} per latent unit, and
+  optionally 'kl' [B, U]: each unit's KL to the model's own prior where that is not N(0, 1)
+  and splits over units (a hierarchy's groups below the top); without it the evaluator's
+  per-unit KL is the one to N(0, 1).
+- `unit_groups`: the number of units of each stochastic group, top first, summing to U (one
+  group for a single-layer model): the evaluator counts active units per group with it.
 - `diagonal_posterior`: whether q(h|x) is exactly N(mean, diag(var)) of posterior_stats (what
   the evaluator's mutual-information estimate needs).
 - `init(key, x)` -> params.
@@ -60,6 +65,10 @@ class GaussianVAE:
   @property
   def diagonal_posterior(self):
     return self.network.posterior == 'diag'
+
+  @property
+  def unit_groups(self):
+    return (self.latent_dim,)
 
   def _noise(self, key, batch, num_samples=None, sample_offset=0):
     return standard_normal_noise(key, batch, self.latent_dim, num_samples, sample_offset)

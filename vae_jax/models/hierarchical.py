@@ -375,6 +375,11 @@ class HierarchicalVAE:
     return sum(math.prod(s) for s in self.shapes)
 
   @property
+  def unit_groups(self):
+    """Units of each group, top first."""
+    return tuple(math.prod(s) for s in self.shapes)
+
+  @property
   def diagonal_posterior(self):
     # Only one group makes q(h|x) exactly N(mean, diag var) of posterior_stats; with more the
     # groups below depend on the samples above.
@@ -486,11 +491,13 @@ class HierarchicalVAE:
     return distributions.likelihood_mean(self.likelihood, self._apply(params, 'decode', s))
 
   def posterior_stats(self, params, x):
-    """{'mean', 'var'} [B, U] of q(z_l | x, z_above) on the posterior-mean path, top first."""
+    """{'mean', 'var'} [B, U] of q(z_l | x, z_above) on the posterior-mean path, top first, and
+    'kl' [B, U]: each unit's KL to its own prior p(z_l | z_above) on that path."""
     _, groups = self._mean_path(params, x)
-    mean = jnp.concatenate([g['posterior']['mean'] for g in groups], axis=-1)
-    log_scale = jnp.concatenate([g['posterior']['log_scale'] for g in groups], axis=-1)
-    return {'mean': mean, 'var': jnp.exp(2.0 * log_scale)}
+    cat = lambda f: jnp.concatenate([f(g) for g in groups], axis=-1)  # [B, U]
+    return {'mean': cat(lambda g: g['posterior']['mean']),
+            'var': jnp.exp(2.0 * cat(lambda g: g['posterior']['log_scale'])),
+            'kl': cat(lambda g: diagonal_gaussian_kl_units(g['posterior'], g['prior']))}
 
 
 def likelihood_spec(model_cfg, image_shape):
