@@ -8,12 +8,12 @@ Command (connected machine, or offline with the three .amat files in DIR):
   python scripts/train.py --config=configs/binarized_mnist.py --workdir=/tmp/vae_bmnist
   python scripts/evaluate.py --workdir=/tmp/vae_bmnist --num_samples=5000
 
-What was measured where. This data cannot be installed on these machines, so the model was
-chosen on dynamically binarized Fashion-MNIST (the same 784 binary pixels), where three
-families had the same 30 minutes of one core of this 2-core CPU: the hierarchy had the best
-validation ELBO and the best test nll, 1.46 +- 0.03 nats (paired) better than the VampPrior
-and 3.05 +- 0.03 better than the single-layer VAE (configs/fashion_mnist_hvae.py). Its
-MNIST number is not measured. The published anchors on this data: a one-layer VAE with the
+Expected result: not measured on this data, which cannot be installed on these machines.
+The model was chosen on dynamically binarized Fashion-MNIST (the same 784 binary pixels),
+where three families had the same 30 minutes of one core of this 2-core CPU: the hierarchy
+had the best validation ELBO and the best test nll, 1.46 +- 0.03 nats (paired) better than
+the VampPrior and 3.05 +- 0.03 better than the single-layer VAE (configs/fashion_mnist_hvae.py).
+The published anchors on this data: a one-layer VAE with the
 VampPrior about 85.6 nats, hierarchical VAEs 81-84 nats (IWAE-5000), after hundreds to
 thousands of epochs; 30 minutes on this CPU give this model about 188 epochs, so expect it to
 sit above them.
