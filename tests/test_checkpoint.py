@@ -72,9 +72,9 @@ def _run_until_marker_then(workdir, devices, marker, sig, **env):
 
 @pytest.fixture(scope='module')
 def straight_runs(tmp_path_factory):
-  """The uninterrupted reference runs on 1 and 8 devices."""
+  """The uninterrupted reference run on 1 device."""
   out = {}
-  for devices in (1, 8):
+  for devices in (1,):
     workdir = tmp_path_factory.mktemp(f'straight{devices}')
     proc = _run(workdir, devices)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -82,8 +82,10 @@ def straight_runs(tmp_path_factory):
   return out
 
 
+# One device: the kill lands between Orbax's async write and its commit, which does not depend
+# on the sharding (saves of sharded states are tested on 8 devices in the round trips).
 @pytest.mark.slow
-@pytest.mark.parametrize('devices', [1, 8])
+@pytest.mark.parametrize('devices', [1])
 def test_sigkill_during_async_save_then_resume_is_bit_identical(tmp_path, devices,
                                                                 straight_runs):
   code, _, _ = _run_until_marker_then(

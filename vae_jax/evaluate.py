@@ -208,7 +208,8 @@ def _unit_summary(exp, mean, var, index, mutual_info=True, kl=None):
   model's own per-unit KL [N, U] where it gives one)."""
   mean, var = np.asarray(mean, np.float64), np.asarray(var, np.float64)
   if kl is None:
-    kl_units = 0.5 * (np.square(mean) + var - 1.0 - np.log(var))  # [N, U]: to N(0, 1)
+    with np.errstate(invalid='ignore', divide='ignore'):  # a diverged run's stats stay nan
+      kl_units = 0.5 * (np.square(mean) + var - 1.0 - np.log(var))  # [N, U]: to N(0, 1)
     to_prior = getattr(exp.model, 'prior', 'standard') == 'standard'
   else:
     kl_units, to_prior = np.asarray(kl, np.float64), True  # [N, U]
