@@ -60,6 +60,10 @@ class LinearGaussian:
   def diagonal_posterior(self):
     return not self.full
 
+  @property
+  def unit_groups(self):
+    return (self.latent_dim,)
+
   def encode(self, params, x):
     y = _from_input(x)
     mean = y @ params['enc_a'].T + params['enc_c']  # [B, D]

@@ -215,7 +215,7 @@ def _unit_summary(exp, mean, var, index, mutual_info=True, kl=None):
     kl_units, to_prior = np.asarray(kl, np.float64), True  # [N, U]
   mean_var = np.var(mean, axis=0)  # [U]
   active = mean_var > ACTIVE_UNIT_THRESHOLD  # [U]
-  bounds = np.cumsum((0, *getattr(exp.model, 'unit_groups', (mean.shape[1],))))  # one group
+  bounds = np.cumsum((0, *exp.model.unit_groups))
   out = {
       'num_examples': int(mean.shape[0]),
       'kl_per_unit': kl_units.mean(axis=0),
@@ -762,8 +762,8 @@ def paired_difference(path_a, path_b, key='nll'):
   from vae_jax import validation
   values = []
   for path in (path_a, path_b):
-    stem = path[:-len('.json')] if path.endswith('.json') else (
-        path[:-len('.npz')] if path.endswith('.npz') else path)
+    stem, ext = os.path.splitext(path)
+    stem = stem if ext in ('.json', '.npz') else path
     if not os.path.exists(stem + '.npz'):
       raise validation.ConfigError(
           f'{stem}.npz does not exist: give an evaluation written by scripts/evaluate.py '
