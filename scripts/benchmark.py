@@ -1,6 +1,11 @@
 """Throughput of a config's real training loop (evaluation and checkpoints off).
 
   python scripts/benchmark.py --config=configs/fashion_mnist.py [--chunks=5] [--config.a.b=v]
+  python scripts/benchmark.py --config=configs/cifar10.py --synthetic=32,32,3
+
+--synthetic=H,W,C times the same step on uniform random uint8 images of that shape instead of
+the configured dataset: nothing reads TFDS or imports TensorFlow, for machines (an accelerator
+image) that have neither. The report's data_source says which was used.
 
 Compiles, then runs one warm-up and `--chunks` timed fused calls of config.steps_per_call steps
 of the trainer's own compiled chunk, with the next call's inputs prepared while one runs, as in
@@ -28,6 +33,10 @@ from vae_jax import cli, validation  # noqa: E402
 config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 flags.DEFINE_integer('chunks', 5, 'Timed fused calls (after one untimed warm-up call).')
 flags.DEFINE_integer('matmul_size', 2048, 'Size n of the n x n matmul rate probe.')
+flags.DEFINE_string('synthetic', '', "H,W,C: time on random uint8 images of this shape, not the "
+                    "dataset (no TFDS, no TensorFlow); '' = the configured dataset.")
+flags.DEFINE_integer('synthetic_examples', 60_000,
+                     'With --synthetic: examples in each base split (train, test, ...).')
 FLAGS = flags.FLAGS
 
 
@@ -41,9 +50,15 @@ def main(argv):
     with config.unlocked():
       config.compilation_cache = ''  # compile time is part of the report
     validation.validate_config(config)
-    cli.check_data_available(config.data)
+    shape = None
+    if FLAGS.synthetic:
+      shape = validation.synthetic_benchmark_shape(config, FLAGS.synthetic,
+                                                   FLAGS.synthetic_examples)
+    else:
+      cli.check_data_available(config.data)
     from vae_jax import benchmarking
-    return benchmarking.benchmark(config, FLAGS.chunks, FLAGS.matmul_size)
+    return benchmarking.benchmark(config, FLAGS.chunks, FLAGS.matmul_size, shape,
+                                  FLAGS.synthetic_examples)
 
   cli.print_json(cli.run_reporting_user_errors(run))
 

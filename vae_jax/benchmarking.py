@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from vae_jax import experiment, train
+from vae_jax.data import synthetic
 
 
 def matmul_flops_per_sec(n=2048, repeats=30, dtype=jnp.float32):
@@ -67,14 +68,15 @@ def device_peak_mb():
   return stats['peak_bytes_in_use'] / 2.0**20
 
 
-def time_chunks(exp, num_chunks, memory=None):
+def time_chunks(exp, num_chunks, memory=None, arrays=None):
   """(images/s of each timed chunk after one warm-up chunk, compile seconds).
 
   memory: a dict that receives the compiled chunk's memory analysis.
+  arrays: training arrays to hold in place of the dataset's (see train.ChunkFeeder).
   """
   c = exp.config
   state = experiment.init_state(exp)
-  feeder = train.ChunkFeeder(exp, 0)
+  feeder = train.ChunkFeeder(exp, 0, arrays=arrays)
   fn, (source, index), compile_s = train.compile_chunk(exp, state, feeder, 0)
   if memory is not None:
     memory.update(compiled_memory(fn))
@@ -92,12 +94,24 @@ def time_chunks(exp, num_chunks, memory=None):
   return rates, compile_s
 
 
-def benchmark(config, num_chunks=5, matmul_size=2048):
-  """Times `num_chunks` fused calls of the config's training; returns the report dict."""
+def benchmark(config, num_chunks=5, matmul_size=2048, synthetic_shape=None,
+              synthetic_examples=60_000):
+  """Times `num_chunks` fused calls of the config's training; returns the report dict.
+
+  synthetic_shape: (H, W, C) to time on uniform random uint8 images of that shape, with
+  `synthetic_examples` in each base split, instead of the configured dataset: nothing reads
+  TFDS or imports TensorFlow, and the memory back end holds them (config.data.backend must be
+  'memory'). The throughput of a fixed-shape step does not depend on the pixels' values.
+  """
   experiment.configure_jax(config)
-  exp = experiment.build(config)
+  arrays, info = None, None
+  if synthetic_shape is not None:
+    info = synthetic.synthetic_info(config.data, synthetic_shape, synthetic_examples)
+  exp = experiment.build(config, data_info=info)
+  if info is not None:
+    arrays = synthetic.synthetic_arrays(info, config.data.train_split)
   memory = {}
-  rates, compile_s = time_chunks(exp, num_chunks, memory)
+  rates, compile_s = time_chunks(exp, num_chunks, memory, arrays)
   ips = statistics.median(rates)
   flops = step_flops(exp)
   steps_per_sec = ips / config.batch_size
@@ -106,6 +120,8 @@ def benchmark(config, num_chunks=5, matmul_size=2048):
   matmul = matmul_flops_per_sec(matmul_size, dtype=dtype)
   return {
       'config_data': config.data.name,
+      'data_source': 'dataset' if info is None else 'synthetic',
+      'image_shape': list(exp.image_shape),
       'images_per_sec': ips,
       'images_per_sec_all_chunks': rates,
       'step_ms': 1000.0 / steps_per_sec,

@@ -58,16 +58,18 @@ def x_dtype(config):
   return jnp.int32 if config.data.preprocess == 'uint8' else jnp.float32
 
 
-def build(config, mesh=None, image_shape=None):
+def build(config, mesh=None, image_shape=None, data_info=None):
   """Validates against the devices and the dataset, then builds mesh, model and optimizer.
 
-  With `image_shape` given (rebuilding a saved run for analysis) the dataset is not read.
+  With `image_shape` given (rebuilding a saved run for analysis) the dataset is not read; with
+  `data_info` given (a data.DataInfo: the benchmark's synthetic data) it stands for the
+  dataset's own.
   """
   mesh = mesh if mesh is not None else sharding.make_mesh(config)
   validation.validate_batch_split(config, sharding.data_axis_size(mesh))
-  info = None
+  info = data_info
   if image_shape is None:
-    info = data_lib.dataset_info(config.data)
+    info = info or data_lib.dataset_info(config.data)
     validation.validate_data_splits(config, info)
     image_shape = info.image_shape
   image_shape = tuple(image_shape)

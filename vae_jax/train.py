@@ -186,15 +186,20 @@ class ChunkFeeder:
   [k, B] positions of its steps' examples in that array and their indices in the base split
   (the binarization keys); each process builds only its own columns.
   stream: each process reads its rows of each global batch from the TFDS stream.
+  arrays: the training split's arrays ({'image', 'index'} as data.load_arrays gives them) to
+  hold instead of reading the dataset (memory back end only; the benchmark's synthetic data).
   """
 
-  def __init__(self, exp, start_step):
+  def __init__(self, exp, start_step, arrays=None):
     self.exp = exp
     c = exp.config
     self.backend = c.data.backend
     self.k = c.steps_per_call
+    if arrays is not None and self.backend != 'memory':
+      raise ValueError('Given arrays need data.backend=memory.')
     if self.backend == 'memory':
-      arrays = data_lib.load_arrays(c.data, c.data.train_split)
+      if arrays is None:
+        arrays = data_lib.load_arrays(c.data, c.data.train_split)
       self.base_index = arrays['index']
       self.data = jax.make_array_from_process_local_data(
           sharding.replicated(exp.mesh), arrays['image'], arrays['image'].shape)

@@ -284,6 +284,25 @@ def validate_data_splits(config, info):
         f'examples of {config.data.name!r} (data.train_split={config.data.train_split!r}).')
 
 
+def synthetic_benchmark_shape(config, text, num_examples):
+  """The benchmark's --synthetic=H,W,C as a shape, checked against the config before compiling.
+
+  The shape and split sizes are then checked like a dataset's (experiment.build).
+  """
+  from vae_jax.data import synthetic
+  try:
+    shape = synthetic.parse_shape(text)
+  except ValueError as e:
+    raise ConfigError(f'--synthetic: {e}') from None
+  if config.data.backend != 'memory':
+    raise ConfigError('--synthetic holds its images in memory: add --config.data.backend=memory '
+                      f'(the config has {config.data.backend!r}).')
+  if num_examples < config.batch_size:
+    raise ConfigError(f'--synthetic_examples={num_examples} is fewer than one batch '
+                      f'(config.batch_size={config.batch_size}).')
+  return shape
+
+
 def validate_image_shape(config, image_shape):
   """Checks the model fits the dataset's images (known once the dataset info is read)."""
   h, w, _ = image_shape
