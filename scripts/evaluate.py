@@ -9,9 +9,10 @@ with K importance samples per example, using the run's EMA of the parameters whe
 (config.ema_decay > 0) and its train state's otherwise, unless --params says which; the report
 names them (params) and, for an EMA still dominated by its starting parameters, warns
 (ema_warning). Writes DIR/eval/step_S_SPLIT_kK.json (the JSON printed
-here) and step_S_SPLIT_kK.npz (per-example values, for paired comparisons). The last stdout line
-is one JSON object, nats per example: neg_elbo, recon, kl, nll, posterior_gap (each with
-_stderr), normalized, bits_per_dim, joint_kl, kl_per_unit, active_units, mutual_info,
+here) and step_S_SPLIT_kK.npz (per-example values, for paired comparisons); the train state of
+a run that keeps an EMA goes to step_S_SPLIT_kK_state.json (and .npz) beside the EMA's. The
+last stdout line is one JSON object, nats per example: neg_elbo, recon, kl, nll, posterior_gap
+(each with _stderr), normalized, bits_per_dim, joint_kl, kl_per_unit, active_units, mutual_info,
 num_examples, num_samples, step, split, samples_per_sec. The posterior gap underestimates
 E KL(q || p(h|x)), since the K-sample nll is biased upward.
 """

@@ -265,6 +265,28 @@ def test_eval_files_of_the_step_newest_first_and_on_the_page(tmp_path):
   assert '30.0000 \u00b1 0.2500' in page and 'not normalised' in page
 
 
+def test_the_headline_nll_is_of_the_parameters_the_analysis_shows(tmp_path):
+  from vae_jax import evaluate
+  os.makedirs(tmp_path / 'eval')
+  # An EMA run evaluated with its default (EMA) parameters, then, newer, with the train state's.
+  for i, (params, nll) in enumerate([(None, 30.0), ('state', 33.0)]):
+    path = evaluate.eval_path(str(tmp_path), 20, 'test', 100, params=params)
+    with open(path, 'w') as f:
+      json.dump({'step': 20, 'split': 'test', 'num_samples': 100, 'nll': nll,
+                 'nll_stderr': 0.5, 'params': params or 'ema'}, f)
+    os.utime(path, (1000 + i, 1000 + i))
+  found = analysis.eval_files(str(tmp_path), 20)
+  assert [(e['record']['params'], os.path.basename(e['path'])) for e in found] == [
+      ('state', 'step_20_test_k100_state.json'), ('ema', 'step_20_test_k100.json')]
+  summary = {'workdir': '/w', 'out_dir': '/w/analysis', 'step': 20, 'split': 'test',
+             'index_html': 'i', 'summary_md': 'm', 'figures': [], 'mig': None,
+             'units': {'active_units': 3}, 'seconds': 1.0,
+             'elbo': {k: 1.0 for k in ('neg_elbo', 'neg_elbo_stderr', 'recon', 'kl')},
+             'eval_files': found}
+  assert analysis.headline({**summary, 'params': 'ema'})['nll'] == 30.0
+  assert analysis.headline({**summary, 'params': 'state'})['nll'] == 33.0
+
+
 def test_missing_runs_and_steps_are_errors_naming_what_exists(analysed, tmp_path):
   workdir, _ = analysed
   with pytest.raises(analysis.RunNotFoundError, match='does not exist'):

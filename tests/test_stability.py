@@ -237,7 +237,7 @@ def test_the_loop_evaluates_the_ema_and_warns_only_early(straight_ema):
   assert ema_eval['neg_elbo'] != pytest.approx(state_eval['neg_elbo'], rel=1e-5)
 
 
-def test_evaluate_picks_the_ema_by_default_and_says_so(straight_ema):
+def test_evaluate_picks_the_ema_by_default_says_so_and_files_the_train_state_apart(straight_ema):
   workdir, result = straight_ema
   logged = []
   report = eval_lib.evaluate_run(workdir, num_samples=2, log=logged.append)
@@ -250,6 +250,15 @@ def test_evaluate_picks_the_ema_by_default_and_says_so(straight_ema):
   state = eval_lib.evaluate_run(workdir, num_samples=2, params='state', log=logged.append)
   assert state['params'] == 'state' and 'ema_init_weight' not in state
   assert state['neg_elbo'] != pytest.approx(report['neg_elbo'], rel=1e-5)
+  # The two evaluations of one step, split and K keep their own files: the train state's does
+  # not set the EMA's aside as if the code or the data had changed.
+  names = sorted(os.listdir(os.path.join(workdir, 'eval')))
+  assert names == ['step_10_test_k2.json', 'step_10_test_k2.npz', 'step_20_test_k2.json',
+                   'step_20_test_k2.npz', 'step_20_test_k2_state.json',
+                   'step_20_test_k2_state.npz'], names
+  with open(os.path.join(workdir, 'eval', 'step_20_test_k2.json')) as f:
+    assert json.load(f)['params'] == 'ema'
+  assert not any('WARNING' in line and 'kept' in line for line in logged), logged
   run = vae_jax.load_run(workdir)
   assert run.params_kind == 'ema'
   _assert_bitwise(run.params, run.state.ema['params'])

@@ -60,8 +60,9 @@ TRAVERSAL_VALUES = tuple(np.linspace(-3.0, 3.0, 9).tolist())
 # Bins per latent unit for the MIG histograms (Chen et al. 2018 use 20).
 MIG_BINS = 20
 # The file scripts/evaluate.py writes per evaluation (evaluate.eval_path):
-# DIR/eval/step_S_SPLIT_kK.json, SPLIT made file-name safe (the record holds the split itself).
-EVAL_FILE = re.compile(r'^step_(\d+)_(.+)_k(\d+)\.json$')
+# DIR/eval/step_S_SPLIT_kK.json, SPLIT made file-name safe (the record holds the split itself),
+# and step_S_SPLIT_kK_state.json for the train state of a run whose default is its EMA.
+EVAL_FILE = re.compile(r'^step_(\d+)_(.+)_k(\d+)(?:_(state|ema))?\.json$')
 
 
 class RunNotFoundError(FileNotFoundError):
@@ -671,15 +672,18 @@ def analyze(workdir, step=None, split=None, out_dir=None, *, device=None, tensor
 def headline(summary):
   """The paths and headline numbers of an analyze() summary: scripts/analyze.py's JSON line.
 
-  nll (with its standard error and K) is the newest evaluation file of the step and split, or
-  None where scripts/evaluate.py made none.
+  nll (with its standard error and K) is the newest evaluation file of the step and split made
+  with the parameters the analysis shows (the EMA or the train state's), or None where
+  scripts/evaluate.py made none.
   """
   elbo = summary['elbo']
+  params = summary.get('params', 'state')
   nll = next((e['record'] for e in summary['eval_files'] if e['split'] == summary['split']
+              and e['record'].get('params', 'state') == params
               and e['record'].get('nll') is not None), {})
   return {
       'workdir': summary['workdir'], 'step': summary['step'], 'split': summary['split'],
-      'params': summary.get('params', 'state'),
+      'params': params,
       **{k: summary[k] for k in ('ema_init_weight', 'ema_warning') if k in summary},
       'index_html': summary['index_html'], 'summary_md': summary['summary_md'],
       'figures': [os.path.join(summary['out_dir'], f['file']) for f in summary['figures']],

@@ -539,10 +539,16 @@ _HOW_IT_RAN = ('seconds', 'compile_s', 'samples_per_sec', 'num_devices', 'batch_
 PARAMS_CHOICES = ('state', 'ema')
 
 
-def eval_path(workdir, step, split, num_samples):
-  """DIR/eval/step_S_SPLIT_kK.json (a slice's brackets and colons made file-name safe)."""
+def eval_path(workdir, step, split, num_samples, params=None):
+  """DIR/eval/step_S_SPLIT_kK.json (a slice's brackets and colons made file-name safe).
+
+  params: None for the run's default parameters (its EMA where it keeps one, else the train
+  state's); 'state' for the train state of a run whose default is its EMA, which gets its own
+  file, step_S_SPLIT_kK_state.json, beside the EMA's.
+  """
   tag = split.replace('[', '_').replace(']', '').replace(':', '-').replace('%', 'pc')
-  return os.path.join(workdir, 'eval', f'step_{step}_{tag}_k{num_samples}.json')
+  suffix = f'_{params}' if params else ''
+  return os.path.join(workdir, 'eval', f'step_{step}_{tag}_k{num_samples}{suffix}.json')
 
 
 def check_run_request(workdir, *, step=None, split=None, num_samples=1, params=None,
@@ -650,7 +656,8 @@ def evaluate_run(workdir, *, step=None, split=None, num_samples=1000, params=Non
   The run is rebuilt from its checkpoint's config on all local devices (config.mesh.data =
   -1). The report (see estimate, plus step, params and, for the EMA, ema_init_weight and an
   ema_warning while the EMA is dominated by its starting parameters) goes to eval_path(...)
-  and its per-example values to the same name with .npz. An evaluation of one step, split and
+  (the train state of an EMA run to its own _state file) and its per-example values to the
+  same name with .npz. An evaluation of one step, split and
   K is deterministic, so an existing file with the same results (up to the fields of _HOW_IT_RAN
   and float32 rounding between device counts) is replaced; a different one (the code or the
   data changed) is kept as NAME.json.1 (.2, ...) beside the new one, with a warning.
@@ -686,6 +693,7 @@ def evaluate_run(workdir, *, step=None, split=None, num_samples=1000, params=Non
         f'Checkpoint step {restored} of {workdir} holds no EMA parameters; evaluate it with '
         '--params=state.')
   chosen, kind, notes = state_lib.eval_params(state)
+  default_kind = kind
   if params == 'state':
     chosen, kind, notes = state.params, 'state', {}
   log(f'Evaluating the {"EMA" if kind == "ema" else "train state"} parameters of step '
@@ -698,7 +706,9 @@ def evaluate_run(workdir, *, step=None, split=None, num_samples=1000, params=Non
   report.update(step=restored, params=kind, **notes)
   report = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in report.items()}
   if jax.process_index() == 0:
-    _write_eval(eval_path(workdir, restored, split, num_samples), report, per_example, log)
+    path = eval_path(workdir, restored, split, num_samples,
+                     params=None if kind == default_kind else kind)
+    _write_eval(path, report, per_example, log)
   return report
 
 
