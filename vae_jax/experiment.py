@@ -69,7 +69,8 @@ def build(config, mesh=None, image_shape=None, data_info=None):
   validation.validate_batch_split(config, sharding.data_axis_size(mesh))
   info = data_info
   if image_shape is None:
-    info = info or data_lib.dataset_info(config.data)
+    if info is None:
+      info = data_lib.dataset_info(config.data)
     validation.validate_data_splits(config, info)
     image_shape = info.image_shape
   image_shape = tuple(image_shape)
