@@ -115,3 +115,18 @@ def test_script_rejects_a_workdir_that_is_a_file(tmp_path):
   proc, _ = _run_script('--config=configs/default.py', f'--workdir={f}')
   assert proc.returncode == 2 and 'is a file' in proc.stderr
   assert f.read_text() == 'keep me'
+
+
+def test_the_valid_names_have_one_home():
+  """The code that implements each choice uses the names of vae_jax.config.names."""
+  from vae_jax import distributions, models
+  from vae_jax.config import names
+  from vae_jax.data import checks
+  assert distributions.LIKELIHOODS is names.LIKELIHOODS
+  assert distributions.LOGISTIC_COUPLINGS is names.LOGISTIC_COUPLINGS
+  assert models.MODEL_KINDS is names.MODEL_KINDS
+  assert models.ENCODERS is names.ENCODERS and models.DECODERS is names.DECODERS
+  assert models.POSTERIORS is names.POSTERIORS
+  assert checks.KNOWN_PREPROCESS is names.PREPROCESS
+  assert checks.KNOWN_BACKENDS is names.BACKENDS
+  assert validation.OPTIMIZERS is names.OPTIMIZERS and validation.PRIORS is names.PRIORS

@@ -18,10 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-LIKELIHOODS = ('bernoulli', 'continuous_bernoulli', 'gaussian', 'discretized_logistic')
-# Forms of the discretized logistic mixture: none (independent per sub-pixel) | rgb
-# (PixelCNN++: one indicator per pixel, G and B located by the earlier channels' values).
-LOGISTIC_COUPLINGS = ('none', 'rgb')
+from vae_jax.config import names
+
+LIKELIHOODS = names.LIKELIHOODS
+# Forms of the discretized logistic mixture (see vae_jax.config.names).
+LOGISTIC_COUPLINGS = names.LOGISTIC_COUPLINGS
 
 _LOG_2PI = math.log(2.0 * math.pi)
 # Continuous Bernoulli: below this |logit| the closed forms cancel catastrophically and are

@@ -9,10 +9,11 @@ import glob
 import os
 import re
 
+from vae_jax.config import names
 from vae_jax.data import formats, splits, sprites
 
-KNOWN_PREPROCESS = ('grey', 'dynamic_binarize', 'threshold', 'uint8')
-KNOWN_BACKENDS = ('memory', 'stream')
+KNOWN_PREPROCESS = names.PREPROCESS
+KNOWN_BACKENDS = names.BACKENDS
 SPRITES = 'sprites'
 # The data.* fields that name a split (or a slice of one).
 SPLIT_FIELDS = ('train_split', 'valid_split', 'eval_split')

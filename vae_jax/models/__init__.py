@@ -9,6 +9,7 @@ they are made of live in `networks`.
 
 import jax.numpy as jnp
 
+from vae_jax.config import names
 from vae_jax.models import gaussian_vae, hierarchical
 from vae_jax.models.gaussian_vae import GaussianVAE
 from vae_jax.models.hierarchical import HierarchicalVAE, soft_clamp
@@ -29,7 +30,7 @@ from vae_jax.models.networks import (
     to_float_input,
 )
 
-MODEL_KINDS = ('vae', 'hvae')
+MODEL_KINDS = names.MODEL_KINDS
 _BUILDERS = {'vae': gaussian_vae.build_model, 'hvae': hierarchical.build_model}
 
 

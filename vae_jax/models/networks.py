@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vae_jax.config import names
 from vae_jax.distributions import (
     LIKELIHOODS,
     LOGISTIC_COUPLINGS,
@@ -38,9 +39,9 @@ from vae_jax.distributions import (
     scale_tril_from_raw,
 )
 
-ENCODERS = ('mlp', 'conv')
-DECODERS = ('mlp', 'conv')
-POSTERIORS = ('diag', 'full')
+ENCODERS = names.ENCODERS
+DECODERS = names.DECODERS
+POSTERIORS = names.POSTERIORS
 # Floor of the discretized-logistic log scale: below it the bin probabilities underflow.
 MIN_LOGISTIC_LOG_SCALE = -7.0
 

@@ -1,0 +1,1 @@
+"""The config's rules without JAX: the valid names of every choice field, and their checks."""

@@ -1,0 +1,26 @@
+"""The valid names of every choice field of the config, in one JAX-free place.
+
+The modules that implement each choice (distributions, models, data) import their names from
+here, and validation checks a config against them without importing JAX, Flax or TensorFlow.
+"""
+
+# model.kind: 'vae' the single-layer family (models/gaussian_vae.py), 'hvae' the top-down
+# hierarchy (models/hierarchical.py).
+MODEL_KINDS = ('vae', 'hvae')
+ENCODERS = ('mlp', 'conv')
+DECODERS = ('mlp', 'conv')
+POSTERIORS = ('diag', 'full')
+PRIORS = ('standard', 'vamp')
+LIKELIHOODS = ('bernoulli', 'continuous_bernoulli', 'gaussian', 'discretized_logistic')
+# Forms of the discretized logistic mixture: none (independent per sub-pixel) | rgb
+# (PixelCNN++: one indicator per pixel, G and B located by the earlier channels' values).
+LOGISTIC_COUPLINGS = ('none', 'rgb')
+DTYPES = ('float32', 'bfloat16')
+
+OBJECTIVES = ('elbo', 'iwae')
+FREE_BITS_GROUPS = ('total', 'unit', 'group')
+OPTIMIZERS = ('adam', 'adamw')
+SCHEDULES = ('constant', 'warmup_cosine')
+
+PREPROCESS = ('grey', 'dynamic_binarize', 'threshold', 'uint8')
+BACKENDS = ('memory', 'stream')
