@@ -52,12 +52,12 @@ from vae_jax import (
   runinfo,
   sharding,
   sweep,
-  train,
   validation,
   workdir_lock,
 )
 from vae_jax import metrics as metrics_lib
 from vae_jax import state as state_lib
+from vae_jax.train import loop as train
 
 
 def check_population(configs, names=None):
