@@ -56,10 +56,11 @@ def main(argv):
       validation.validate_config(p['config'])
       validation.validate_workdir(p['workdir'])
     cli.check_data_available(chosen[0]['config'].data)
+    from vae_jax import train
     from vae_jax.train import population
     population.check_population([p['config'] for p in chosen], [p['name'] for p in chosen])
-    return chosen, population.train_population([p['config'] for p in chosen],
-                                               [p['workdir'] for p in chosen], mode=FLAGS.mode)
+    return chosen, train.train_population([p['config'] for p in chosen],
+                                          [p['workdir'] for p in chosen], mode=FLAGS.mode)
 
   chosen, result = cli.run_reporting_user_errors(run)
   members = []

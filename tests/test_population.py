@@ -40,7 +40,7 @@ def population_run(request, tmp_path_factory):
   root = tmp_path_factory.mktemp(f'population_{request.param}')
   configs = [member_config(o) for o in MEMBERS]
   dirs = [str(root / f'member{i}') for i in range(len(MEMBERS))]
-  result = population.train_population(configs, dirs, mode=request.param)
+  result = train.train_population(configs, dirs, mode=request.param)
   assert result['mode'] == request.param
   return configs, dirs, result
 
@@ -97,9 +97,9 @@ def test_population_resumes_bitwise(population_run, tmp_path):
   mode = straight['mode']
   dirs = [str(tmp_path / f'm{i}') for i in range(len(MEMBERS))]
   half = [member_config(o, num_train_steps=10) for o in MEMBERS]
-  first = population.train_population(half, dirs, mode=mode)
+  first = train.train_population(half, dirs, mode=mode)
   assert first['step'] == 10
-  resumed = population.train_population(configs, dirs, mode=mode)
+  resumed = train.train_population(configs, dirs, mode=mode)
   assert resumed['step'] == 20
   for a, b in zip(leaves(straight['states']), leaves(resumed['states']), strict=True):
     np.testing.assert_array_equal(a, b)
@@ -111,11 +111,11 @@ def test_a_member_ahead_of_the_others_resumes_at_the_common_step(population_run,
   configs, _, straight = population_run
   dirs = [str(tmp_path / f'm{i}') for i in range(2)]
   mode = straight['mode']
-  population.train_population([member_config(MEMBERS[0], num_train_steps=10),
+  train.train_population([member_config(MEMBERS[0], num_train_steps=10),
                                member_config(MEMBERS[1], num_train_steps=10)], dirs, mode=mode)
   # Member 0 alone goes on to step 20 (as if a kill had come between the members' saves).
   train.train_and_evaluate(configs[0], dirs[0])
-  resumed = population.train_population(configs[:2], dirs, mode=mode)
+  resumed = train.train_population(configs[:2], dirs, mode=mode)
   assert resumed['step'] == 20
   for i in range(2):
     for a, b in zip(leaves(population.member(straight['states'], i).params),
@@ -127,7 +127,7 @@ def test_a_diverging_member_is_reported_and_the_others_finish(tmp_path):
   configs = [member_config({}, max_consecutive_nonfinite=2),
              member_config({'optim.learning_rate': 1e30}, max_consecutive_nonfinite=2)]
   dirs = [str(tmp_path / 'good'), str(tmp_path / 'bad')]
-  result = population.train_population(configs, dirs, mode='vmap')
+  result = train.train_population(configs, dirs, mode='vmap')
   good, bad = result['members']
   assert good['status'] == 'done' and os.path.exists(os.path.join(dirs[0], 'DONE'))
   assert bad['status'] == 'failed' and 'non-finite' in bad['reason']
@@ -148,7 +148,7 @@ def test_a_diverging_member_is_reported_and_the_others_finish(tmp_path):
 def test_members_that_differ_in_a_static_field_are_refused(tmp_path, overrides, key):
   configs = [member_config({}), member_config(overrides)]
   with pytest.raises(validation.ConfigError, match=key.replace('.', r'\.')):
-    population.train_population(configs, [str(tmp_path / 'a'), str(tmp_path / 'b')])
+    train.train_population(configs, [str(tmp_path / 'a'), str(tmp_path / 'b')])
   assert not os.path.exists(tmp_path / 'a' / 'checkpoints')
 
 
@@ -157,7 +157,7 @@ def test_population_with_ema_and_skipping_equals_separate_runs(tmp_path, mode):
   stability = {'ema_decay': 0.9, 'optim.skip_factor': 1.05, 'optim.skip_window': 4,
                'max_consecutive_skipped': 10}
   configs = [member_config({**stability, **o}) for o in MEMBERS[:2]]
-  result = population.train_population(configs, [str(tmp_path / 'a'), str(tmp_path / 'b')],
+  result = train.train_population(configs, [str(tmp_path / 'a'), str(tmp_path / 'b')],
                                        mode=mode)
   for i, config in enumerate(configs):
     alone = train.train_and_evaluate(config, str(tmp_path / f'alone{i}'))
@@ -180,14 +180,14 @@ def test_a_spent_budget_stops_the_population_and_a_rerun_resumes_bitwise(populat
   mode = straight['mode']
   dirs = [str(tmp_path / f'm{i}') for i in range(2)]
   budget = [member_config(o, max_train_seconds=1e-3) for o in MEMBERS[:2]]
-  first = population.train_population(budget, dirs, mode=mode)
+  first = train.train_population(budget, dirs, mode=mode)
   assert first['step'] == 5 and [m['status'] for m in first['members']] == ['stopped'] * 2
   for d in dirs:
     assert not os.path.exists(os.path.join(d, 'DONE'))
     assert os.listdir(os.path.join(d, 'checkpoints'))
     kinds = [json.loads(x)['kind'] for x in open(os.path.join(d, 'metrics.jsonl'))]
     assert 'eval' in kinds and kinds[-1] == 'stop'
-  resumed = population.train_population(configs[:2], dirs, mode=mode)
+  resumed = train.train_population(configs[:2], dirs, mode=mode)
   assert resumed['step'] == 20
   for i in range(2):
     for a, b in zip(leaves(population.member(straight['states'], i)),
@@ -202,7 +202,7 @@ def test_a_vmapped_population_sharded_over_8_devices_equals_one_device(tmp_path)
     configs = [member_config(o, **{'mesh.data': devices, 'num_train_steps': 10})
                for o in MEMBERS[:2]]
     dirs = [str(tmp_path / f'{devices}_{i}') for i in range(2)]
-    result = population.train_population(configs, dirs, mode='vmap')
+    result = train.train_population(configs, dirs, mode='vmap')
     assert result['num_devices'] == (1 if devices == 1 else jax.device_count())
     results.append(result['states'])
   assert jax.device_count() == 8

@@ -16,6 +16,7 @@ from vae_jax import evaluate as eval_lib
 from vae_jax import experiment, optim, train, validation
 from vae_jax import metrics as metrics_lib
 from vae_jax import state as state_lib
+from vae_jax.train import loop
 
 
 def _leaves(tree):
@@ -133,7 +134,8 @@ def test_a_skipped_step_changes_nothing_but_the_counters():
   _assert_bitwise((state.params, state.opt_state, state.ema, state.loss_momentum),
                   (start.params, start.opt_state, start.ema, start.loss_momentum))
   assert int(state.skip['count']) == 10  # the norms were still recorded
-  rec = train._train_record(dict(sums[1]), config.batch_size, 1.0)
+  chunk = {k: v if k == 'steps' else np.asarray(v)[None] for k, v in sums[1].items()}
+  rec = loop.IntervalSums.train_record(chunk, 0, config.batch_size, 1.0)
   assert rec['skipped_steps'] == 5 and rec['skipped_total'] == 10
 
 

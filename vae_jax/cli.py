@@ -26,12 +26,27 @@ def user_errors():
 
 
 def run_reporting_user_errors(fn):
-  """Runs fn(); a user mistake exits with status 2 and its message, without a traceback."""
+  """Runs fn(); a user mistake exits with status 2 and its message, without a traceback.
+
+  A run that diverged (vae_jax.train: FloatingPointError, SkippedUpdatesError) ends with its
+  message and status 1: the config is valid, the training failed (DIR/FAILED says where).
+  """
   try:
     return fn()
   except user_errors() as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+  except Exception as e:
+    if not _is_divergence(e):
+      raise
+    print(f'error: the run failed: {e}', file=sys.stderr)
+    sys.exit(1)
+
+
+def _is_divergence(e):
+  loop = sys.modules.get('vae_jax.train.loop')
+  return isinstance(e, FloatingPointError) or (
+      loop is not None and isinstance(e, loop.SkippedUpdatesError))
 
 
 def require_config(config):

@@ -1,13 +1,17 @@
-"""Training: the fused train step, the members of a run and their resume, and the one loop
-that trains one run or a population of them."""
+"""Training: the pure step and its fused chunk (step), the members of a run and their one
+resume path (members), the periodic evaluations (periodic), the population's states (population)
+and the one loop over P >= 1 members (loop)."""
 
-from vae_jax.train.loop import (  # noqa: F401 - the package's public names
-  ChunkFeeder,
+from vae_jax.data.feeder import ChunkFeeder  # noqa: F401 - the loop's feeder, re-exported
+from vae_jax.train.loop import (  # noqa: F401 - the package's entry points
+  SkippedUpdatesError,
+  train_and_evaluate,
+  train_population,
+)
+from vae_jax.train.members import done_record, restore_or_init  # noqa: F401
+from vae_jax.train.step import (  # noqa: F401
   compile_chunk,
-  done_record,
   jit_train_chunk,
   make_loss_fn,
   make_train_step,
-  restore_or_init,
-  train_and_evaluate,
 )
