@@ -26,6 +26,7 @@ from vae_jax import evaluate as eval_lib
 from vae_jax import experiment, runinfo, validation
 from vae_jax import metrics as metrics_lib
 from vae_jax import state as state_lib
+from vae_jax.config import failure
 
 DONE_FILE = 'DONE'
 # {"step", "reason", "config_sha256"}: where and why a member failed (a divergence, say).
@@ -245,19 +246,29 @@ def read_failed(workdir):
 
 
 def write_failed(workdir, config, step, reason):
+  """DIR/FAILED: where and why, the config's digest and its failure digest (config.failure)."""
   _write(workdir, FAILED_FILE, {'step': int(step), 'reason': reason,
-                                'config_sha256': metrics_lib.config_digest(config)})
+                                'config_sha256': metrics_lib.config_digest(config),
+                                'failure_sha256': failure.failure_digest(config)})
+
+
+def failed_with(record, config):
+  """Whether a FAILED record names this config, or one whose change cannot undo the failure."""
+  return record is not None and (
+      record.get('config_sha256') == metrics_lib.config_digest(config)
+      or record.get('failure_sha256') == failure.failure_digest(config))
 
 
 def check_failed(member):
   """The reason the member's current config failed before ('' if it did not).
 
-  A FAILED of another config is removed (the changed config is retried) and '' returned.
+  A FAILED of a config that differs in a field that can change the failure (config.failure)
+  is removed (the changed config is retried) and '' returned.
   """
   failed = read_failed(member.workdir)
   if failed is None:
     return ''
-  if failed.get('config_sha256') == metrics_lib.config_digest(member.config):
+  if failed_with(failed, member.config):
     return f'at step {failed.get("step")}: {failed.get("reason")}'
   member.log(f'failed before at step {failed.get("step")} with another config; retrying with '
              'this one.')
