@@ -363,12 +363,7 @@ def _train(base, live, members, states, step, mode, single, t_start, result, log
         source, index = feeder(step)
       log_now = step % config.log_every_steps == 0 or final or stopped
       save_now = step % config.checkpoint_every_steps == 0 or final or stopped
-      if log_now or save_now:  # before anything new is saved
-        runs = sums.runs()
-        for m in _live(live):
-          why = guard(m.config, runs, m.slot)
-          if why:
-            _fail(m, step, why, single, log)
+      runs = sums.runs() if log_now or save_now else None
       if log_now:
         interval = sums.take()
         seconds = time.perf_counter() - t_log
@@ -384,6 +379,11 @@ def _train(base, live, members, states, step, mode, single, t_start, result, log
                   f'gradient-norm guard ({rec["skipped_total"]} since the start).')
         if not single:
           _show(live, interval, step, config, log)
+      if runs is not None:  # after the interval's records, before anything new is saved
+        for m in _live(live):
+          why = guard(m.config, runs, m.slot)
+          if why:
+            _fail(m, step, why, single, log)
       # Wait for the device before pausing the clock, so evaluation and saving never hide
       # compute of the chunk.
       pop.block()
