@@ -76,25 +76,38 @@ def test_bad_point_exits_2_before_running(tmp_path, sweep_expr, match):
 
 
 def test_parent_never_imports_jax(tmp_path):
+  """The config package, validation and the sweep runner load neither JAX nor Flax."""
   config = write_config(tmp_path)
   code = f'''
 import sys
 sys.path.insert(0, {REPO!r})
-from vae_jax import sweep
+import vae_jax.config
+from vae_jax.config import names
+from vae_jax import hyper, sweep, validation
 module = sweep.load_config_file({config!r})
 planned = sweep.plan({config!r}, module.get_config(), [], {str(tmp_path / "out")!r})
 print([sweep.point_status(p['workdir'], p['config']) for p in planned])
-sweep.validate_in_child(planned)
+sweep.validate_points(planned)
+validation.validate_config(planned[0]['config'], num_devices=1)
 sweep.record_sweep({str(tmp_path / "out")!r}, sweep.sweep_record({config!r}, [], planned))
 sweep.report({str(tmp_path / "out")!r}, planned)
 import matplotlib
-assert 'jax' not in sys.modules, 'jax imported'
+for name in ('jax', 'flax'):
+  assert name not in sys.modules, name + ' imported'
 print('ok')
 '''
   result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                           cwd=REPO, timeout=120, check=False)
   assert result.returncode == 0, result.stderr
   assert "['new', 'new']" in result.stdout and 'ok' in result.stdout
+
+
+def test_a_bad_point_is_found_in_process(tmp_path):
+  config = write_config(tmp_path, "h.sweep('model.latent_dim', [4, 0])")
+  module = sweep.load_config_file(config)
+  planned = sweep.plan(config, module.get_config(), [], str(tmp_path / 'out'))
+  with pytest.raises(sweep.SweepError, match='sweep point latent_dim=0: .*latent_dim'):
+    sweep.validate_points(planned)
 
 
 @pytest.fixture(scope='module')

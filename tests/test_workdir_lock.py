@@ -116,3 +116,53 @@ def test_second_run_on_a_busy_workdir_is_refused(tmp_path):
   finally:
     first.kill()
     first.communicate(timeout=60)
+
+
+# Probes a point's status in a loop, as `scripts/sweep.py --report` or a sweep runner does.
+_PROBE = '''
+import sys, time
+from vae_jax import sweep
+print('PROBING', flush=True)
+t = time.time(); n = 0
+while time.time() - t < float(sys.argv[2]):
+  sweep.is_running(sys.argv[1]); n += 1
+print(n, flush=True)
+'''
+
+
+def test_a_status_probe_never_refuses_a_starting_run(tmp_path):
+  WorkdirLock(tmp_path, 0).acquire().release()  # the lock file exists, as after any run
+  prober = subprocess.Popen([sys.executable, '-c', _PROBE, str(tmp_path), '1.5'], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+  assert prober.stdout.readline().strip() == 'PROBING'
+  refused = starts = 0
+  t = time.time()
+  while time.time() - t < 1.0:
+    starts += 1
+    try:
+      WorkdirLock(tmp_path, 0).acquire().release()
+    except WorkdirLockedError:
+      refused += 1
+  probes = int(prober.stdout.read())
+  assert prober.wait(timeout=30) == 0
+  assert probes > 1000 and starts > 100  # both loops really ran side by side
+  assert refused == 0, f'{refused} of {starts} starts refused'
+
+
+def test_is_running_sees_a_live_holder_and_not_a_killed_one(tmp_path, holder):
+  from vae_jax import sweep
+  assert not sweep.is_running(tmp_path)
+  first = holder(tmp_path, 0)
+  assert sweep.is_running(tmp_path)
+  _kill(first)  # its record stays in the file, naming a dead process
+  assert not sweep.is_running(tmp_path)
+
+
+def test_acquire_waits_out_a_lock_held_for_a_moment(tmp_path):
+  import fcntl
+  import threading
+  WorkdirLock(tmp_path, 0).acquire().release()
+  fd = os.open(workdir_lock.lock_path(tmp_path, 0), os.O_RDONLY)
+  fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as an older prober takes it, unrecorded
+  threading.Timer(0.3, os.close, [fd]).start()
+  WorkdirLock(tmp_path, 0).acquire().release()

@@ -19,7 +19,7 @@ import re
 
 class SweepError(ValueError):
   """A user mistake in a sweep (its points, its config, its workdir); reported without a
-  traceback. (vae_jax.validation.ConfigError would do, but importing it imports JAX.)"""
+  traceback, as vae_jax.validation.ConfigError is."""
 
 
 def sweep(key, values):
@@ -109,16 +109,17 @@ def point_names(points):
   if len(set(names)) < len(names):
     names = [f'{_name(p, short=False)[:180]}_{_digest(p)}' for p in points]
   if len(set(names)) < len(names):
-    raise SweepError('The sweep lists the same point more than once: '
-                     f'{sorted(n for n in names if names.count(n) > 1)[0]}.')
+    twice = next(p for p, n in builtins.zip(points, names, strict=True) if names.count(n) > 1)
+    raise SweepError(f'The sweep lists the same point more than once: {twice!r}. Drop the '
+                     'repeat (h.chain of sweeps that share a value, say).')
   return names
 
 
 def check_points(points):
   """The list of points a get_sweep returned: a list of dicts of str keys."""
   if not isinstance(points, (list, tuple)) or not points:
-    raise SweepError(f'get_sweep must return a non-empty list of points (dicts), got '
-                     f'{type(points).__name__}.')
+    got = 'an empty list' if isinstance(points, (list, tuple)) else type(points).__name__
+    raise SweepError(f'get_sweep must return a non-empty list of points (dicts), got {got}.')
   for p in points:
     if not isinstance(p, dict) or not all(isinstance(k, str) and k for k in p):
       raise SweepError(f'Each sweep point must be a dict of dotted config keys, got {p!r}.')

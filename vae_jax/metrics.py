@@ -13,16 +13,29 @@ import time
 import jax
 import numpy as np
 
+from vae_jax.storage import records
+
 
 class MetricWriter:
-  """Appends one JSON object per line to DIR/metrics.jsonl and mirrors scalars to TensorBoard."""
+  """Appends one JSON object per line to DIR/metrics.jsonl and mirrors scalars to TensorBoard.
 
-  def __init__(self, workdir):
+  `resume_step`: the step a run (re)starts from. The records of later steps are dropped first,
+  because the run recomputes those steps exactly and would otherwise write them twice (a run
+  killed after its step-30 records but before its step-30 save resumes at 20); 0 empties the
+  file. None keeps the file as it is. Appends survive a line cut by a kill (storage.records).
+  """
+
+  def __init__(self, workdir, resume_step=None):
     self.enabled = jax.process_index() == 0  # only process 0 writes
     self._path = os.path.join(workdir, 'metrics.jsonl')
     self._tb = None
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
+      if resume_step is not None:
+        dropped = records.drop_after_step(self._path, int(resume_step))
+        if dropped:
+          print(f'{self._path}: dropped {dropped} records of steps after {resume_step}, '
+                'which this start recomputes.', flush=True)
       try:
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
         self._tb = EventFileWriter(os.path.join(workdir, 'tensorboard'))
@@ -36,8 +49,7 @@ class MetricWriter:
     record = {'step': int(step), 'kind': kind}
     for k, v in values.items():
       record[k] = _plain(v)
-    with open(self._path, 'a') as f:
-      f.write(json.dumps(record) + '\n')
+    records.append(self._path, record)
     if self._tb is not None:
       self._write_tb(step, kind, record)
 
@@ -71,12 +83,8 @@ def _plain(v):
 
 def read_metrics(workdir, kind=None):
   """The records of DIR/metrics.jsonl (optionally of one kind), in order."""
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    records = [json.loads(line) for line in f if line.strip()]
-  return [r for r in records if kind is None or r['kind'] == kind]
+  got = records.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  return [r for r in got if kind is None or r.get('kind') == kind]
 
 
 def write_config(workdir, config):
@@ -109,8 +117,7 @@ def append_config_history(workdir, config, step, changes=()):
   record = {'step': int(step), 'time': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
             'changes': [list(c) for c in changes], 'config_sha256': config_digest(config),
             'config': json.loads(config.to_json())}
-  with open(os.path.join(workdir, 'config_history.jsonl'), 'a') as f:
-    f.write(json.dumps(record) + '\n')
+  records.append(os.path.join(workdir, 'config_history.jsonl'), record)
 
 
 def image_grid(images):

@@ -13,20 +13,20 @@ workdirs alone (`report`).
 
 import csv
 import datetime
-import fcntl
 import importlib.util
 import json
 import math
 import os
-import pickle
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
+import traceback
 
-from vae_jax import hyper
+from vae_jax import hyper, validation, workdir_lock
+from vae_jax.config import failure
 from vae_jax.hyper import SweepError
+from vae_jax.storage import records as records_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_SCRIPT = os.path.join(REPO, 'scripts', 'train.py')
@@ -35,6 +35,9 @@ SWEEP_FILE = 'sweep.json'
 LOG_FILE = 'sweep.log'
 # The lock a live run holds (vae_jax.workdir_lock.lock_path, process 0).
 LOCK_FILE = os.path.join('locks', 'process_0.lock')
+# What the loop writes where a run or population member failed: {"step", "reason",
+# "config_sha256"}.
+FAILED_FILE = 'FAILED'
 METRICS = ('neg_elbo', 'recon', 'kl', 'nll', 'posterior_gap')
 
 
@@ -57,7 +60,21 @@ def sweep_points(module, path):
   """The points of the config file's get_sweep(h)."""
   if not hasattr(module, 'get_sweep'):
     raise SweepError(f'Config file {path} defines no get_sweep(h): nothing to sweep.')
-  return hyper.check_points(module.get_sweep(hyper))
+  try:
+    points = module.get_sweep(hyper)
+  except SweepError:
+    raise  # hyper's own message names the combinator and what to change
+  except Exception as e:  # noqa: BLE001 - the user's code: one line, not a traceback
+    raise SweepError(f'Config file {path}: get_sweep(h) raised {type(e).__name__}: {e}'
+                     f'{_user_line(e, path)}.') from None
+  return hyper.check_points(points)
+
+
+def _user_line(error, path):
+  """' (line N)' of the config file's last frame in the error's traceback, or ''."""
+  frames = [f for f in traceback.extract_tb(error.__traceback__)
+            if os.path.abspath(f.filename) == os.path.abspath(path)]
+  return f' (line {frames[-1].lineno})' if frames else ''
 
 
 def override_keys(overrides):
@@ -86,12 +103,19 @@ def plan(config_path, config, overrides, workdir):
   names = hyper.point_names(points)
   fixed = set(override_keys(overrides))
   planned = []
+  seen = {}  # resolved config digest -> the point that resolved to it
   for name, point in zip(names, points, strict=True):
     both = fixed & set(point)
     if both:
       raise SweepError(f'Sweep point {point!r} sets {sorted(both)}, which the command line '
                        'sets too: drop the --config flag or the swept key.')
     resolved = hyper.apply_point(config, point)
+    digest = hyper.config_digest(resolved)
+    if digest in seen:
+      raise SweepError(f'The sweep points {seen[digest]!r} and {point!r} set the same config '
+                       '(once each field has its type), so they would train the same run twice. '
+                       'Drop one of them.')
+    seen[digest] = point
     point_dir = os.path.join(os.path.abspath(workdir), name)
     command = [sys.executable, TRAIN_SCRIPT, f'--config={os.path.abspath(config_path)}',
                f'--workdir={point_dir}', *overrides, *hyper.config_flags(point)]
@@ -151,32 +175,17 @@ def vectorize_problem(named_configs):
   return None
 
 
-def validate_in_child(planned, env=None):
-  """validation.validate_config of every point, in a child process (it imports JAX).
+def validate_points(planned):
+  """validation.validate_config of every point, in this JAX-free process.
 
   Raises:
     SweepError: naming the first point whose config is invalid.
   """
-  with tempfile.NamedTemporaryFile(suffix='.pkl', delete=False) as f:
-    pickle.dump([(p['name'], p['config']) for p in planned], f)
-  code = ('import pickle, sys\n'
-          'from vae_jax import validation\n'
-          'for name, config in pickle.load(open(sys.argv[1], "rb")):\n'
-          '  try:\n'
-          '    validation.validate_config(config)\n'
-          '  except validation.ConfigError as e:\n'
-          '    print(f"sweep point {name}: {e}", file=sys.stderr); sys.exit(2)\n')
-  child_env = dict(os.environ if env is None else env)
-  child_env.setdefault('JAX_PLATFORMS', 'cpu')  # never touch an accelerator to check configs
-  try:
-    result = subprocess.run([sys.executable, '-c', code, f.name], capture_output=True,
-                            text=True, env=child_env, cwd=REPO, check=False)
-  finally:
-    os.unlink(f.name)
-  if result.returncode == 2:
-    raise SweepError(result.stderr.strip().splitlines()[-1])
-  if result.returncode:
-    raise RuntimeError(f'Checking the sweep configs failed:\n{result.stderr[-3000:]}')
+  for p in planned:
+    try:
+      validation.validate_config(p['config'])
+    except validation.ConfigError as e:
+      raise SweepError(f'sweep point {p["name"]}: {e}') from None
 
 
 def sweep_record(config_path, overrides, planned):
@@ -193,8 +202,7 @@ def record_sweep(workdir, record):
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, SWEEP_FILE)
   if os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
+    old = _load_sweep_file(path)
     if json.loads(json.dumps(record['points'])) != old.get('points'):
       names = [p['name'] for p in old.get('points', [])]
       raise SweepError(
@@ -211,29 +219,39 @@ def read_sweep(workdir):
   path = os.path.join(workdir, SWEEP_FILE)
   if not os.path.exists(path):
     raise SweepError(f'{workdir} holds no {SWEEP_FILE}: not a sweep folder.')
-  with open(path) as f:
-    return json.load(f)
+  return _load_sweep_file(path)
+
+
+def _load_sweep_file(path):
+  """DIR/sweep.json's record; SweepError naming the file if it is damaged."""
+  try:
+    with open(path) as f:
+      record = json.load(f)
+  except (OSError, ValueError) as e:
+    record, why = None, f'{type(e).__name__}: {e}'
+  else:
+    why = 'it holds no list of points'
+  if not isinstance(record, dict) or not isinstance(record.get('points'), list):
+    raise SweepError(
+        f'{path} cannot be read ({why}). It is written whole or not at all, so something '
+        'else damaged it. Rerun the sweep with its config into a new --workdir, or delete '
+        'this file and rerun the same command here: the points\' workdirs are kept and done '
+        'points are not run again.')
+  return record
+
+
+def runner_lock(workdir):
+  """The sweep folder's runner lock (a `with` block); refused while another runner lives."""
+  return workdir_lock.SweepLock(workdir)
 
 
 def is_running(point_dir):
-  """Whether a live process holds the run's lock (taken and released at once if free)."""
-  path = os.path.join(point_dir, LOCK_FILE)
-  if not os.path.exists(path):
-    return False
-  fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-  try:
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except BlockingIOError:
-    return True
-  except OSError:
-    return False  # no locking on this file system: nothing can be told
-  finally:
-    os.close(fd)  # closing drops the lock if it was taken
-  return False
+  """Whether a live process holds the run's lock (probed without refusing a run's start)."""
+  return workdir_lock.is_held(point_dir, path=os.path.join(point_dir, LOCK_FILE))
 
 
-def read_done(point_dir):
-  path = os.path.join(point_dir, 'DONE')
+def read_done(point_dir, name='DONE'):
+  path = os.path.join(point_dir, name)
   try:
     with open(path) as f:
       return json.load(f)
@@ -241,18 +259,31 @@ def read_done(point_dir):
     return None
 
 
+def read_failed(point_dir):
+  """DIR/FAILED's record {'step', 'reason', 'config_sha256'}, or None."""
+  record = read_done(point_dir, FAILED_FILE)
+  return record if isinstance(record, dict) else None
+
+
 def point_status(point_dir, config=None):
-  """done | running | partial | new.
+  """done | running | failed | partial | new.
 
   done: DIR/DONE names the digest of `config` (any finished run when config is None);
-  a DONE of another config (num_train_steps raised since, say) is not done.
+  a DONE of another config (num_train_steps raised since, say) is not done. failed: DIR/FAILED
+  (the loop's mark of a run that failed, with its reason) names this config, or one that
+  differs only in fields that cannot undo the failure (config.failure, the rule the loop uses
+  to leave the member out); another change makes it partial or new again, and it is retried.
   """
   if is_running(point_dir):
     return 'running'
+  digest = None if config is None else hyper.config_digest(config)
   done = read_done(point_dir)
-  if done is not None and (config is None or
-                           done.get('config_sha256') == hyper.config_digest(config)):
+  if done is not None and (digest is None or done.get('config_sha256') == digest):
     return 'done'
+  failed = read_failed(point_dir)
+  if failed is not None and (digest is None or failed.get('config_sha256') == digest
+                             or failed.get('failure_sha256') == failure.failure_digest(config)):
+    return 'failed'
   ckpts = os.path.join(point_dir, 'checkpoints')
   if os.path.isdir(ckpts) and any(n.isdigit() for n in os.listdir(ckpts)):
     return 'partial'
@@ -291,11 +322,70 @@ def worker_envs(parallel, num_gpus, base_env):
 
 
 def _log_tail(point_dir, lines=20):
+  """The last lines of the point's latest attempt in its log, a traceback cut to its message.
+
+  A run that stops for the user's setting (a divergence, a bad init_from) ends in a clear
+  message; the frames of a traceback before it are noise to a sweep's reader (the whole
+  traceback stays in the log).
+  """
   try:
     with open(os.path.join(point_dir, LOG_FILE), errors='replace') as f:
-      return ''.join(f.readlines()[-lines:])
+      text = f.readlines()
   except OSError:
     return '(no log)'
+  starts = [i for i, line in enumerate(text) if line.startswith('=== sweep')]
+  text = text[starts[-1] + 1:] if starts else text
+  kept, in_frames = [], False
+  for line in text:
+    if line.startswith('Traceback (most recent call last):'):
+      in_frames = True
+      continue
+    if in_frames and (line.startswith('  ') or not line.strip()):
+      continue  # a frame: its file and line, its code, the ^^^ marks
+    in_frames = False
+    if line.startswith(('The above exception was', 'During handling of the above')):
+      continue
+    kept.append(line)
+  return ''.join(kept[-lines:])
+
+
+def _failure(point_dir):
+  """'at step S: REASON' from the point's DIR/FAILED, or None."""
+  failed = read_failed(point_dir)
+  if failed is None:
+    return None
+  return f'at step {failed.get("step")}: {failed.get("reason")}'
+
+
+def _report_end(p, code, seconds, log):
+  """One line per point of a finished job (a population reports each member); {name: code}."""
+  members = p.get('members')
+  if not members:
+    if code == 0:
+      _stamp(log, f'finished {p["name"]} in {seconds:.1f} s')
+    else:
+      why = _failure(p['workdir']) if os.path.exists(
+          os.path.join(p['workdir'], FAILED_FILE)) else None
+      head = f'FAILED {p["name"]} {why}' if why else f'FAILED {p["name"]} (exit {code})'
+      _stamp(log, f'{head}; the end of {os.path.join(p["workdir"], LOG_FILE)}:\n'
+             f'{_log_tail(p["workdir"])}')
+    return {p['name']: code}
+  codes, unexplained = {}, False
+  for m in members:
+    status = point_status(m['workdir'], m['config'])
+    if status == 'done':
+      codes[m['name']] = 0
+      _stamp(log, f'finished {m["name"]} ({p["name"]}, {seconds:.1f} s)')
+    elif status == 'failed':
+      codes[m['name']] = 1
+      _stamp(log, f'FAILED {m["name"]} {_failure(m["workdir"])}')
+    else:
+      codes[m['name']] = code or 1
+      unexplained = True
+      _stamp(log, f'FAILED {m["name"]}: {status} when the {p["name"]} ended (exit {code})')
+  if unexplained:  # the population's own log says why
+    _stamp(log, f'the end of {os.path.join(p["workdir"], LOG_FILE)}:\n{_log_tail(p["workdir"])}')
+  return codes
 
 
 def _stamp(log, message):
@@ -330,12 +420,7 @@ def run_local(todo, parallel, env, log=print):
       logf.close()
       del running[pid]
       free.append(slot)
-      codes[p['name']] = proc.returncode
-      if proc.returncode == 0:
-        _stamp(log, f'finished {p["name"]} in {time.time() - t0:.1f} s')
-      else:
-        _stamp(log, f'FAILED {p["name"]} (exit {proc.returncode}); the end of '
-               f'{os.path.join(p["workdir"], LOG_FILE)}:\n{_log_tail(p["workdir"])}')
+      codes.update(_report_end(p, proc.returncode, time.time() - t0, log))
   return codes
 
 
@@ -365,10 +450,8 @@ class PointCommand:
 def run_slurm(todo, workdir, env, partition='', gpus_per_task=1, time_limit_min=60,
               array_parallelism=8, cluster=None, log=print):
   """The points' commands as one SLURM job array through submitit; waits; {name: status}."""
-  try:
-    import submitit
-  except ImportError:
-    raise SweepError("--executor=slurm needs submitit: pip install -e '.[slurm]'") from None
+  check_slurm(cluster)
+  import submitit
   executor = submitit.AutoExecutor(folder=os.path.join(workdir, 'submitit'), cluster=cluster)
   params = {'timeout_min': time_limit_min, 'slurm_array_parallelism': array_parallelism,
             'gpus_per_node': gpus_per_task, 'tasks_per_node': 1}
@@ -381,25 +464,46 @@ def run_slurm(todo, workdir, env, partition='', gpus_per_task=1, time_limit_min=
                             [os.path.join(p['workdir'], LOG_FILE) for p in todo],
                             [dict(env)] * len(todo))
   _stamp(log, f'submitted {len(jobs)} jobs: {", ".join(j.job_id for j in jobs)}')
+  t0 = time.time()
   codes = {}
   for p, job in zip(todo, jobs, strict=True):
     try:
       job.result()
-      codes[p['name']] = 0
-      _stamp(log, f'finished {p["name"]}')
-    except Exception as e:  # noqa: BLE001 - a failed job is reported, the others go on
-      codes[p['name']] = 1
-      _stamp(log, f'FAILED {p["name"]} ({type(e).__name__}: {str(e)[:300]}); the end of its '
-             f'log:\n{_log_tail(p["workdir"])}')
+      code = 0
+    except Exception:  # noqa: BLE001 - a failed job is reported from its log, the others go on
+      code = 1
+    codes.update(_report_end(p, code, time.time() - t0, log))
   return codes
 
 
+def check_slurm(cluster=None):
+  """Refuses --executor=slurm where it cannot reach SLURM, before anything is written.
+
+  Without srun and sbatch, submitit's AutoExecutor silently runs every point at once on this
+  machine. cluster: submitit's cluster name; 'local' or 'debug' (tests) skips the check.
+  """
+  missing = [tool for tool in ('sbatch', 'srun') if shutil.which(tool) is None]
+  if cluster in (None, 'slurm') and missing:
+    raise SweepError(
+        f'--executor=slurm: no SLURM here ({" and ".join(missing)} not found on PATH), and '
+        'submitit would run every point at once on this machine. Run the sweep on the '
+        "cluster's login node, or use --executor=local (--parallel=P runs P points at once).")
+  try:
+    import submitit  # noqa: F401
+  except ImportError:
+    raise SweepError("--executor=slurm needs submitit: pip install -e '.[slurm]'") from None
+
+
 def population_job(config_path, overrides, workdir, todo, mode='auto'):
-  """The points to run as one `scripts/train_population.py` command (its log: DIR/sweep.log)."""
+  """The points to run as one `scripts/train_population.py` command (its log: DIR/sweep.log).
+
+  Its 'members' are the points: when it ends, each is reported by its own status.
+  """
   command = [sys.executable, POPULATION_SCRIPT, f'--config={os.path.abspath(config_path)}',
              f'--workdir={workdir}', '--points=' + ','.join(p['name'] for p in todo),
              f'--mode={mode}', *overrides]
-  return {'name': f'population of {len(todo)}', 'workdir': workdir, 'command': command}
+  return {'name': f'population of {len(todo)}', 'workdir': workdir, 'command': command,
+          'members': list(todo)}
 
 
 def run_sweep(config_path, config, overrides, workdir, executor='local', parallel=1, env=None,
@@ -430,12 +534,32 @@ def run_sweep(config_path, config, overrides, workdir, executor='local', paralle
     problem = vectorize_problem([(p['name'], p['config']) for p in planned])
     if problem:
       raise SweepError(problem)
-  validate_in_child(planned, env)
+  validate_points(planned)
+  if executor == 'slurm':
+    check_slurm((slurm or {}).get('cluster'))
+  elif executor != 'local':
+    raise SweepError(f'--executor={executor!r} is not one of local, slurm.')
+  os.makedirs(workdir, exist_ok=True)
+  # One runner per sweep folder: a second would launch the points the first runs.
+  try:
+    lock = runner_lock(workdir).acquire()
+  except workdir_lock.WorkdirLockedError as e:
+    raise SweepError(str(e)) from None
+  try:
+    return _run_locked(config_path, overrides, workdir, planned, executor, parallel, env,
+                       slurm, vectorize, population_mode, log)
+  finally:
+    lock.release()
+
+
+def _run_locked(config_path, overrides, workdir, planned, executor, parallel, env, slurm,
+                vectorize, population_mode, log):
   record_sweep(workdir, sweep_record(config_path, overrides, planned))
   todo = []
   for p in planned:
     status = point_status(p['workdir'], p['config'])
-    _stamp(log, f'{p["name"]}: {status}')
+    why = _failure(p['workdir']) if status == 'failed' else None
+    _stamp(log, f'{p["name"]}: {status}' + (f' {why}' if why else ''))
     if status in ('new', 'partial'):
       todo.append(p)
   _stamp(log, f'{len(planned)} points, {len(todo)} to run')
@@ -445,15 +569,17 @@ def run_sweep(config_path, config, overrides, workdir, executor='local', paralle
   if todo:
     if executor == 'local':
       run_local(todo, max(1, parallel), env, log)
-    elif executor == 'slurm':
-      run_slurm(todo, workdir, env, log=log, **(slurm or {}))
     else:
-      raise SweepError(f'--executor={executor!r} is not one of local, slurm.')
+      run_slurm(todo, workdir, env, log=log, **(slurm or {}))
   rows = report(workdir, planned, log=log)
-  bad = [r['name'] for r in rows if r['status'] != 'done']
+  failed = [r['name'] for r in rows if r['status'] == 'failed']
+  bad = [r['name'] for r in rows if r['status'] not in ('done', 'failed')]
+  if failed:
+    _stamp(log, f'failed: {", ".join(failed)} (see the reasons above; a point with the same '
+           'config is not run again: change its config, or delete its FAILED file to retry)')
   if bad:
     _stamp(log, f'not done: {", ".join(bad)}')
-  return 1 if bad else 0
+  return 1 if bad or failed else 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -461,16 +587,7 @@ def run_sweep(config_path, config, overrides, workdir, executor='local', paralle
 
 
 def _read_jsonl(path):
-  if not os.path.exists(path):
-    return []
-  out = []
-  with open(path) as f:
-    for line in f:
-      try:
-        out.append(json.loads(line))
-      except ValueError:
-        continue  # a line cut by a kill
-  return out
+  return records_lib.read_jsonl(path)
 
 
 def _config_json(point_dir):
@@ -512,6 +629,10 @@ def point_row(point_dir, name, point, config=None):
   records = _read_jsonl(os.path.join(point_dir, 'metrics.jsonl'))
   evals = [r for r in records if r.get('kind') == 'eval']
   row['step'] = (done or {}).get('step', max((r['step'] for r in records), default=None))
+  failed = read_failed(point_dir) if row['status'] == 'failed' else None
+  row['reason'] = '' if failed is None else str(failed.get('reason', ''))
+  if failed is not None and isinstance(failed.get('step'), int):
+    row['step'] = failed['step']  # where it stopped, not a later record's step
   wall = _wall_seconds(point_dir, done and done.get('step'))
   row['wall_s'] = None if wall is None else round(wall, 1)
   cfg = _config_json(point_dir) or {}
@@ -528,7 +649,13 @@ def point_row(point_dir, name, point, config=None):
 
 
 def report(workdir, planned=None, log=print):
-  """Writes DIR/results.csv, DIR/results.md and one PNG per swept key; returns the rows."""
+  """Prints the results table, then writes DIR/results.csv, DIR/results.md and one PNG per
+  swept key; returns the rows.
+
+  Raises:
+    SweepError: after the table is printed, naming each file that could not be written
+      (a read-only folder, say).
+  """
   record = read_sweep(workdir)
   if planned is None:  # --report: from sweep.json and the workdirs alone
     entries = [(os.path.join(workdir, p['name']), p['name'], p['overrides'], None)
@@ -540,18 +667,43 @@ def report(workdir, planned=None, log=print):
   columns = ['name', *keys, 'status', 'step', 'wall_s']
   for row in rows:
     columns += [c for c in row if c not in columns]
-  with open(os.path.join(workdir, 'results.csv'), 'w', newline='') as f:
+  markdown = _markdown(rows, keys)
+  log(markdown.rstrip('\n'))  # the numbers first, whatever can be written after
+  unwritten = []
+
+  def attempt(path, write):
+    try:
+      write(path)
+    except OSError as e:
+      unwritten.append(f'{path} ({e.strerror or e})')
+
+  attempt(os.path.join(workdir, 'results.csv'), lambda path: _write_csv(path, rows, columns))
+  attempt(os.path.join(workdir, 'results.md'), lambda path: _write_text(path, markdown))
+  for key in keys:
+    attempt(os.path.join(workdir, f'neg_elbo_vs_{_safe(key)}.png'),
+            lambda path, key=key: _plot(path, rows, [
+                (e[2], r) for e, r in zip(entries, rows, strict=True)], key, keys))
+  if unwritten:
+    raise SweepError(
+        f'The results above could not be written: {"; ".join(unwritten)}. They are read from '
+        'the points\' workdirs alone: run --report again where the folder can be written '
+        '(or on a copy of it).')
+  log(f'results: {os.path.join(workdir, "results.csv")}, results.md and '
+      f'{len(keys)} plot(s)')
+  return rows
+
+
+def _write_csv(path, rows, columns):
+  with open(path, 'w', newline='') as f:
     writer = csv.DictWriter(f, columns)
     writer.writeheader()
     for row in rows:
       writer.writerow({c: '' if row.get(c) is None else row.get(c) for c in columns})
-  _write_markdown(os.path.join(workdir, 'results.md'), rows, keys)
-  for key in keys:
-    _plot(os.path.join(workdir, f'neg_elbo_vs_{_safe(key)}.png'), rows,
-          [(e[2], r) for e, r in zip(entries, rows, strict=True)], key, keys)
-  log(f'results: {os.path.join(workdir, "results.csv")}, results.md and '
-      f'{len(keys)} plot(s)')
-  return rows
+
+
+def _write_text(path, text):
+  with open(path, 'w') as f:
+    f.write(text)
 
 
 def _safe(key):
@@ -568,12 +720,14 @@ def _fmt(value, err=None):
 
 
 def _best(rows):
+  """The index of the finished row with the lowest validation neg_elbo (None if none)."""
   scored = [(r['valid_neg_elbo'], i) for i, r in enumerate(rows)
-            if isinstance(r.get('valid_neg_elbo'), (int, float))]
+            if r.get('status') == 'done' and isinstance(r.get('valid_neg_elbo'), (int, float))]
   return min(scored)[1] if scored else None
 
 
-def _write_markdown(path, rows, keys):
+def _markdown(rows, keys):
+  """DIR/results.md: the table, the failed points' reasons, and how to read it."""
   best = _best(rows)
   metrics = [m for m in METRICS if any(f'test_{m}' in r for r in rows)]
   head = ['', 'name', *keys, 'status', 'step', 'wall (s)']
@@ -586,11 +740,15 @@ def _write_markdown(path, rows, keys):
     cells += [_fmt(r.get(f'{tag}_{m}'), r.get(f'{tag}_{m}_stderr'))
               for tag in ('valid', 'test') for m in metrics]
     lines.append('| ' + ' | '.join(cells) + ' |')
-  note = ('\nBest point (lowest validation neg_elbo) marked. Values are the final '
-          'evaluation, ± one standard error over the split\'s examples. wall: from the run\'s '
-          'first start (run.json) to DONE, restarts and any gap between them included.\n')
-  with open(path, 'w') as f:
-    f.write('\n'.join(lines) + '\n' + note)
+  failed = [f'- {r["name"]} failed at step {r.get("step")}: {r["reason"]}'
+            for r in rows if r['status'] == 'failed']
+  if failed:
+    lines += ['', *failed]
+  note = ('\nBest point (lowest validation neg_elbo among the finished ones) marked. Values '
+          'are the final evaluation, ± one standard error over the split\'s examples. wall: '
+          'from the run\'s first start (run.json) to DONE, restarts and any gap between them '
+          'included.\n')
+  return '\n'.join(lines) + '\n' + note
 
 
 def _plot(path, rows, pairs, key, keys):

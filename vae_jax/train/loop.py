@@ -30,7 +30,6 @@ from vae_jax import experiment, sharding, validation, workdir_lock
 from vae_jax import metrics as metrics_lib
 from vae_jax import state as state_lib
 from vae_jax.data.feeder import ChunkFeeder
-from vae_jax.storage import records
 from vae_jax.train import members as members_lib
 from vae_jax.train import periodic
 from vae_jax.train import population as pop_lib
@@ -296,9 +295,7 @@ def run(base, members, mode, t_start, log=print):
           f'{config.steps_per_call}: fused chunks start at multiples of k. Resume with a '
           'steps_per_call that divides it (e.g. the one the run was started with).')
     for m in live:
-      if jax.process_index() == 0:  # records past the resumed step are recomputed exactly
-        records.drop_after_step(os.path.join(m.workdir, 'metrics.jsonl'), step)
-      m.writer = metrics_lib.MetricWriter(m.workdir)
+      m.writer = metrics_lib.MetricWriter(m.workdir, resume_step=step)
       members_lib.record_start(m, step)
     if not single:
       log(f'Population of {len(live)} members ({mode}) from step {step}: '
