@@ -577,8 +577,8 @@ def analyze(workdir, step=None, split=None, out_dir=None, *, device=None, tensor
         'informative unit of each factor).',
         report.plot_mig(mig_result))
   add('kl_per_unit', 'KL per latent unit',
-      f'KL(q(h_j|x) || p(h_j)) of each unit\'s marginal posterior, averaged over the {split} '
-      f'split; {units["active_units"]} active units (Var_x of the posterior mean '
+      f'{_kl_per_unit_caption(run.experiment.model, units)}, averaged over the {split} split; '
+      f'{units["active_units"]} active units (Var_x of the posterior mean '
       f'> {evaluate.ACTIVE_UNIT_THRESHOLD:g}).',
       report.plot_kl_per_unit(units))
   curves = training_curves(run.workdir)
@@ -603,7 +603,7 @@ def analyze(workdir, step=None, split=None, out_dir=None, *, device=None, tensor
                 'active_units_per_group': [int(v) for v in units['active_units_per_group']],
                 **{k: _plain(units.get(k)) for k in ('active_units', 'kl_per_unit_to',
                                                      'mutual_info', 'mutual_info_stderr',
-                                                     'aggregate_kl')}},
+                                                     'aggregate_kl', 'aggregate_kl_standard')}},
       'mig': None if mig_result is None else {
           'mig': mig_result['mig'], 'factors': mig_result['factors'],
           'gap': [float(g) for g in mig_result['gap']],
@@ -619,6 +619,17 @@ def analyze(workdir, step=None, split=None, out_dir=None, *, device=None, tensor
   summary['seconds'] = round(time.perf_counter() - t0, 2)
   log(f'Wrote {len(figures)} figures, {pages[0]} and {pages[1]} in {summary["seconds"]:.1f} s.')
   return summary
+
+
+def _kl_per_unit_caption(model, units):
+  """What the KL-per-unit bars measure, from what the unit statistics say they are."""
+  if units['kl_per_unit_to'] == 'standard_normal':
+    return ('KL(q(h_j|x) || N(0, 1)) of each unit\'s marginal posterior (the model\'s mixture '
+            'prior does not split over units; the ELBO\'s kl is to that prior)')
+  if len(model.unit_groups) > 1:
+    return ('Each unit\'s part of the kl term: KL(q(h_j|x, z_above) || p(h_j|z_above)) on the '
+            'path sampled at the evaluation keys, so the bars add up to the reported kl')
+  return 'KL(q(h_j|x) || p(h_j)) of each unit\'s marginal posterior'
 
 
 def headline(summary):

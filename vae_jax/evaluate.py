@@ -148,36 +148,48 @@ def evaluate(exp, params, split, *, eval_step=None, arrays=None):
 # Per-unit posterior statistics.
 
 
-def _posterior_stats_fn(exp):
+def _posterior_stats_fn(exp, kl):
   config, model = exp.config, exp.model
 
   def stats(params, images, index, mask):
     x = preprocess(images, index, mode=config.data.preprocess, data_seed=config.data_seed)
-    s = model.posterior_stats(params, x)  # {'mean', 'var'[, 'kl']}: [B, U]
-    return {**s, 'index': index, 'mask': mask}
+    s = model.posterior_stats(params, x)  # {'mean', 'var'}: [B, U]
+    out = {'mean': s['mean'], 'var': s['var'], 'index': index, 'mask': mask}
+    if kl:  # the model's own KL term at the evaluation keys, as `evaluate` reports it
+      terms = model.terms(params, x, streams.eval_keys(config.seed, index))
+      out['kl'] = terms['kl']  # [B]
+      if 'kl_units' in terms:
+        out['kl_units'] = terms['kl_units']  # [B, U]
+    return out
 
   return stats
 
 
-def jit_unit_statistics_fn(exp):
-  """unit_statistics' per-batch program, compiled once and passed back as its `fn`."""
-  return _jit_batch_fn(exp, _posterior_stats_fn(exp))
+def jit_unit_statistics_fn(exp, kl=True):
+  """unit_statistics' per-batch program, compiled once and passed back as its `fn`.
+
+  kl=False leaves out the model's KL terms (a decoder pass): only the posterior moments, for
+  the active units alone.
+  """
+  return _jit_batch_fn(exp, _posterior_stats_fn(exp, kl))
 
 
 def unit_statistics(exp, params, split, *, arrays=None, mutual_info=True, fn=None):
-  """Per-unit statistics of q(h|x) over the whole split, through `model.posterior_stats`.
+  """Per-unit statistics of q(h|x) over the whole split, each a number of the model's own.
 
-  With m(x), v(x) the marginal mean and variance of unit d under q(h|x):
-    kl_per_unit[d] = mean_x 0.5 (m^2 + v - 1 - log v), the KL of q's marginal to N(0, 1); for
-      a diagonal posterior these sum to the mean KL term exactly (for a full one the sum is
-      at most the KL: the KL of the joint also counts the units' correlations);
+  With m(x), v(x) the marginal mean and variance of unit d under q(h|x) (model.posterior_stats)
+  and the model's terms at the evaluation keys (those `evaluate` reports):
+    kl_per_unit[d]: where the family gives a per-unit KL (terms' kl_units [B, U]: each unit's
+      KL to the model's own prior; a hierarchy's on the sampled path, to p(z_l | z_above)),
+      its mean over the split, so the units add up to the reported kl exactly
+      (kl_per_unit_to = 'prior'). Otherwise the KL of q's marginal to N(0, 1),
+      mean_x 0.5 (m^2 + v - 1 - log v): under a standard prior with a full-covariance
+      posterior (still 'prior'; the sum is at most the KL, which also counts the units'
+      correlations), and under the VampPrior, whose mixture does not split over units
+      ('standard_normal');
     mean_var[d] = Var_x m_d(x) (over the split's examples, ddof 0);
     active_units = #{d: mean_var[d] > 0.01} (Burda et al. 2016), and active_units_per_group
-      the same count within each of model.unit_groups (top first);
-    a model whose prior is not N(0, I) per unit gives its own per-unit KL (a hierarchy: each
-      unit's KL to p(z_l | z_above) on the posterior-mean path) and kl_per_unit is that; the
-      VampPrior's mixture does not split over units, so there kl_per_unit stays the KL to
-      N(0, 1) and kl_per_unit_to says 'standard_normal' (else 'prior').
+      the same count within each of model.unit_groups (top first).
   mutual_info estimates I(x; h) with x uniform over the split's N examples and h ~ q(h|x), so
   the aggregate posterior q(h) = (1/N) sum_j q(h|x_j) is an exact mixture (no minibatch
   log-mean-exp): for examples i (all of them, or MI_MAX_SAMPLES spread evenly) one draw
@@ -185,14 +197,17 @@ def unit_statistics(exp, params, split, *, arrays=None, mutual_info=True, fn=Non
   standard error. This I is at most log N, and as an estimate of the population's I(x; h) it
   is biased low once the posteriors of different examples barely overlap (it saturates at
   log N); the usual minibatch estimator (mixture over a batch of M) saturates at log M.
-  `aggregate_kl` = mean KL - mutual_info = KL(q(h) || p(h)), the aggregate posterior's
-  distance from the prior (ELBO surgery, Hoffman and Johnson 2016). Both need q(h|x) to be the
-  Gaussian N(m, diag(v)) (`model.diagonal_posterior`); otherwise they are None.
+  `aggregate_kl` = mean kl - mutual_info = KL(q(h) || p(h)) to the model's prior (ELBO
+  surgery, Hoffman and Johnson 2016), from the model's own kl term; where the prior is not
+  N(0, I) (the VampPrior) `aggregate_kl_standard` = KL(q(h) || N(0, I)) beside it. They need
+  q(h|x) to be the Gaussian N(m, diag(v)) (`model.diagonal_posterior`); otherwise None.
+  A `fn` of jit_unit_statistics_fn(exp, kl=False) leaves every KL field None.
 
   Returns:
     {'kl_per_unit': [U], 'kl_per_unit_to', 'mean_var': [U], 'active_units': int,
      'active_units_per_group': [int], 'mutual_info', 'mutual_info_stderr',
-     'aggregate_kl', 'num_examples', 'split'} (numpy arrays and floats).
+     'aggregate_kl', 'aggregate_kl_standard', 'num_examples', 'split'} (numpy arrays and
+     floats).
   """
   fn = fn or jit_unit_statistics_fn(exp)
   params = jax.device_put(params, sharding.replicated(exp.mesh))
@@ -200,39 +215,47 @@ def unit_statistics(exp, params, split, *, arrays=None, mutual_info=True, fn=Non
                                                              exp.config.eval_batch_size)]
   stats = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
   return {'split': split, **_unit_summary(exp, stats['mean'], stats['var'], stats['index'],
-                                          mutual_info, stats.get('kl'))}
+                                          mutual_info, kl=stats.get('kl'),
+                                          kl_units=stats.get('kl_units'))}
 
 
-def _unit_summary(exp, mean, var, index, mutual_info=True, kl=None):
-  """unit_statistics' numbers from every example's posterior mean and variance [N, U] (and the
-  model's own per-unit KL [N, U] where it gives one)."""
+def _unit_summary(exp, mean, var, index, mutual_info=True, kl=None, kl_units=None):
+  """unit_statistics' numbers from every example's posterior mean and variance [N, U], the
+  model's kl [N] (None: no KL fields) and its per-unit KL [N, U] where it gives one."""
   mean, var = np.asarray(mean, np.float64), np.asarray(var, np.float64)
-  if kl is None:
-    with np.errstate(invalid='ignore', divide='ignore'):  # a diverged run's stats stay nan
-      kl_units = 0.5 * (np.square(mean) + var - 1.0 - np.log(var))  # [N, U]: to N(0, 1)
-    to_prior = getattr(exp.model, 'prior', 'standard') == 'standard'
-  else:
-    kl_units, to_prior = np.asarray(kl, np.float64), True  # [N, U]
+  with np.errstate(invalid='ignore', divide='ignore'):  # a diverged run's stats stay nan
+    kl_standard = 0.5 * (np.square(mean) + var - 1.0 - np.log(var))  # [N, U]: to N(0, 1)
+  standard_prior = getattr(exp.model, 'prior', 'standard') == 'standard'
   mean_var = np.var(mean, axis=0)  # [U]
   active = mean_var > ACTIVE_UNIT_THRESHOLD  # [U]
   bounds = np.cumsum((0, *exp.model.unit_groups))
   out = {
       'num_examples': int(mean.shape[0]),
-      'kl_per_unit': kl_units.mean(axis=0),
-      # What kl_per_unit (and aggregate_kl) measure the distance to: the model's prior, or
-      # N(0, 1) where the prior does not split over units (the VampPrior's mixture).
-      'kl_per_unit_to': 'prior' if to_prior else 'standard_normal',
+      'kl_per_unit': None, 'kl_per_unit_to': None,
       'mean_var': mean_var,
       'active_units': int(np.sum(active)),
       'active_units_per_group': [int(np.sum(active[a:b]))
                                  for a, b in zip(bounds[:-1], bounds[1:], strict=True)],
       'mutual_info': None, 'mutual_info_stderr': None, 'aggregate_kl': None,
+      'aggregate_kl_standard': None,
   }
+  if kl is None:
+    return out
+  if kl_units is not None:
+    out['kl_per_unit'], out['kl_per_unit_to'] = np.asarray(kl_units, np.float64).mean(0), 'prior'
+  else:
+    # What kl_per_unit measures the distance to: the model's prior, or N(0, 1) where the prior
+    # does not split over units (the VampPrior's mixture).
+    out['kl_per_unit'] = kl_standard.mean(axis=0)
+    out['kl_per_unit_to'] = 'prior' if standard_prior else 'standard_normal'
   if mutual_info and exp.model.diagonal_posterior:
     mi = mutual_information(exp.mesh, mean.astype(np.float32), var.astype(np.float32), index,
                             exp.config.seed)
     out['mutual_info'], out['mutual_info_stderr'] = _mean_and_stderr(mi)
-    out['aggregate_kl'] = float(kl_units.sum(axis=1).mean()) - out['mutual_info']
+    out['aggregate_kl'] = float(np.mean(np.asarray(kl, np.float64))) - out['mutual_info']
+    if not standard_prior:
+      out['aggregate_kl_standard'] = (float(kl_standard.sum(axis=1).mean())
+                                      - out['mutual_info'])
   return out
 
 
@@ -316,7 +339,8 @@ def make_estimate_step(exp, num_samples, chunk_size, units=False):
       too): the same expectation as neg_elbo with far less noise;
     ess = (sum_k w_k)^2 / sum_k w_k^2, the weights' effective sample size (1 .. K): near 1,
       a few samples dominate and nll is far from converged.
-  With units, also post_mean and post_var [B, U] (model.posterior_stats) for unit_statistics.
+  With units, also post_mean and post_var [B, U] (model.posterior_stats) and the terms'
+  post_kl_units [B, U] where the family gives them, for unit_statistics.
   The encoder runs once per batch; chunk c draws samples c Kc .. c Kc + Kc - 1 of every example
   through model.log_weights (a lax.scan over the chunks), and the chunks' log-sum-exps combine
   exactly at the end.
@@ -328,7 +352,8 @@ def make_estimate_step(exp, num_samples, chunk_size, units=False):
   def step(params, images, index, mask):
     x = preprocess(images, index, mode=config.data.preprocess, data_seed=config.data_seed)
     keys = streams.eval_keys(config.seed, index)  # [B]
-    out = {k: v for k, v in model.terms(params, x, keys).items() if v.ndim == 1}  # each [B]
+    terms = model.terms(params, x, keys)
+    out = {k: v for k, v in terms.items() if v.ndim == 1}  # each [B]
     if num_samples:
       encoded = model.encode(params, x)
 
@@ -350,8 +375,8 @@ def make_estimate_step(exp, num_samples, chunk_size, units=False):
     if units:
       stats = model.posterior_stats(params, x)  # [B, U] each
       out.update(post_mean=stats['mean'], post_var=stats['var'])
-      if 'kl' in stats:
-        out['post_kl'] = stats['kl']
+      if 'kl_units' in terms:
+        out['post_kl_units'] = terms['kl_units']  # [B, U]: the kl term's units
     out.update(index=index, mask=mask)
     return out
 
@@ -466,7 +491,8 @@ def estimate(exp, params, split, num_samples, *, chunk_size=None, batch_size=Non
     done = _collect(parts, pending, done, total, progress)
   seconds = time.perf_counter() - t0 if t0 is not None else 0.0
   per_example = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-  post = {k: per_example.pop(k) for k in ('post_mean', 'post_var', 'post_kl') if k in per_example}
+  post = {k: per_example.pop(k) for k in ('post_mean', 'post_var', 'post_kl_units')
+          if k in per_example}
   report = _report(exp, split, per_example, num_samples, binary, data_entropy)
   n = report['num_examples']
   report.update(
@@ -477,7 +503,7 @@ def estimate(exp, params, split, num_samples, *, chunk_size=None, batch_size=Non
       samples_per_sec=n * max(num_samples, 1) / seconds if seconds > 0 else float('nan'))
   if units:
     stats = _unit_summary(exp, post['post_mean'], post['post_var'], per_example['index'],
-                          kl=post.get('post_kl'))
+                          kl=per_example['kl'], kl_units=post.get('post_kl_units'))
     report.update({k: v for k, v in stats.items() if k != 'num_examples'})
   report['per_example'] = per_example
   return report

@@ -449,7 +449,10 @@ def _numbers(summary):
                  'nats, x uniform over the split, h ~ q(h|x)'))
   if units.get('aggregate_kl') is not None:
     rows.append(('aggregate KL(q(h) || p(h))', _fmt(units['aggregate_kl']),
-                 'nats: KL - I(x; h)'))
+                 'nats: KL - I(x; h), to the model\'s prior'))
+  if units.get('aggregate_kl_standard') is not None:
+    rows.append(('aggregate KL(q(h) || N(0, I))', _fmt(units['aggregate_kl_standard']),
+                 'nats: KL(q(h|x) || N(0, I)) - I(x; h), beside a prior that is not N(0, I)'))
   m = summary.get('mig')
   if m:
     rows.append(('MIG', _fmt(m['mig']), f'{m["num_bins"]} bins; factors '
@@ -461,7 +464,8 @@ def _numbers(summary):
 
 # The headline fields of an evaluation file, shown first (the rest follow by name).
 _EVAL_FIRST = ('nll', 'posterior_gap', 'neg_elbo', 'recon', 'kl', 'bits_per_dim', 'joint_kl',
-               'marginal_kl', 'data_entropy', 'active_units', 'mutual_info', 'aggregate_kl')
+               'marginal_kl', 'data_entropy', 'active_units', 'mutual_info', 'aggregate_kl',
+               'aggregate_kl_standard')
 
 
 def _eval_rows(summary):

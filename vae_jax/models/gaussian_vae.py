@@ -11,7 +11,9 @@ This is the model contract every family provides, as pure functions of the param
   one-sample estimate log q(h|x) - log p(h) at the same posterior sample h the recon uses (the
   KL to a mixture has no closed form), so neg_elbo stays an unbiased one-sample estimate; the
   analytic KL(q(h|x) || N(0, I)) is reported beside it as `kl_standard` [B], and there is no
-  `kl_units` (that KL is not a sum over units).
+  `kl_units` (that KL is not a sum over units). Optionally `kl_units` [B, U]: each unit's
+  part of `kl` (summing to it exactly), the KL to the model's own prior; the per-unit KL of
+  the unit statistics and free bits per unit read it.
 - `log_weights(params, x, keys, num_samples, sample_offset, encoded=None)` -> [K, B] of
   log p(x|h) + log p(h) - log q(h|x) for samples sample_offset .. sample_offset + K - 1 of each
   example; chunks with offsets 0, Kc, 2Kc, ... concatenate to the unchunked result. `encoded`
@@ -25,10 +27,8 @@ This is the model contract every family provides, as pure functions of the param
 - `reconstruct(params, x)` -> E[x|h] at h = the posterior mean, [B, H, W, C].
 - `decode_mean(params, h)` -> E[x|h] for latents h [n, U] laid out as `posterior_stats`'
   units (interpolations and traversals), [n, H, W, C].
-- `posterior_stats(params, x)` -> {'mean': [B, U], 'var': [B, U]} per latent unit, and
-  optionally 'kl' [B, U]: each unit's KL to the model's own prior where that is not N(0, 1)
-  and splits over units (a hierarchy's groups below the top); without it the evaluator's
-  per-unit KL is the one to N(0, 1).
+- `posterior_stats(params, x)` -> {'mean': [B, U], 'var': [B, U]} per latent unit (without
+  `kl_units` in the terms, the evaluator's per-unit KL is the one of these to N(0, 1)).
 - `unit_groups`: the number of units of each stochastic group, top first, summing to U (one
   group for a single-layer model): the evaluator counts active units per group with it.
 - `diagonal_posterior`: whether q(h|x) is exactly N(mean, diag(var)) of posterior_stats (what

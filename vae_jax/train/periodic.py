@@ -34,7 +34,7 @@ class PeriodicEval:
     self.chunk_size = c.eval_chunk_size or eval_lib.default_chunk_size(exp, c.eval_batch_size)
     self.estimate_step = (eval_lib.EstimateStep(exp, self.num_samples, self.chunk_size)
                           if self.num_samples else None)
-    self.units_fn = eval_lib.jit_unit_statistics_fn(exp)
+    self.units_fn = eval_lib.jit_unit_statistics_fn(exp, kl=False)  # active units only
     self.pictures = pictures_lib.make_picture_fn(exp)
     # The memory back end holds the eval splits once instead of re-reading them every time.
     self.arrays = {s: data_lib.load_arrays(d, s) if d.backend == 'memory' else None
