@@ -196,8 +196,8 @@ class TopDownGroup(nn.Module):
     else:
       # The prior head starts at zero: every prior starts as N(0, I).
       h = nn.swish(_norm(v, self.channels, self.dtype, 'prior_norm')(s))
-      raw = _linear(v, 2 * self.latent_dim, self.dtype, 'prior_head',
-                    init=nn.initializers.zeros)(h)
+      # The heads compute in float32 whatever the compute dtype (networks.PosteriorHead).
+      raw = _linear(v, 2 * self.latent_dim, f32, 'prior_head', init=nn.initializers.zeros)(h)
       mean, raw_ls = self._gaussian(raw)
       prior = {'mean': mean, 'log_scale': soft_clamp(raw_ls)}
     posterior = None
@@ -208,7 +208,7 @@ class TopDownGroup(nn.Module):
     else:
       h = jnp.concatenate([_norm(v, self.channels, self.dtype, 'state_norm')(s),
                            _norm(v, feat.shape[-1], self.dtype, 'feat_norm')(feat)], axis=-1)
-      raw = _linear(v, 2 * self.latent_dim, self.dtype, 'posterior_head')(nn.swish(h))
+      raw = _linear(v, 2 * self.latent_dim, f32, 'posterior_head')(nn.swish(h))
       d_mean, d_ls = self._gaussian(raw)
       if self.residual_posterior:
         posterior = {'mean': prior['mean'] + d_mean,
@@ -301,10 +301,11 @@ class OutputHead(nn.Module):
     if self.variant == 'mlp':
       for i, w in enumerate(reversed(tuple(self.hidden))):
         y = nn.relu(nn.Dense(w, dtype=self.dtype, name=f'hidden_{i}')(y))
-      y = nn.Dense(math.prod(shape[:2]) * q, dtype=self.dtype, name='out')(y)
+      # The likelihood's layer computes in float32 (networks.MLPDecoder and ConvDecoder).
+      y = nn.Dense(math.prod(shape[:2]) * q, dtype=jnp.float32, name='out')(y)
       y = y.reshape((s.shape[0], *shape[:2], q))
     else:
-      y = nn.Conv(q, (3, 3), dtype=self.dtype, name='conv_out')(y)
+      y = nn.Conv(q, (3, 3), dtype=jnp.float32, name='conv_out')(y)
     return networks.LikelihoodHead(self.spec, name='likelihood')(y)  # reads [N, H, W, Q]
 
 
