@@ -56,6 +56,13 @@ _PER_EXAMPLE = ('recon', 'kl', 'neg_elbo', 'neg_elbo_mc', 'nll', 'posterior_gap'
 # The split in global batches.
 
 
+def _eval_root(exp):
+  """The run's evaluation key (streams.eval_root), replicated: every evaluation program takes
+  it as a traced argument, so one compile serves the members of a population whatever their
+  seeds."""
+  return jax.device_put(streams.eval_root(exp.config.seed), sharding.replicated(exp.mesh))
+
+
 def _global_batches(exp, split, arrays, batch_size):
   """(host batch, its global (images, index, mask)) for each padded batch of the split."""
   for batch in data_lib.eval_batches(exp.config.data, split, batch_size=batch_size,
@@ -66,10 +73,10 @@ def _global_batches(exp, split, arrays, batch_size):
 
 
 def _jit_batch_fn(exp, fn):
-  """fn(params, images, index, mask), batch-sharded in, replicated out (every process can
-  read every example's values)."""
+  """fn(params, eval key, images, index, mask), batch-sharded in, replicated out (every
+  process can read every example's values)."""
   rep, bat = sharding.replicated(exp.mesh), sharding.batch_sharding(exp.mesh)
-  return jax.jit(fn, in_shardings=(rep, bat, bat, bat), out_shardings=rep)
+  return jax.jit(fn, in_shardings=(rep, rep, bat, bat, bat), out_shardings=rep)
 
 
 def _kept(outputs):
@@ -92,18 +99,20 @@ def _mean_and_stderr(values):
 
 
 def make_eval_step(exp):
-  """(params, uint8 images [B,...], index [B], mask [B]) -> masked sums of every [B] term and
-  of its square, and the count."""
+  """(params, eval key (streams.eval_root(seed)), uint8 images [B,...], index [B], mask [B]) ->
+  masked sums of every [B] term and of its square, and the count."""
   config, model = exp.config, exp.model
 
-  def eval_step(params, images, index, mask):
+  def eval_step(params, key, images, index, mask):
     x = preprocess(images, index, mode=config.data.preprocess, data_seed=config.data_seed)
-    terms = model.terms(params, x, streams.eval_keys(config.seed, index))
+    terms = model.terms(params, x, streams.eval_keys_at(key, index))
     terms = {k: v for k, v in terms.items() if v.ndim == 1}  # the [B] terms; not [B, U]
-    w = mask.astype(jnp.float32)
-    sums = {k: jnp.sum(w * v) for k, v in terms.items()}
-    sums.update({f'{k}_sq': jnp.sum(w * jnp.square(v)) for k, v in terms.items()})
-    sums['count'] = jnp.sum(w)
+    # Padded rows are selected out, not multiplied by 0: a non-finite term there (0 * inf)
+    # would make the sum NaN.
+    kept = {k: jnp.where(mask, v, 0.0) for k, v in terms.items()}  # each [B]
+    sums = {k: jnp.sum(v) for k, v in kept.items()}
+    sums.update({f'{k}_sq': jnp.sum(jnp.square(v)) for k, v in kept.items()})
+    sums['count'] = jnp.sum(mask.astype(jnp.float32))
     return sums
 
   return eval_step
@@ -113,7 +122,7 @@ def jit_eval_step(exp):
   mesh = exp.mesh
   rep, bat = sharding.replicated(mesh), sharding.batch_sharding(mesh)
   params_sh = jax.tree.map(lambda a: a.sharding, exp.abstract_state.params)
-  return jax.jit(make_eval_step(exp), in_shardings=(params_sh, bat, bat, bat),
+  return jax.jit(make_eval_step(exp), in_shardings=(params_sh, rep, bat, bat, bat),
                  out_shardings=rep)
 
 
@@ -137,9 +146,9 @@ def evaluate(exp, params, split, *, eval_step=None, arrays=None):
   neg_elbo, recon, kl, each with `_stderr`, plus split and num_examples.
   """
   eval_step = eval_step or jit_eval_step(exp)
-  totals = None
+  key, totals = _eval_root(exp), None
   for _, g in _global_batches(exp, split, arrays, exp.config.eval_batch_size):
-    sums = eval_step(params, *g)
+    sums = eval_step(params, key, *g)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   return {'split': split, **_means_and_stderrs(sharding.to_host(totals))}
 
@@ -151,12 +160,12 @@ def evaluate(exp, params, split, *, eval_step=None, arrays=None):
 def _posterior_stats_fn(exp, kl):
   config, model = exp.config, exp.model
 
-  def stats(params, images, index, mask):
+  def stats(params, key, images, index, mask):
     x = preprocess(images, index, mode=config.data.preprocess, data_seed=config.data_seed)
     s = model.posterior_stats(params, x)  # {'mean', 'var'}: [B, U]
     out = {'mean': s['mean'], 'var': s['var'], 'index': index, 'mask': mask}
     if kl:  # the model's own KL term at the evaluation keys, as `evaluate` reports it
-      terms = model.terms(params, x, streams.eval_keys(config.seed, index))
+      terms = model.terms(params, x, streams.eval_keys_at(key, index))
       out['kl'] = terms['kl']  # [B]
       if 'kl_units' in terms:
         out['kl_units'] = terms['kl_units']  # [B, U]
@@ -210,9 +219,9 @@ def unit_statistics(exp, params, split, *, arrays=None, mutual_info=True, fn=Non
      floats).
   """
   fn = fn or jit_unit_statistics_fn(exp)
-  params = jax.device_put(params, sharding.replicated(exp.mesh))
-  parts = [_kept(fn(params, *g)) for _, g in _global_batches(exp, split, arrays,
-                                                             exp.config.eval_batch_size)]
+  params, key = jax.device_put(params, sharding.replicated(exp.mesh)), _eval_root(exp)
+  parts = [_kept(fn(params, key, *g)) for _, g in _global_batches(exp, split, arrays,
+                                                                  exp.config.eval_batch_size)]
   stats = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
   return {'split': split, **_unit_summary(exp, stats['mean'], stats['var'], stats['index'],
                                           mutual_info, kl=stats.get('kl'),
@@ -287,8 +296,8 @@ def mutual_information(mesh, mean, var, index, seed, max_samples=MI_MAX_SAMPLES)
     z2 = jnp.sum(jnp.square(h[:, None, :] - m[None]) / v[None], axis=-1)
     return -0.5 * (z2 + jnp.sum(jnp.log(v), axis=-1)[None] + u * math.log(2 * math.pi))
 
-  def terms(own_mean, own_var, own_index, comp):
-    keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(streams.eval_keys(seed, own_index))
+  def terms(key, own_mean, own_var, own_index, comp):
+    keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(streams.eval_keys_at(key, own_index))
     eps = jax.vmap(lambda k: jax.random.normal(k, (u,)))(keys)  # [M, U]
     h = own_mean + jnp.sqrt(own_var) * eps  # [M, U]
     # log q(h_i|x_i) the way the mixture computes its own term, so each term is <= log N up to
@@ -304,8 +313,9 @@ def mutual_information(mesh, mean, var, index, seed, max_samples=MI_MAX_SAMPLES)
     return log_own - (lse - math.log(n))  # [M]
 
   rep, bat = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-  fn = jax.jit(terms, in_shardings=(bat, bat, bat, rep), out_shardings=rep)
-  out = fn(mean[own], var[own], np.asarray(index)[own].astype(np.int32), comp)
+  fn = jax.jit(terms, in_shardings=(rep, bat, bat, bat, rep), out_shardings=rep)
+  out = fn(jax.device_put(streams.eval_root(seed), rep), mean[own], var[own],
+           np.asarray(index)[own].astype(np.int32), comp)
   return np.asarray(jax.device_get(out))[:len(rows)]
 
 
@@ -325,12 +335,14 @@ def chunk_plan(num_samples, chunk_size):
 
 def default_chunk_size(exp, batch_size):
   """Samples per chunk giving about ROWS_PER_CHUNK decoder rows per device."""
-  per_device = max(1, batch_size // (sharding.data_axis_size(exp.mesh) * jax.process_count()))
+  # The mesh's data axis already spans every process's devices.
+  per_device = max(1, batch_size // sharding.data_axis_size(exp.mesh))
   return max(1, ROWS_PER_CHUNK // per_device)
 
 
 def make_estimate_step(exp, num_samples, chunk_size, units=False):
-  """(params, uint8 images [B,...], index [B], mask [B]) -> per-example values, each [B].
+  """(params, eval key (streams.eval_root(seed)), uint8 images [B,...], index [B], mask [B])
+  -> per-example values, each [B].
 
   recon, kl, neg_elbo: the single-sample ELBO terms of `evaluate` (same keys, same sample 0).
   With num_samples K > 0 also
@@ -349,9 +361,9 @@ def make_estimate_step(exp, num_samples, chunk_size, units=False):
   if num_samples:
     num_chunks, kc = chunk_plan(num_samples, chunk_size)
 
-  def step(params, images, index, mask):
+  def step(params, key, images, index, mask):
     x = preprocess(images, index, mode=config.data.preprocess, data_seed=config.data_seed)
-    keys = streams.eval_keys(config.seed, index)  # [B]
+    keys = streams.eval_keys_at(key, index)  # [B]
     terms = model.terms(params, x, keys)
     out = {k: v for k, v in terms.items() if v.ndim == 1}  # each [B]
     if num_samples:
@@ -385,7 +397,8 @@ def make_estimate_step(exp, num_samples, chunk_size, units=False):
 
 class EstimateStep:
   """The jitted estimator step, compiled ahead of time once per input signature, so an
-  estimate can time its batches without the compile."""
+  estimate can time its batches without the compile. The seed is an argument (the evaluation
+  key), so one EstimateStep serves every member of a population."""
 
   def __init__(self, exp, num_samples, chunk_size, units=False):
     self.num_samples, self.chunk_size, self.units = num_samples, chunk_size, units
@@ -474,16 +487,16 @@ def estimate(exp, params, split, num_samples, *, chunk_size=None, batch_size=Non
     arrays = data_lib.load_arrays(config.data, split)
   total = len(arrays['image']) if arrays is not None else (
       exp.data_info.split_size(split) if exp.data_info is not None else None)
-  params = jax.device_put(params, sharding.replicated(exp.mesh))
+  params, key = jax.device_put(params, sharding.replicated(exp.mesh)), _eval_root(exp)
   parts, binary, compile_s, pending, done = [], True, 0.0, None, 0
   t0 = None
   for batch, g in _global_batches(exp, split, arrays, batch_size):
     binary = binary and _is_binary(batch, config.data.preprocess)
-    fn, seconds = step.compile(params, *g)
+    fn, seconds = step.compile(params, key, *g)
     compile_s += seconds
     if t0 is None:
       t0 = time.perf_counter()
-    out = fn(params, *g)  # dispatched: the previous batch is fetched while this one runs
+    out = fn(params, key, *g)  # dispatched: the previous batch is fetched while this one runs
     if pending is not None:
       done = _collect(parts, pending, done, total, progress)
     pending = out

@@ -14,15 +14,16 @@ from vae_jax.data.preprocess import preprocess
 
 
 def make_picture_fn(exp):
-  """(params, x [n,...]) -> {'reconstructions', 'prior_means', 'prior_samples'} [n,H,W,C].
+  """(params, x [n,...], key) -> {'reconstructions', 'prior_means', 'prior_samples'} [n,H,W,C].
 
   reconstructions: E[x|h] at the posterior mean of each x; prior_means: E[x|h] at prior draws
   h ~ p(h); prior_samples: x ~ p(x|h) at the same draws (a Bernoulli mean looks far smoother
-  than its samples, so both are shown). All in [0, 1].
+  than its samples, so both are shown). All in [0, 1]. key: streams.prior_key(seed), an
+  argument so that one compile serves every seed of a population.
   """
-  model, key = exp.model, streams.prior_key(exp.config.seed)
+  model = exp.model
 
-  def pictures(params, x):
+  def pictures(params, x, key):
     prior = model.sample(params, key, x.shape[0])
     return {'reconstructions': model.reconstruct(params, x), 'prior_means': prior['means'],
             'prior_samples': prior['samples']}
@@ -51,7 +52,8 @@ def write_training_pictures(exp, workdir, step, params, pictures, x=None, arrays
   if x is None:
     x = picture_inputs(exp, arrays)
     metrics_lib.save_png(os.path.join(d, 'inputs.png'), display(x))
-  for name, images in pictures(jax.device_get(params), x).items():
+  key = streams.prior_key(exp.config.seed)
+  for name, images in pictures(jax.device_get(params), x, key).items():
     metrics_lib.save_png(os.path.join(d, f'{name}_step_{step}.png'), np.asarray(images))
   return x
 

@@ -51,8 +51,18 @@ def train_key(root, step):
 
 def eval_keys(seed, index):
   """Keys [*index.shape], one per evaluation example, from its index in its split."""
-  base = jax.random.fold_in(model_root(seed), EVAL)
-  return jnp.vectorize(lambda i: jax.random.fold_in(base, i))(jnp.asarray(index))
+  return eval_keys_at(eval_root(seed), index)
+
+
+def eval_root(seed):
+  """The evaluation stream's key: a compiled evaluation takes it as a traced argument, so one
+  program serves every seed (eval_keys_at(eval_root(seed), index) == eval_keys(seed, index))."""
+  return jax.random.fold_in(model_root(seed), EVAL)
+
+
+def eval_keys_at(root, index):
+  """eval_keys from the stream's key `root` (eval_root(seed); may be traced)."""
+  return jnp.vectorize(lambda i: jax.random.fold_in(root, i))(jnp.asarray(index))
 
 
 def prior_key(seed):

@@ -329,13 +329,12 @@ def _final_evaluations(base, live, states, step, log):
 
 
 def _evaluators(members):
-  """One periodic evaluator per member; compiled steps and the data shared between equal seeds
-  (the evaluation keys come from the seed, a compile-time constant of the eval step)."""
-  by_seed = {}
+  """One periodic evaluator per member; the compiled steps and the data shared by all of them
+  (the seed is a traced argument of every evaluation program)."""
+  first = None
   for m in members:
-    first = by_seed.get(m.config.seed)
     if first is None:
-      m.evaluator = by_seed[m.config.seed] = periodic.PeriodicEval(m.exp, m.workdir, m.writer)
+      m.evaluator = first = periodic.PeriodicEval(m.exp, m.workdir, m.writer)
     else:
       m.evaluator = first.for_member(m.exp, m.workdir, m.writer)
 

@@ -43,8 +43,10 @@ class PeriodicEval:
     self.last = {}
 
   def for_member(self, exp, workdir, writer):
-    """This evaluator for another member of the same seed: its compiled programs and the
-    eval arrays shared, its own workdir, writer and picture inputs."""
+    """This evaluator for another member of the population, of any seed: its compiled
+    programs and the eval arrays shared (the seed reaches every program as a traced argument,
+    the evaluation and prior keys of the member's own exp.config.seed), its own workdir,
+    writer and picture inputs."""
     other = copy.copy(self)
     other.exp, other.workdir, other.writer = exp, workdir, writer
     other.picture_inputs, other.last = None, {}
