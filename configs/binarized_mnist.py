@@ -21,7 +21,7 @@ sit above them.
 Longer, on an accelerator: the same model for 1000 epochs (--config.num_train_steps=390000
 --config.max_train_seconds=0 --config.steps_per_call=390 --config.eval_every_steps=39000
 --config.checkpoint_every_steps=39000 --config.objective.kl_warmup_steps=39000), and wider
-(--config.model.hidden='(1024,)' --config.model.hvae_width=512), as the references train.
+(--config.model.hidden='(1024,)' --config.model.hvae.width=512), as the references train.
 """
 
 from configs import fashion_mnist_hvae

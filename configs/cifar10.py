@@ -22,7 +22,7 @@ place of CIFAR-10 via --config.data.name=sprites --config.data.train_split="trai
       --config.log_every_steps=10 --config.eval_every_steps=20 \
       --config.checkpoint_every_steps=20 --config.optim.warmup_steps=10 \
       --config.model.conv_channels="(16,32,64)" --config.model.conv_blocks=1 \
-      --config.model.hvae_groups="(1,1,1)" --config.model.latent_dim=4 \
+      --config.model.hvae.groups="(1,1,1)" --config.model.latent_dim=4 \
       --config.data.valid_split="train[45000:45200]" --config.data.eval_split="test[:200]" \
       --config.eval_batch_size=200
 
@@ -54,7 +54,7 @@ def get_config():
   c.model.kind = 'hvae'
   c.model.conv_channels = (64, 128, 256)
   c.model.conv_blocks = 2
-  c.model.hvae_groups = (4, 4, 2)     # top first: at 4x4, 8x8 and 16x16
+  c.model.hvae.groups = (4, 4, 2)     # top first: at 4x4, 8x8 and 16x16
   c.model.latent_dim = 16             # channels per position of each group
   c.model.likelihood = 'discretized_logistic'
   c.model.logistic_mixtures = 5

@@ -18,6 +18,9 @@ configs import this one and override.
 
 import ml_collections
 
+from vae_jax.models import hvae as hvae_family
+from vae_jax.models import vae as vae_family
+
 
 def get_config():
   """Returns the default (quickstart) config."""
@@ -101,9 +104,10 @@ def get_config():
   d.eval_split = 'test'
 
   c.model = m = ml_collections.ConfigDict()
-  # The model family: vae (one stochastic layer, q(h|x) and p(h) = N(0, I)) | hvae (the
-  # hierarchical top-down VAE: groups of latents, each with a learned prior given the groups
-  # above). The sprites need only one layer.
+  # The model family: vae (one stochastic layer, q(h|x) and p(h) = N(0, I) or a VampPrior) |
+  # hvae (the hierarchical top-down VAE: groups of latents, each with a learned prior given the
+  # groups above) | the import path of a family module of your own (docs/model-families.md).
+  # The sprites need only one layer.
   m.kind = 'vae'
   # mlp | conv (hvae: the variant, both the same: mlp groups of latent vectors, conv groups of
   # spatial latents at several resolutions).
@@ -117,16 +121,6 @@ def get_config():
   # Dimension of h (hvae: of each group's z, or its channels per position for conv). dSprites
   # has 5 factors; 10 leaves room.
   m.latent_dim = 10
-  # hvae: stochastic groups per resolution, top (lowest resolution) first; conv places them at
-  # the lowest len(hvae_groups) encoder stages, mlp takes one count. 2 groups: the smallest
-  # hierarchy.
-  m.hvae_groups = (2,)
-  # hvae mlp: width of the bottom-up features and of the top-down state (conv uses
-  # conv_channels). 256 is plenty for the group sizes above.
-  m.hvae_width = 256
-  # hvae: q's mean and log-scale are the prior's plus deltas (NVAE's residual
-  # parametrisation): q starts near p, so the KL of a deep hierarchy starts small.
-  m.hvae_residual_posterior = True
   # diag | full (Cholesky factor L, Sigma = L L^T).
   m.posterior = 'diag'
   # True: Sigma is a free parameter that does not depend on x (q(h|x) = N(mu(x), Sigma)).
@@ -143,14 +137,11 @@ def get_config():
   # with tanh-bounded coefficients; needs 3 channels; model.kind=vae). An option of the same
   # likelihood, not a new name: the data, bits per dim and discreteness checks stay the same.
   m.logistic_coupling = 'none'
-  # The prior p(h) of model.kind=vae: standard (N(0, I), the analytic KL) | vamp (the VampPrior
-  # of Tomczak and Welling 2018, (1/K) sum_k q(h|u_k) over K learned pseudo-inputs u_k; kl is
-  # then the one-sample estimate log q(h|x) - log p(h), and kl_standard the analytic KL to
-  # N(0, I), reported beside it).
-  m.prior = 'standard'
-  # VampPrior: K pseudo-inputs (read only with prior=vamp). 500, the paper's choice on MNIST
-  # and Fashion-MNIST-sized data; the prior costs K encoder passes per step.
-  m.num_pseudo_inputs = 500
+  # Each family's own fields, declared by the family module (models/vae.py, models/hvae.py):
+  # only model.kind's is read. A config for a researcher's family adds its sub-config the same
+  # way (c.model[family.NAME] = family.get_config()).
+  m.vae = vae_family.get_config()
+  m.hvae = hvae_family.get_config()
   # Compute dtype of the networks' matmuls and convolutions (float32 | bfloat16); parameters,
   # the likelihood and the KL stay float32.
   m.dtype = 'float32'
@@ -171,9 +162,9 @@ def get_config():
   # Free bits (Kingma et al. 2016): each group's batch-mean KL counts at least this many nats
   # in the loss (0 = off). Traced, sweepable.
   o.free_bits = 0.0
-  # The groups free bits floors: total (the whole KL) | unit (each latent unit; a diagonal
-  # posterior, whose KL is a sum over units) | group (each stochastic group of model.kind=hvae,
-  # its kl/<group> term).
+  # The groups free bits floors: total (the whole KL) | unit (each latent unit: a family whose
+  # KL is a sum over units, its kl_units terms) | group (each stochastic group: a family with
+  # kl/<group> terms, e.g. model.kind=hvae). Validation reads what the family declares.
   o.free_bits_per = 'total'
   # K of the iwae objective (static: it sets the shapes). 1 equals a single-sample ELBO whose
   # KL is estimated by Monte Carlo.

@@ -42,7 +42,7 @@ finished; validation neg_elbo (train[55000:], +- 1.07) at the last step:
   8 x 16, 256                28080 (60)       228.55       9, 16, 16, 16, 16, 16, 16, 16
 Under a fixed budget deeper or wider hierarchies buy fewer epochs; 4 x 16 at width 256 was the
 best trade here (by 0.10 over width 128, so the two are close). Override, e.g.:
-  --config.model.hvae_groups="(8,)" --config.num_train_steps=28080 \
+  --config.model.hvae.groups="(8,)" --config.num_train_steps=28080 \
       --config.eval_every_steps=5616 --config.checkpoint_every_steps=5616
 """
 
@@ -57,10 +57,10 @@ def get_config():
   c.checkpoint_every_steps = 10296
   c.model.kind = 'hvae'
   c.model.hidden = (512,)
-  c.model.hvae_width = 256
-  c.model.hvae_groups = (4,)
+  c.model.hvae.width = 256
+  c.model.hvae.groups = (4,)
   c.model.latent_dim = 16             # per group: 64 latent units in all
-  c.model.hvae_residual_posterior = True
+  c.model.hvae.residual_posterior = True
   c.objective.kl_warmup_steps = 2340  # the first 5 epochs
   c.objective.free_bits_per = 'group'
   c.objective.free_bits = 0.25

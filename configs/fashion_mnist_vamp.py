@@ -34,8 +34,8 @@ from configs import fashion_mnist_binarized
 
 def get_config():
   c = fashion_mnist_binarized.get_config()
-  c.model.prior = 'vamp'
-  c.model.num_pseudo_inputs = 500  # the paper's K for MNIST-sized data
+  c.model.vae.prior = 'vamp'
+  c.model.vae.num_pseudo_inputs = 500  # the paper's K for MNIST-sized data
   # 128 epochs: 95% of the budget at the 35 steps/s measured on one core of this CPU.
   c.num_train_steps = 59904
   c.eval_every_steps = 14976

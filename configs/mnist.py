@@ -39,8 +39,8 @@ def get_config():
   c.checkpoint_every_steps = 4680
   c.model.kind = 'hvae'
   c.model.hidden = (500,)
-  c.model.hvae_width = 256
-  c.model.hvae_groups = (4,)
+  c.model.hvae.width = 256
+  c.model.hvae.groups = (4,)
   c.model.latent_dim = 16             # per group
   c.model.likelihood = 'bernoulli'
   c.objective.kl_warmup_steps = 2340  # 5 epochs

@@ -48,7 +48,7 @@ def test_synthetic_benchmark_runs_where_tensorflow_cannot_be_imported():
       '--config.data.train_split=train[:460]', '--config.data.valid_split=train[460:]',
       '--chunks=1', '--matmul_size=64', '--config.batch_size=8', '--config.steps_per_call=2',
       '--config.model.conv_channels=(8,8,8)', '--config.model.conv_blocks=1',
-      '--config.model.hvae_groups=(1,1,1)', '--config.model.latent_dim=2')
+      '--config.model.hvae.groups=(1,1,1)', '--config.model.latent_dim=2')
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = json.loads(proc.stdout.strip().splitlines()[-1])
   assert report['data_source'] == 'synthetic'

@@ -122,11 +122,12 @@ def test_the_valid_names_have_one_home():
   from vae_jax import distributions, models
   from vae_jax.config import names
   from vae_jax.data import checks
+  from vae_jax.models import networks
   assert distributions.LIKELIHOODS is names.LIKELIHOODS
   assert distributions.LOGISTIC_COUPLINGS is names.LOGISTIC_COUPLINGS
-  assert models.MODEL_KINDS is names.MODEL_KINDS
-  assert models.ENCODERS is names.ENCODERS and models.DECODERS is names.DECODERS
-  assert models.POSTERIORS is names.POSTERIORS
+  assert tuple(models.BUILTIN) == names.MODEL_KINDS
+  assert networks.ENCODERS is names.ENCODERS and networks.DECODERS is names.DECODERS
+  assert networks.POSTERIORS is names.POSTERIORS
   assert checks.KNOWN_PREPROCESS is names.PREPROCESS
   assert checks.KNOWN_BACKENDS is names.BACKENDS
-  assert validation.OPTIMIZERS is names.OPTIMIZERS and validation.PRIORS is names.PRIORS
+  assert validation.OPTIMIZERS is names.OPTIMIZERS

@@ -23,6 +23,7 @@ from vae_jax import evaluate, experiment, sharding, streams, train, validation
 from vae_jax import metrics as metrics_lib
 from vae_jax.data.preprocess import uniform
 from vae_jax.models import gaussian_vae
+from vae_jax.models.contract import Capabilities
 
 # ------------------------------------------------------------------------------------------
 # A linear-Gaussian family implementing the model contract:
@@ -57,8 +58,10 @@ class LinearGaussian:
   x_dtype = jnp.int32
 
   @property
-  def diagonal_posterior(self):
-    return not self.full
+  def capabilities(self):
+    return Capabilities(kl_units=False, group_kl=False, diagonal_posterior=not self.full,
+                        standard_prior=True, description='linear-Gaussian VAE',
+                        prior_description='h ~ N(0, T^2 I)')
 
   @property
   def unit_groups(self):
@@ -90,7 +93,7 @@ class LinearGaussian:
     return (self._log_lik(params, _from_input(x), h) + dist.standard_normal_log_prob(h)
             - dist.gaussian_log_prob(post, h))
 
-  def posterior_stats(self, params, x):
+  def posterior_stats(self, params, x, key=None):
     post = self.encode(params, x)
     if self.full:
       var = jnp.sum(jnp.square(jnp.tril(post['scale_tril'])), -1)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from vae_jax import models
+from vae_jax.models import gaussian_vae, networks
 
 SHAPES = [(28, 28, 1), (32, 32, 1), (32, 32, 3), (64, 64, 3)]
 B, D = 2, 3
@@ -87,9 +88,10 @@ def test_vae_output_shapes_every_combination():
   shape = (28, 28, 1)  # odd lowest resolution (7): the hardest case for the conv decoder
   x, eps = _x(shape), _eps()
   combos = itertools.product(
-      models.ENCODERS, models.DECODERS, models.POSTERIORS, (False, True), models.LIKELIHOODS)
+      networks.ENCODERS, networks.DECODERS, networks.POSTERIORS, (False, True),
+      networks.LIKELIHOODS)
   for enc, dec, post, shared, lik in combos:
-    model = models.VAE(image_shape=shape, encoder=enc, decoder=dec, posterior=post,
+    model = networks.VAE(image_shape=shape, encoder=enc, decoder=dec, posterior=post,
                        shared_covariance=shared, likelihood=lik, **SMALL)
     out, params = _trace(model, x, eps)
     what = (enc, dec, post, shared, lik)
@@ -105,16 +107,16 @@ def test_encoder_decoder_shapes_every_image_size(shape):
   x, eps = _x(shape), _eps()
   kw = dict(latent_dim=D)
   for (name, enc), post, shared in itertools.product(
-      [('mlp', models.MLPEncoder(hidden=(16,), **kw)),
-       ('conv', models.ConvEncoder(conv_channels=(8, 16), **kw))],
-      models.POSTERIORS, (False, True)):
+      [('mlp', networks.MLPEncoder(hidden=(16,), **kw)),
+       ('conv', networks.ConvEncoder(conv_channels=(8, 16), **kw))],
+      networks.POSTERIORS, (False, True)):
     q, _ = _trace(enc.clone(posterior=post, shared_covariance=shared), x)
     assert _shapes(q) == _expected_posterior_shapes(post), (name, post, shared)
   for (name, dec), lik in itertools.product(
-      [('mlp', models.MLPDecoder(hidden=(16,))),
-       ('conv', models.ConvDecoder(conv_channels=(8, 16)))],
-      models.LIKELIHOODS):
-    spec = models.LikelihoodSpec(image_shape=shape, likelihood=lik, logistic_mixtures=2)
+      [('mlp', networks.MLPDecoder(hidden=(16,))),
+       ('conv', networks.ConvDecoder(conv_channels=(8, 16)))],
+      networks.LIKELIHOODS):
+    spec = networks.LikelihoodSpec(image_shape=shape, likelihood=lik, logistic_mixtures=2)
     p, _ = _trace(dec.clone(spec=spec), eps)
     assert _shapes(p) == _expected_likelihood_shapes(lik, shape), (name, lik)
 
@@ -122,17 +124,17 @@ def test_encoder_decoder_shapes_every_image_size(shape):
 def test_conv_odd_sizes_three_stages():
   # 28 -> 14 -> 7 -> 4 and back, cropping 8 -> 7.
   shape = (28, 28, 1)
-  model = models.VAE(image_shape=shape, encoder='conv', decoder='conv',
+  model = networks.VAE(image_shape=shape, encoder='conv', decoder='conv',
                      **{**SMALL, 'conv_channels': (4, 4, 4)})
   out, _ = _trace(model, _x(shape), _eps())
   assert out['likelihood']['logits'].shape == (B, *shape)
-  assert models.stage_sizes(28, 3) == [28, 14, 7, 4]
+  assert networks.stage_sizes(28, 3) == [28, 14, 7, 4]
 
 
-@pytest.mark.parametrize('encoder', models.ENCODERS)
+@pytest.mark.parametrize('encoder', networks.ENCODERS)
 def test_full_posterior_scale_tril_lower_triangular_positive(encoder):
   shape = (16, 16, 1)
-  model = models.VAE(image_shape=shape, encoder=encoder, posterior='full', **SMALL)
+  model = networks.VAE(image_shape=shape, encoder=encoder, posterior='full', **SMALL)
   x = _x(shape, batch=4)
   params = _params(model, x, _eps(batch=4))
   tril = np.asarray(_jit(model, 'encode')(params, x)['scale_tril'])  # [B,D,D]
@@ -143,14 +145,14 @@ def test_full_posterior_scale_tril_lower_triangular_positive(encoder):
   assert np.all(tril[:, rows, cols] != 0)  # the strictly lower part is used
 
 
-@pytest.mark.parametrize('posterior', models.POSTERIORS)
-@pytest.mark.parametrize('encoder', models.ENCODERS)
+@pytest.mark.parametrize('posterior', networks.POSTERIORS)
+@pytest.mark.parametrize('encoder', networks.ENCODERS)
 @pytest.mark.parametrize('shared', [True, False])
 def test_shared_covariance_does_not_depend_on_x(encoder, posterior, shared):
   shape = (16, 16, 1)
   name = 'log_scale' if posterior == 'diag' else 'scale_tril'
   x = _x(shape, batch=4)  # four different images
-  model = models.VAE(image_shape=shape, encoder=encoder, posterior=posterior,
+  model = networks.VAE(image_shape=shape, encoder=encoder, posterior=posterior,
                      shared_covariance=shared, **SMALL)
   q = _jit(model, 'encode')(_params(model, x, _eps(batch=4)), x)
   rows_equal = [np.array_equal(q[name][0], q[name][i]) for i in range(1, 4)]
@@ -163,7 +165,7 @@ def test_shared_covariance_does_not_depend_on_x(encoder, posterior, shared):
     ('conv', 'gaussian')])
 def test_decode_leading_sample_dim(decoder, likelihood):
   shape, k = (12, 12, 3), 5
-  model = models.VAE(image_shape=shape, decoder=decoder, likelihood=likelihood, **SMALL)
+  model = networks.VAE(image_shape=shape, decoder=decoder, likelihood=likelihood, **SMALL)
   params = _params(model, _x(shape), _eps())
   h = np.random.default_rng(7).normal(size=(k, B, D)).astype(np.float32)  # [K,B,D]
 
@@ -181,20 +183,20 @@ def test_decode_leading_sample_dim(decoder, likelihood):
       np.testing.assert_allclose(v, flat[name].reshape(v.shape), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize('posterior', models.POSTERIORS)
+@pytest.mark.parametrize('posterior', networks.POSTERIORS)
 def test_call_with_sample_dim(posterior):
   shape, k = (8, 8, 1), 4
-  model = models.VAE(image_shape=shape, posterior=posterior, **SMALL)
+  model = networks.VAE(image_shape=shape, posterior=posterior, **SMALL)
   out, _ = _trace(model, _x(shape), _eps(batch=k * B).reshape(k, B, D))  # eps [K,B,D]
   assert out['h'].shape == (k, B, D)
   assert out['likelihood']['logits'].shape == (k, B, *shape)
 
 
-@pytest.mark.parametrize('encoder', models.ENCODERS)
+@pytest.mark.parametrize('encoder', networks.ENCODERS)
 def test_integer_input_is_scaled(encoder):
   shape = (16, 16, 3)
   ints = np.random.default_rng(5).integers(0, 256, size=(B, *shape))
-  model = models.VAE(image_shape=shape, encoder=encoder, **SMALL)
+  model = networks.VAE(image_shape=shape, encoder=encoder, **SMALL)
   params = _params(model, _x(shape), _eps())
   encode = _jit(model, 'encode')
   ref = encode(params, ints.astype(np.float32) / 255.0)
@@ -202,7 +204,7 @@ def test_integer_input_is_scaled(encoder):
     q = encode(params, ints.astype(dtype))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), q, ref)
   floats = jnp.linspace(0.0, 1.0, 5)
-  np.testing.assert_array_equal(models.to_float_input(floats), floats)  # floats kept as is
+  np.testing.assert_array_equal(networks.to_float_input(floats), floats)  # floats kept as is
 
 
 class _FlaxExampleEncoder(nn.Module):
@@ -221,7 +223,7 @@ class _FlaxExampleDecoder(nn.Module):
 
 
 def test_mlp_matches_flax_example_parameter_count():
-  model = models.VAE(image_shape=(28, 28, 1), hidden=(500,), latent_dim=20)
+  model = networks.VAE(image_shape=(28, 28, 1), hidden=(500,), latent_dim=20)
   x, eps = jnp.zeros((1, 28, 28, 1)), jnp.zeros((1, 20))
   params = jax.eval_shape(model.init, jax.random.key(0), x, eps)['params']
   assert _num_params(params['enc']) == 784 * 500 + 500 + 2 * (500 * 20 + 20)
@@ -233,7 +235,7 @@ def test_mlp_matches_flax_example_parameter_count():
 
 
 def test_mlp_log_scale_is_half_the_logvar_head():
-  model = models.VAE(image_shape=(4, 4, 1), hidden=(8,), latent_dim=D)
+  model = networks.VAE(image_shape=(4, 4, 1), hidden=(8,), latent_dim=D)
   x, eps = _x((4, 4, 1)), _eps()
   params = _params(model, x, eps)
   q = _jit(model, 'encode')(params, x)  # [B,D] each
@@ -265,15 +267,15 @@ class _SeparateDenseHead(nn.Module):
                                  (b, n_off))
     else:
       offdiag = nn.Dense(n_off, kernel_init=nn.initializers.zeros, name='offdiag')(feats)
-    return {'mean': mean, 'scale_tril': models.scale_tril_from_raw(0.5 * logvar, offdiag)}
+    return {'mean': mean, 'scale_tril': networks.scale_tril_from_raw(0.5 * logvar, offdiag)}
 
 
-@pytest.mark.parametrize('posterior,shared', itertools.product(models.POSTERIORS, (False, True)))
+@pytest.mark.parametrize('posterior,shared', itertools.product(networks.POSTERIORS, (False, True)))
 def test_one_matmul_head_equals_separate_dense_heads(posterior, shared):
   # The heads share one matmul of concatenated kernels; the parameter tree, its initial values
   # and the outputs must be those of separate nn.Dense layers (checkpoints stay interchangeable).
   feats = _x((7,), batch=5)
-  ours = models.PosteriorHead(4, posterior, shared)
+  ours = networks.PosteriorHead(4, posterior, shared)
   theirs = _SeparateDenseHead(4, posterior, shared)
   p_ours, p_theirs = ours.init(jax.random.key(0), feats), theirs.init(jax.random.key(0), feats)
   assert jax.tree.structure(p_ours) == jax.tree.structure(p_theirs)
@@ -290,11 +292,11 @@ def test_one_matmul_head_equals_separate_dense_heads(posterior, shared):
 def test_build_model_reads_config():
   cfg = _load_default_config()
   family = models.build_model(cfg.model, (32, 32, 1))
-  assert isinstance(family, models.GaussianVAE)
+  assert isinstance(family, gaussian_vae.GaussianVAE)
   assert family.likelihood == cfg.model.likelihood
   assert family.latent_dim == cfg.model.latent_dim
   model = family.network
-  assert isinstance(model, models.VAE)
+  assert isinstance(model, networks.VAE)
   assert model.hidden == tuple(cfg.model.hidden)
   assert model.latent_dim == cfg.model.latent_dim
   assert (model.encoder, model.decoder, model.likelihood) == (
@@ -313,7 +315,7 @@ def test_build_model_reads_config():
 def test_unknown_names_raise():
   x, eps = _x((8, 8, 1)), _eps()
   for bad in (dict(encoder='rnn'), dict(posterior='lowrank'), dict(likelihood='poisson')):
-    model = models.VAE(image_shape=(8, 8, 1), **{**SMALL, **bad})
+    model = networks.VAE(image_shape=(8, 8, 1), **{**SMALL, **bad})
     with pytest.raises(ValueError, match='Unknown'):
       _trace(model, x, eps)
 
@@ -340,7 +342,7 @@ def _product_dtypes(fn, *args):
 @pytest.mark.parametrize('dtype', ['bfloat16', 'float32'])
 def test_compute_dtype_reaches_every_matmul_and_conv(dtype):
   shape = (16, 16, 1)
-  model = models.VAE(image_shape=shape, encoder='conv', decoder='conv', dtype=jnp.dtype(dtype),
+  model = networks.VAE(image_shape=shape, encoder='conv', decoder='conv', dtype=jnp.dtype(dtype),
                      **SMALL)
   x, eps = _x(shape), _eps()
   out, params = _trace(model, x, eps)
@@ -369,7 +371,7 @@ def _stand_in_loss(out):
 ], ids=['mlp', 'conv_full_logistic'])
 def test_jit_apply_compiles_and_gradients_finite(kwargs):
   shape = (16, 16, 3)
-  model = models.VAE(image_shape=shape, **{**SMALL, **kwargs})
+  model = networks.VAE(image_shape=shape, **{**SMALL, **kwargs})
   x, eps = _x(shape), _eps()
   # The real initialisers. An 'rbg' key compiles them several times faster than threefry on CPU
   # (seconds here); the model does not depend on the key's implementation.
@@ -390,8 +392,8 @@ def test_full_posterior_with_zero_offdiag_equals_diag():
   # Both read log diag(L) from the same 'logvar' head, so diag params carry over to full.
   shape = (8, 8, 1)
   x, eps = _x(shape, batch=4), _eps(batch=4)
-  diag = models.VAE(image_shape=shape, posterior='diag', **SMALL)
-  full = models.VAE(image_shape=shape, posterior='full', **SMALL)
+  diag = networks.VAE(image_shape=shape, posterior='diag', **SMALL)
+  full = networks.VAE(image_shape=shape, posterior='full', **SMALL)
   params = _params(diag, x, eps)
   full_params = jax.eval_shape(full.init, jax.random.key(0), x, eps)
   head = dict(params['params']['enc']['head'])
@@ -406,7 +408,7 @@ def test_full_posterior_with_zero_offdiag_equals_diag():
 
 
 def test_full_posterior_latent_dim_one():
-  model = models.VAE(image_shape=(8, 8, 1), posterior='full', **{**SMALL, 'latent_dim': 1})
+  model = networks.VAE(image_shape=(8, 8, 1), posterior='full', **{**SMALL, 'latent_dim': 1})
   out, _ = _trace(model, _x((8, 8, 1)), _eps(d=1))
   assert out['posterior']['scale_tril'].shape == (B, 1, 1)
 
@@ -415,11 +417,11 @@ def test_full_posterior_latent_dim_one():
 def test_coupled_logistic_heads_emit_ten_k_outputs_per_pixel(decoder):
   # PixelCNN++'s coupled mixture: per pixel K logits + K*C locs + K*C log-scales + K*3 coeffs.
   shape, k = (16, 16, 3), 2
-  spec = models.LikelihoodSpec(image_shape=shape, likelihood='discretized_logistic',
+  spec = networks.LikelihoodSpec(image_shape=shape, likelihood='discretized_logistic',
                                logistic_mixtures=k, logistic_coupling='rgb')
   assert spec.pixel_outputs == k + 2 * k * 3 + 3 * k == 10 * k
-  dec = (models.MLPDecoder(hidden=(16,), spec=spec) if decoder == 'mlp'
-         else models.ConvDecoder(conv_channels=(8, 16), spec=spec))
+  dec = (networks.MLPDecoder(hidden=(16,), spec=spec) if decoder == 'mlp'
+         else networks.ConvDecoder(conv_channels=(8, 16), spec=spec))
   out, params = _trace(dec, _eps())
   assert _shapes(out) == {'logit_weights': (B, 16, 16, k), 'loc': (B, 16, 16, 3, k),
                           'log_scale': (B, 16, 16, 3, k), 'coeffs': (B, 16, 16, 3, k)}

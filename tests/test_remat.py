@@ -28,8 +28,8 @@ def model_config(kind, remat):
   m.conv_blocks = 1
   m.latent_dim = 4
   m.kind = kind
-  m.hvae_groups = (1, 2)
-  m.hvae_width = 32
+  m.hvae.groups = (1, 2)
+  m.hvae.width = 32
   m.remat = remat
   return m
 

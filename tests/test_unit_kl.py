@@ -37,7 +37,8 @@ def test_vamp_prior_on_the_data_has_an_aggregate_kl_of_about_zero():
   """Pseudo-inputs equal to the split's examples make the prior the aggregate posterior q(h),
   so KL(q(h) || p(h)) = 0; the KL to N(0, I) of the shifted encodings is large and is reported
   apart, as aggregate_kl_standard."""
-  config, exp, arrays, params = _setup(**{'model.prior': 'vamp', 'model.num_pseudo_inputs': 256})
+  config, exp, arrays, params = _setup(**{'model.vae.prior': 'vamp',
+                                          'model.vae.num_pseudo_inputs': 256})
   x = np.asarray(preprocess(arrays['image'], arrays['index'], mode=config.data.preprocess,
                             data_seed=config.data_seed), np.float64)
   x = np.clip(x, 1e-6, 1 - 1e-6)
@@ -54,8 +55,8 @@ def test_vamp_prior_on_the_data_has_an_aggregate_kl_of_about_zero():
                              rtol=1e-5)
 
 
-HVAE = {'model.kind': 'hvae', 'model.hidden': (32,), 'model.hvae_width': 16,
-        'model.latent_dim': 3, 'model.hvae_groups': (3, 3, 3)}
+HVAE = {'model.kind': 'hvae', 'model.hidden': (32,), 'model.hvae.width': 16,
+        'model.latent_dim': 3, 'model.hvae.groups': (3, 3, 3)}
 
 
 @pytest.mark.parametrize('num_samples', [None, 2])

@@ -16,8 +16,8 @@ SHAPE, B, D = (8, 8, 1), 4, 3
 
 def _family(num_pseudo_inputs=5, **model):
   cfg = tiny_config()
-  cfg.model.update(hidden=(16,), latent_dim=D, prior='vamp', num_pseudo_inputs=num_pseudo_inputs,
-                   **model)
+  cfg.model.update(hidden=(16,), latent_dim=D, **model)
+  cfg.model.vae.update(prior='vamp', num_pseudo_inputs=num_pseudo_inputs)
   return models.build_model(cfg.model, SHAPE)
 
 
@@ -131,23 +131,23 @@ def test_prior_draws_pick_a_component_uniformly_and_scale_it_by_the_temperature(
 
 def test_validation_refuses_what_the_vamp_prior_cannot_do():
   def config(**overrides):
-    return tiny_config(**{'model.prior': 'vamp', **overrides})
+    return tiny_config(**{'model.vae.prior': 'vamp', **overrides})
 
   validation.validate_config(config())
   for overrides, message in (
       ({'objective.free_bits_per': 'unit'}, 'not a sum'),
       ({'model.posterior': 'full'}, 'model.posterior=diag'),
-      ({'model.num_pseudo_inputs': 0}, 'num_pseudo_inputs'),
-      ({'model.prior': 'gmm'}, 'model.prior'),
+      ({'model.vae.num_pseudo_inputs': 0}, 'num_pseudo_inputs'),
+      ({'model.vae.prior': 'gmm'}, 'model.vae.prior'),
   ):
     with pytest.raises(validation.ConfigError, match=message):
       validation.validate_config(config(**overrides))
-  validation.validate_config(tiny_config(**{'model.num_pseudo_inputs': 0}))  # unread
+  validation.validate_config(tiny_config(**{'model.vae.num_pseudo_inputs': 0}))  # unread
 
 
 @pytest.mark.slow
 def test_the_trainer_runs_with_the_vamp_prior_and_reports_both_kls(tmp_path):
-  config = tiny_config(**{'model.prior': 'vamp', 'model.num_pseudo_inputs': 8,
+  config = tiny_config(**{'model.vae.prior': 'vamp', 'model.vae.num_pseudo_inputs': 8,
                           'eval_num_samples': 2})
   result = train.train_and_evaluate(config, str(tmp_path))
   params = result['state'].params

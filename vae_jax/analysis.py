@@ -674,7 +674,6 @@ def _params_description(config, kind, notes):
 
 
 def _model_description(config):
-  m = config.model
-  return (f'{m.encoder} encoder / {m.decoder} decoder, {m.latent_dim} latent units, '
-          f'{m.posterior} posterior{" (shared covariance)" if m.shared_covariance else ""}, '
-          f'{m.likelihood} likelihood, beta {config.objective.beta:g}')
+  """What the family declares it is (models.contract.Capabilities.description), and beta."""
+  from vae_jax import models
+  return f'{models.capabilities(config.model).description}, beta {config.objective.beta:g}'

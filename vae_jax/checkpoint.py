@@ -40,9 +40,7 @@ A field the saved config lacks (added to vae_jax since) must have its default va
 """
 
 import dataclasses
-import functools
 import hashlib
-import importlib.util
 import json
 import math
 import os
@@ -52,6 +50,8 @@ import time
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
+
+from vae_jax.config import compat
 
 # Fields that may differ on resume because they do not change the trajectory of training. A
 # name covers its whole subtree; a name may be listed before the field exists.
@@ -78,9 +78,6 @@ SWITCHED_ON_RESUME = ('ema_decay', 'optim.skip_threshold', 'optim.skip_factor',
                       'optim.skip_window')
 # Schedules whose learning rate does not depend on num_train_steps.
 _LENGTH_FREE_SCHEDULES = ('constant',)
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               'configs', 'default.py')
-
 # Test-only pause point inside the commit, after the data is final and before its digest
 # (seconds), so a test can kill the process exactly there.
 _PAUSE_ENV = 'VAE_JAX_TEST_PAUSE_BEFORE_DIGEST'
@@ -450,15 +447,9 @@ def _covered(key, names):
   return any(key == n or key.startswith(n + '.') for n in names)
 
 
-@functools.lru_cache(maxsize=1)
 def _defaults():
   """Flattened configs/default.py, or None when the package was installed without it."""
-  if not os.path.exists(_DEFAULT_CONFIG):
-    return None
-  spec = importlib.util.spec_from_file_location('_vae_jax_default_config', _DEFAULT_CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return _flatten(json.loads(module.get_config().to_json()))
+  return compat.default_values()
 
 
 _ABSENT = object()
@@ -484,7 +475,7 @@ def check_compatible(saved_config, config, where, only=None):
     only: compare only the fields under this dotted prefix (config.init_from compares
       'model': fine-tuning may change the data, the optimizer and everything else).
   """
-  saved = _flatten(saved_config)
+  saved = _flatten(compat.upgrade(saved_config))
   now = _flatten(json.loads(config.to_json()))
   diffs = []
   for key in sorted(now):
@@ -522,7 +513,7 @@ def check_compatible(saved_config, config, where, only=None):
 def config_changes(saved_config, config):
   """[(dotted key, saved, now)] of the APPLIED_ON_RESUME and SWITCHED_ON_RESUME fields that
   differ, for the log."""
-  saved = _flatten(saved_config)
+  saved = _flatten(compat.upgrade(saved_config))
   now = _flatten(json.loads(config.to_json()))
   out = []
   for key in APPLIED_ON_RESUME + SWITCHED_ON_RESUME:

@@ -20,7 +20,6 @@ the bias shrinking like O(1/K). So `posterior_gap` = neg_elbo - nll, an estimate
 E KL(q(h|x) || p(h|x)), inherits that bias with the opposite sign: it UNDERESTIMATES the gap.
 """
 
-import importlib.util
 import json
 import math
 import os
@@ -28,11 +27,11 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from vae_jax import data as data_lib
 from vae_jax import distributions, sharding, streams
+from vae_jax.config import compat
 from vae_jax.data.preprocess import preprocess
 
 # Active units (Burda et al. 2016): a unit is active when Var_x E_q[h_d] exceeds this.
@@ -209,7 +208,8 @@ def unit_statistics(exp, params, split, *, arrays=None, mutual_info=True, fn=Non
   `aggregate_kl` = mean kl - mutual_info = KL(q(h) || p(h)) to the model's prior (ELBO
   surgery, Hoffman and Johnson 2016), from the model's own kl term; where the prior is not
   N(0, I) (the VampPrior) `aggregate_kl_standard` = KL(q(h) || N(0, I)) beside it. They need
-  q(h|x) to be the Gaussian N(m, diag(v)) (`model.diagonal_posterior`); otherwise None.
+  q(h|x) to be the Gaussian N(m, diag(v)) (`model.capabilities.diagonal_posterior`); otherwise
+  None.
   A `fn` of jit_unit_statistics_fn(exp, kl=False) leaves every KL field None.
 
   Returns:
@@ -234,7 +234,7 @@ def _unit_summary(exp, mean, var, index, mutual_info=True, kl=None, kl_units=Non
   mean, var = np.asarray(mean, np.float64), np.asarray(var, np.float64)
   with np.errstate(invalid='ignore', divide='ignore'):  # a diverged run's stats stay nan
     kl_standard = 0.5 * (np.square(mean) + var - 1.0 - np.log(var))  # [N, U]: to N(0, 1)
-  standard_prior = getattr(exp.model, 'prior', 'standard') == 'standard'
+  standard_prior = exp.model.capabilities.standard_prior
   mean_var = np.var(mean, axis=0)  # [U]
   active = mean_var > ACTIVE_UNIT_THRESHOLD  # [U]
   bounds = np.cumsum((0, *exp.model.unit_groups))
@@ -257,7 +257,7 @@ def _unit_summary(exp, mean, var, index, mutual_info=True, kl=None, kl_units=Non
     # does not split over units (the VampPrior's mixture).
     out['kl_per_unit'] = kl_standard.mean(axis=0)
     out['kl_per_unit_to'] = 'prior' if standard_prior else 'standard_normal'
-  if mutual_info and exp.model.diagonal_posterior:
+  if mutual_info and exp.model.capabilities.diagonal_posterior:
     mi = mutual_information(exp.mesh, mean.astype(np.float32), var.astype(np.float32), index,
                             exp.config.seed)
     out['mutual_info'], out['mutual_info_stderr'] = _mean_and_stderr(mi)
@@ -647,28 +647,7 @@ def check_run_request(workdir, *, step=None, split=None, num_samples=1, params=N
   return config, steps, split, params
 
 
-def saved_config(saved):
-  """A saved run's config dict as a ConfigDict, with every field added to vae_jax since it ran
-  set to its default in configs/default.py (the value that run used, as resuming assumes)."""
-  config = ml_collections.ConfigDict(saved)
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
-                      'default.py')
-  if not os.path.exists(path):  # installed without the configs: nothing to fill in
-    return config
-  spec = importlib.util.spec_from_file_location('_vae_jax_default_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-
-  def fill(node, defaults):
-    for key, value in defaults.items():
-      if key not in node:
-        node[key] = value
-      elif isinstance(value, ml_collections.ConfigDict) and isinstance(
-          node[key], ml_collections.ConfigDict):
-        fill(node[key], value)
-
-  fill(config, module.get_config())
-  return config
+saved_config = compat.saved_config  # the one loader of saved configs (config/compat.py)
 
 
 def _check_split(data_cfg, split):

@@ -86,6 +86,10 @@ def training_objective(means, hparams, step, free_bits_per='total'):
   if 'iwae' in means:
     return means['iwae']
   if free_bits_per == 'unit':
+    if 'kl_units' not in means:
+      raise ValueError("free_bits_per='unit' needs the model's 'kl_units' terms [B, U], and "
+                       'its terms have none: a family that declares Capabilities.kl_units must '
+                       'return them (models/contract.py).')
     kl = free_bits_kl(means['kl_units'], hparams['free_bits'])
   elif free_bits_per == 'group':
     groups = group_kl_means(means)

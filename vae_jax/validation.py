@@ -15,14 +15,13 @@ from vae_jax.config.names import (
   FREE_BITS_GROUPS,
   LIKELIHOODS,
   LOGISTIC_COUPLINGS,
-  MODEL_KINDS,
   OBJECTIVES,
   OPTIMIZERS,
   POSTERIORS,
-  PRIORS,
   SCHEDULES,
 )
 from vae_jax.data.checks import validate_data_config
+from vae_jax.models import contract
 
 # Image sizes the conv encoder/decoder are built and tested for.
 CONV_SIZES = (28, 32, 64)
@@ -109,11 +108,8 @@ def validate_config(config, num_devices=None):
   _choice(m.dtype, DTYPES, 'model.dtype')
   if not isinstance(m.remat, bool):
     raise ConfigError(f'config.model.remat={m.remat!r} must be True or False.')
-  _choice(m.kind, MODEL_KINDS, 'model.kind')
-  if m.kind == 'hvae':
-    validate_hierarchy(m)
+  caps = validate_family(config)
   validate_coupling(m)
-  validate_prior(config)
 
   discrete = m.likelihood == 'discretized_logistic'
   if discrete != (d.preprocess == 'uint8'):
@@ -132,15 +128,16 @@ def validate_config(config, num_devices=None):
     raise ConfigError(
         'objective.name=iwae trains the importance-weighted bound itself: beta, kl_warmup_steps '
         'and free_bits do not apply to it. Set them to 1, 0 and 0, or use objective.name=elbo.')
-  if ob.free_bits_per == 'group' and m.kind != 'hvae':
+  if ob.free_bits_per == 'group' and not caps.group_kl:
     raise ConfigError(
-        'objective.free_bits_per=group floors each stochastic group of a hierarchy, and '
-        f'model.kind={m.kind!r} has one group: its KL. Use free_bits_per=total (the same '
-        'floor here) or unit, or model.kind=hvae.')
-  if ob.free_bits_per == 'unit' and m.posterior != 'diag':
+        'objective.free_bits_per=group floors each stochastic group\'s KL (the kl/<group> terms), '
+        f'and model.kind={m.kind!r} ({caps.description}) reports no groups. Use '
+        'free_bits_per=total or unit, or a hierarchical family (model.kind=hvae).')
+  if ob.free_bits_per == 'unit' and not caps.kl_units:
     raise ConfigError(
-        'objective.free_bits_per=unit needs model.posterior=diag: a full covariance KL is not a '
-        'sum over latent units. Use free_bits_per=total.')
+        'objective.free_bits_per=unit floors the KL of each latent unit (the kl_units terms), '
+        f'but the KL of model.kind={m.kind!r} ({caps.description}) is not a sum over units '
+        '(a full covariance or a mixture prior couples them). Use free_bits_per=total.')
   o = config.optim
   _choice(o.name, OPTIMIZERS, 'optim.name')
   _choice(o.schedule, SCHEDULES, 'optim.schedule')
@@ -213,56 +210,17 @@ def validate_coupling(m):
         'model.logistic_coupling=none.')
 
 
-def validate_prior(config):
-  """model.prior and model.num_pseudo_inputs, and what the VampPrior rules out."""
-  m, ob = config.model, config.objective
-  _choice(m.prior, PRIORS, 'model.prior')
-  if m.prior == 'standard':
-    return
-  _positive(m.num_pseudo_inputs, 'model.num_pseudo_inputs')
-  if m.kind != 'vae':
-    raise ConfigError(
-        f'model.prior={m.prior!r} is the single-layer family\'s (model.kind=vae); '
-        f'model.kind={m.kind!r} learns its own prior for each group. Use model.prior=standard.')
-  if m.posterior != 'diag':
-    raise ConfigError(
-        f'model.prior={m.prior!r} is built for the diagonal posterior (its components are the '
-        f'encoder\'s q(h|u_k)); model.posterior={m.posterior!r}. Use model.posterior=diag.')
-  if ob.free_bits_per == 'unit':
-    raise ConfigError(
-        f'objective.free_bits_per=unit floors the KL of each latent unit, but under '
-        f'model.prior={m.prior!r} the KL (log q(h|x) - log p(h) at the sample) is not a sum '
-        'over units: the mixture prior couples them. Use objective.free_bits_per=total.')
-
-
-def validate_hierarchy(m):
-  """The model.hvae_* fields and what the hierarchical family needs of the others."""
-  if m.encoder != m.decoder:
-    raise ConfigError(
-        f'model.kind=hvae shares one architecture between its bottom-up and top-down paths: '
-        f'model.encoder={m.encoder!r} and model.decoder={m.decoder!r} must be the same (mlp '
-        'or conv).')
-  groups = tuple(m.hvae_groups)
-  if not groups or any(not isinstance(g, int) or isinstance(g, bool) or g <= 0 for g in groups):
-    raise ConfigError(f'config.model.hvae_groups={groups!r} must be a non-empty tuple of '
-                      'positive ints (groups per resolution, top first), e.g. "(4,)".')
-  if m.encoder == 'mlp' and len(groups) != 1:
-    raise ConfigError(
-        f'config.model.hvae_groups={groups!r}: the mlp hierarchy has one resolution, so give '
-        f'one count, e.g. --config.model.hvae_groups="({sum(groups)},)".')
-  stages = len(tuple(m.conv_channels))
-  if m.encoder == 'conv' and len(groups) > stages:
-    raise ConfigError(
-        f'config.model.hvae_groups={groups!r} places groups at {len(groups)} resolutions, but '
-        f'model.conv_channels={tuple(m.conv_channels)!r} makes only {stages}. Give at most '
-        f'{stages} counts or add stages.')
-  _positive(m.hvae_width, 'model.hvae_width')
-  if not isinstance(m.hvae_residual_posterior, bool):
-    raise ConfigError('config.model.hvae_residual_posterior must be True or False.')
-  if m.posterior != 'diag' or m.shared_covariance:
-    raise ConfigError(
-        'model.kind=hvae has a diagonal Gaussian per group that depends on x: set '
-        'model.posterior=diag and model.shared_covariance=False.')
+def validate_family(config):
+  """model.kind names a family (built in or a module path), its sub-config is there, and the
+  family's own checks pass. Returns its Capabilities (the cross-family rules read them)."""
+  m = config.model
+  try:
+    fam = contract.family(m.kind)
+    contract.family_config(m)
+  except contract.UnknownFamilyError as e:
+    raise ConfigError(str(e)) from None
+  fam.validate(config)
+  return fam.capabilities(m)
 
 
 def validate_batch_split(config, num_devices):

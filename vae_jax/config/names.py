@@ -4,13 +4,12 @@ The modules that implement each choice (distributions, models, data) import thei
 here, and validation checks a config against them without importing JAX, Flax or TensorFlow.
 """
 
-# model.kind: 'vae' the single-layer family (models/gaussian_vae.py), 'hvae' the top-down
-# hierarchy (models/hierarchical.py).
+# model.kind's built-in families (models/vae.py, models/hvae.py); a family module's import path
+# is accepted too (models/contract.py).
 MODEL_KINDS = ('vae', 'hvae')
 ENCODERS = ('mlp', 'conv')
 DECODERS = ('mlp', 'conv')
 POSTERIORS = ('diag', 'full')
-PRIORS = ('standard', 'vamp')
 LIKELIHOODS = ('bernoulli', 'continuous_bernoulli', 'gaussian', 'discretized_logistic')
 # Forms of the discretized logistic mixture: none (independent per sub-pixel) | rgb
 # (PixelCNN++: one indicator per pixel, G and B located by the earlier channels' values).

@@ -2,38 +2,13 @@
 VampPrior p(h) = (1/K) sum_k q(h|u_k) over K learned pseudo-inputs u_k (Tomczak and Welling
 2018; `prior='vamp'`, diagonal posterior).
 
-This is the model contract every family provides, as pure functions of the parameters:
-- `terms(params, x, key)` -> dict of [B] arrays: `recon`, `kl`, `neg_elbo` (nats). `key` is
-  one key for the whole batch (training: one per step; the batch's noise is drawn in the
-  global view, so with `jax_threefry_partitionable` a sharded draw equals the unsharded one) or
-  keys [B], one per example (evaluation: example i's sample k comes from fold_in(key_i, k), so
-  the batch size, padding and device count change nothing). With the VampPrior `kl` is the
-  one-sample estimate log q(h|x) - log p(h) at the same posterior sample h the recon uses (the
-  KL to a mixture has no closed form), so neg_elbo stays an unbiased one-sample estimate; the
-  analytic KL(q(h|x) || N(0, I)) is reported beside it as `kl_standard` [B], and there is no
-  `kl_units` (that KL is not a sum over units). Optionally `kl_units` [B, U]: each unit's
-  part of `kl` (summing to it exactly), the KL to the model's own prior; the per-unit KL of
-  the unit statistics and free bits per unit read it.
-- `log_weights(params, x, keys, num_samples, sample_offset, encoded=None)` -> [K, B] of
-  log p(x|h) + log p(h) - log q(h|x) for samples sample_offset .. sample_offset + K - 1 of each
-  example; chunks with offsets 0, Kc, 2Kc, ... concatenate to the unchunked result. `encoded`
-  is `encode(params, x)`, computed once and shared by every chunk of a batch (None: encode
-  here).
-- `encode(params, x)` -> whatever per-example state the family's log_weights reuses across
-  chunks (here the posterior's parameters); callers only pass it back.
-- `sample(params, key, n, temperature)` -> prior draws decoded: {'means': E[x|h],
-  'samples': x ~ p(x|h)}, each [n, H, W, C] in the data's display range (`sample_latents`
-  draws the h).
-- `reconstruct(params, x)` -> E[x|h] at h = the posterior mean, [B, H, W, C].
-- `decode_mean(params, h)` -> E[x|h] for latents h [n, U] laid out as `posterior_stats`'
-  units (interpolations and traversals), [n, H, W, C].
-- `posterior_stats(params, x)` -> {'mean': [B, U], 'var': [B, U]} per latent unit (without
-  `kl_units` in the terms, the evaluator's per-unit KL is the one of these to N(0, 1)).
-- `unit_groups`: the number of units of each stochastic group, top first, summing to U (one
-  group for a single-layer model): the evaluator counts active units per group with it.
-- `diagonal_posterior`: whether q(h|x) is exactly N(mean, diag(var)) of posterior_stats (what
-  the evaluator's mutual-information estimate needs).
-- `init(key, x)` -> params.
+`GaussianVAE` provides the model contract (models/contract.py: `Model` and `Capabilities`); its
+config fields, validation and builder are models/vae.py's. What this family adds to the
+contract: with the VampPrior `kl` is the one-sample estimate log q(h|x) - log p(h) at the same
+posterior sample h the recon uses (the KL to a mixture has no closed form), so neg_elbo stays an
+unbiased one-sample estimate; the analytic KL(q(h|x) || N(0, I)) is reported beside it as
+`kl_standard` [B], and there is no `kl_units` (that KL is not a sum over units). With N(0, I)
+and a diagonal posterior, `kl_units` [B, D] is each unit's part of `kl`.
 Callers hand keys, never noise: nobody outside this module knows the latent's size.
 """
 
@@ -44,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from vae_jax import distributions, objectives
-from vae_jax.models import networks
+from vae_jax.models import contract, networks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,15 +31,21 @@ class GaussianVAE:
   latent_dim: int
   x_dtype: Any = jnp.float32  # the model input's dtype (int32 for 8-bit discrete data)
   prior: str = 'standard'     # standard: N(0, I) | vamp: the network's pseudo-inputs' mixture
+  capabilities: Any = None    # contract.Capabilities (models/vae.py); None: from the fields
+
+  def __post_init__(self):
+    if self.capabilities is None:  # a GaussianVAE made by hand, not by models/vae.py
+      diag, vamp = self.network.posterior == 'diag', self.prior == 'vamp'
+      caps = contract.Capabilities(
+          kl_units=diag and not vamp, group_kl=False, diagonal_posterior=diag,
+          standard_prior=not vamp, description=f'single-layer VAE ({self.prior} prior)',
+          prior_description='h ~ N(0, T^2 I)' if not vamp else 'a VampPrior component, then h')
+      object.__setattr__(self, 'capabilities', caps)
 
   def init(self, key, x):
     """Parameters for inputs shaped like x [B, H, W, C]."""
     eps = jnp.zeros((x.shape[0], self.latent_dim), jnp.float32)
     return self.network.init(key, x, eps)['params']
-
-  @property
-  def diagonal_posterior(self):
-    return self.network.posterior == 'diag'
 
   @property
   def unit_groups(self):
@@ -163,8 +144,9 @@ class GaussianVAE:
     lik = self.network.apply({'params': params}, h, method='decode')
     return distributions.likelihood_mean(self.likelihood, lik)
 
-  def posterior_stats(self, params, x):
-    """{'mean': [B, D], 'var': [B, D]}: the marginal mean and variance of each latent unit."""
+  def posterior_stats(self, params, x, key=None):
+    """{'mean': [B, D], 'var': [B, D]}: the marginal mean and variance of each latent unit
+    (closed form: key is not used)."""
     post = self.encode(params, x)
     if 'scale_tril' in post:
       var = jnp.sum(jnp.square(jnp.tril(post['scale_tril'])), axis=-1)  # diag(L L^T)
@@ -189,8 +171,13 @@ def standard_normal_noise(key, batch, dim, num_samples=None, sample_offset=0):
   return jax.vmap(lambda s: jax.vmap(lambda k: draw(k, s))(key))(ks)  # [K, B, D]
 
 
-def build_model(model_cfg, image_shape, x_dtype=jnp.float32):
-  """The model family `config.model` describes, for images of image_shape."""
-  return GaussianVAE(network=networks.build_network(model_cfg, image_shape),
-                     likelihood=model_cfg.likelihood, latent_dim=model_cfg.latent_dim,
-                     x_dtype=x_dtype, prior=model_cfg.prior)
+def build_model(model_cfg, image_shape, x_dtype=None, caps=None):
+  """The single-layer family `config.model` describes (model.kind=vae; models/vae.py declares
+  its fields and capabilities)."""
+  f = model_cfg.vae
+  network = networks.build_network(
+      model_cfg, image_shape, num_pseudo_inputs=f.num_pseudo_inputs if f.prior == 'vamp' else 0)
+  return GaussianVAE(network=network, likelihood=model_cfg.likelihood,
+                     latent_dim=model_cfg.latent_dim,
+                     x_dtype=jnp.float32 if x_dtype is None else x_dtype, prior=f.prior,
+                     capabilities=caps)

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax import distributions
-from vae_jax.models import networks
+from vae_jax.models import contract, networks
 from vae_jax.models.gaussian_vae import standard_normal_noise
 
 VARIANTS = ('mlp', 'conv')
@@ -358,6 +358,15 @@ class HierarchicalVAE:
   network: HierarchicalNetwork
   likelihood: str
   x_dtype: Any = jnp.float32  # the model input's dtype (int32 for 8-bit discrete data)
+  capabilities: Any = None    # contract.Capabilities (models/hvae.py); None: from the network
+
+  def __post_init__(self):
+    if self.capabilities is None:  # a HierarchicalVAE made by hand, not by models/hvae.py
+      caps = contract.Capabilities(
+          kl_units=True, group_kl=True, diagonal_posterior=self.num_groups == 1,
+          standard_prior=False, description=f'top-down hierarchical VAE, {self.num_groups} groups',
+          prior_description='top-down: each group z_l ~ p(z_l | z_above) with its scale times T')
+      object.__setattr__(self, 'capabilities', caps)
 
   @property
   def shapes(self):
@@ -379,12 +388,6 @@ class HierarchicalVAE:
   def unit_groups(self):
     """Units of each group, top first."""
     return tuple(math.prod(s) for s in self.shapes)
-
-  @property
-  def diagonal_posterior(self):
-    # Only one group makes q(h|x) exactly N(mean, diag var) of posterior_stats; with more the
-    # groups below depend on the samples above.
-    return self.num_groups == 1
 
   def _split(self, flat):
     """[N, U] -> per group [N, *shape], top first."""
@@ -491,7 +494,7 @@ class HierarchicalVAE:
     s, _ = self._apply(params, 'top_down', None, self._split(h), 'given')
     return distributions.likelihood_mean(self.likelihood, self._apply(params, 'decode', s))
 
-  def posterior_stats(self, params, x):
+  def posterior_stats(self, params, x, key=None):
     """{'mean', 'var'} [B, U] of q(z_l | x, z_above) on the posterior-mean path, top first.
 
     Each unit's KL to its own prior is the terms' kl_units, on the sampled path: a plug-in KL on
@@ -510,20 +513,23 @@ def likelihood_spec(model_cfg, image_shape):
       n: as_hashable(model_cfg[n]) for n in names if n in model_cfg})
 
 
-def build_model(model_cfg, image_shape, x_dtype=jnp.float32):
-  """The hierarchical family `config.model` describes (model.kind = 'hvae')."""
+def build_model(model_cfg, image_shape, x_dtype=None, caps=None):
+  """The hierarchical family `config.model` describes (model.kind=hvae; models/hvae.py
+  declares its fields and capabilities)."""
+  f = model_cfg.hvae
   network = HierarchicalNetwork(
       image_shape=tuple(image_shape),
       variant=model_cfg.encoder,
-      groups=tuple(model_cfg.hvae_groups),
+      groups=tuple(f.groups),
       latent_dim=model_cfg.latent_dim,
       hidden=tuple(model_cfg.hidden),
-      width=model_cfg.hvae_width,
+      width=f.width,
       conv_channels=tuple(model_cfg.conv_channels),
       conv_blocks=model_cfg.conv_blocks,
-      residual_posterior=bool(model_cfg.hvae_residual_posterior),
+      residual_posterior=bool(f.residual_posterior),
       spec=likelihood_spec(model_cfg, image_shape),
       dtype=jnp.dtype(model_cfg.dtype),
       remat=bool(model_cfg.remat),
   )
-  return HierarchicalVAE(network=network, likelihood=model_cfg.likelihood, x_dtype=x_dtype)
+  return HierarchicalVAE(network=network, likelihood=model_cfg.likelihood,
+                         x_dtype=jnp.float32 if x_dtype is None else x_dtype, capabilities=caps)

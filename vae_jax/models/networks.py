@@ -462,8 +462,9 @@ class VAE(nn.Module):
     return {'posterior': posterior, 'h': h, 'likelihood': self.decode(h)}
 
 
-def build_network(model_cfg, image_shape: Sequence[int]) -> VAE:
-  """The Flax VAE network described by `config.model` for images of image_shape."""
+def build_network(model_cfg, image_shape: Sequence[int], num_pseudo_inputs: int = 0) -> VAE:
+  """The Flax VAE network described by `config.model` for images of image_shape (with
+  num_pseudo_inputs learned pseudo-inputs for a VampPrior; 0 = none)."""
   return VAE(
       image_shape=tuple(image_shape),
       encoder=model_cfg.encoder,
@@ -479,7 +480,7 @@ def build_network(model_cfg, image_shape: Sequence[int]) -> VAE:
       gaussian_sigma=model_cfg.gaussian_sigma,
       logistic_mixtures=model_cfg.logistic_mixtures,
       logistic_coupling=model_cfg.logistic_coupling,
-      num_pseudo_inputs=model_cfg.num_pseudo_inputs if model_cfg.prior == 'vamp' else 0,
+      num_pseudo_inputs=num_pseudo_inputs,
       dtype=jnp.dtype(model_cfg.dtype),
       remat=bool(model_cfg.remat),
   )

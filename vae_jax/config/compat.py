@@ -1,0 +1,105 @@
+"""Saved configs read by today's code: the one loader of configs/default.py, and the renames
+that bring a config saved by an older vae_jax to today's field names (JAX-free).
+
+Every reader of a saved config (the resume check, evaluation, analysis, init_from) goes through
+`upgrade`, so a run saved before a field moved still resumes, evaluates and compares as the
+same experiment; and through `default_config` for the fields added since it ran (they ran at
+their defaults).
+"""
+
+import copy
+import functools
+import importlib.util
+import json
+import os
+
+import ml_collections
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), 'configs', 'default.py')
+
+# Old dotted name -> today's: the family fields moved into each family's sub-config.
+RENAMED = {
+    'model.hvae_groups': 'model.hvae.groups',
+    'model.hvae_width': 'model.hvae.width',
+    'model.hvae_residual_posterior': 'model.hvae.residual_posterior',
+    'model.prior': 'model.vae.prior',
+    'model.num_pseudo_inputs': 'model.vae.num_pseudo_inputs',
+}
+
+
+@functools.lru_cache(maxsize=1)
+def _default_json():
+  if not os.path.exists(_DEFAULT_CONFIG):
+    return None
+  spec = importlib.util.spec_from_file_location('_vae_jax_default_config', _DEFAULT_CONFIG)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config().to_json()
+
+
+def default_config():
+  """configs/default.py's get_config() (a fresh copy), or None where the package was installed
+  without its configs folder."""
+  text = _default_json()
+  return None if text is None else ml_collections.ConfigDict(json.loads(text))
+
+
+def default_values():
+  """{dotted key: value} of configs/default.py, or None without it."""
+  text = _default_json()
+  return None if text is None else flatten(json.loads(text))
+
+
+def flatten(tree, prefix=''):
+  """{dotted key: leaf} of a nested dict (lists and tuples are leaves)."""
+  out = {}
+  for key, value in tree.items():
+    name = f'{prefix}{key}'
+    if isinstance(value, dict):
+      out.update(flatten(value, name + '.'))
+    else:
+      out[name] = value
+  return out
+
+
+def upgrade(saved):
+  """A copy of a saved config dict with RENAMED fields under today's names (a model saved
+  before model.kind existed was a 'vae')."""
+  out = copy.deepcopy(dict(saved))
+  model = out.get('model')
+  if not isinstance(model, dict):
+    return out
+  model.setdefault('kind', 'vae')
+  for old, new in RENAMED.items():
+    _, old_leaf = old.split('.', 1)
+    if old_leaf not in model:
+      continue
+    value = model.pop(old_leaf)
+    node = out
+    *parents, leaf = new.split('.')
+    for p in parents:
+      node = node.setdefault(p, {})
+    node.setdefault(leaf, value)
+  return out
+
+
+def saved_config(saved):
+  """A saved run's config dict as a ConfigDict under today's names, with every field added to
+  vae_jax since it ran set to its default in configs/default.py (the value that run used, as
+  resuming assumes)."""
+  config = ml_collections.ConfigDict(upgrade(saved))
+  defaults = default_config()
+  if defaults is None:  # installed without the configs: nothing to fill in
+    return config
+
+  def fill(node, defaults):
+    for key, value in defaults.items():
+      if key not in node:
+        node[key] = value
+      elif isinstance(value, ml_collections.ConfigDict) and isinstance(
+          node[key], ml_collections.ConfigDict):
+        fill(node[key], value)
+
+  fill(config, defaults)
+  return config
