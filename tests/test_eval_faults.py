@@ -33,7 +33,7 @@ def test_default_chunk_size_counts_each_device_once_whatever_the_process_count(
   # The mesh already spans every process's devices: its data axis is the global device count,
   # so the rows per device are batch / that count, whatever jax.process_count() says.
   mesh = Mesh(np.asarray(jax.devices()[:8]), (sharding.DATA_AXIS,))
-  exp = type('Exp', (), {'mesh': mesh})()
+  exp = type('Exp', (), {'mesh': mesh, 'model': None})()  # a family of one row per sample
   monkeypatch.setattr(jax, 'process_count', lambda: processes)
   per_device = 1024 // 8
   assert evaluate.default_chunk_size(exp, 1024) == evaluate.ROWS_PER_CHUNK // per_device

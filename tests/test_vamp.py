@@ -63,7 +63,7 @@ def test_terms_are_the_one_sample_kl_at_the_recon_sample():
   terms = jax.jit(family.terms)(params, x, key)
   assert set(terms) == {'recon', 'kl', 'neg_elbo', 'kl_standard'}  # no kl_units
   assert all(v.shape == (B,) for v in terms.values())
-  post = family.encode(params, x)
+  post = family.encode(params, x)['posterior']
   comp = family.prior_components(params)
   assert comp['mean'].shape == comp['log_scale'].shape == (5, D)
   h = np.asarray(post['mean']) + np.exp(post['log_scale']) * standard_normal_noise(key, B, D)
@@ -84,7 +84,7 @@ def test_monte_carlo_kl_converges_to_the_gaussian_kl_with_one_pseudo_input():
   n = 20_000
   kls = jax.jit(jax.vmap(lambda k: family.terms(params, x, k)['kl']))(
       jax.random.split(jax.random.key(6), n))  # [n, B]
-  post, comp = family.encode(params, x), family.prior_components(params)
+  post, comp = family.encode(params, x)['posterior'], family.prior_components(params)
   m1, s1 = np.asarray(post['mean'], np.float64), np.asarray(post['log_scale'], np.float64)
   m2, s2 = np.asarray(comp['mean'], np.float64), np.asarray(comp['log_scale'], np.float64)
   exact = np.sum(s2 - s1 + (np.exp(2 * s1) + (m1 - m2) ** 2) / (2 * np.exp(2 * s2)) - 0.5, -1)

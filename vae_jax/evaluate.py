@@ -334,10 +334,14 @@ def chunk_plan(num_samples, chunk_size):
 
 
 def default_chunk_size(exp, batch_size):
-  """Samples per chunk giving about ROWS_PER_CHUNK decoder rows per device."""
+  """Samples per chunk giving about ROWS_PER_CHUNK decoder rows per device.
+
+  A family whose log_weights costs more than one decoder row per sample declares how many as
+  `sample_cost` (the VampPrior's mixture: gaussian_vae.GaussianVAE.sample_cost); else 1.
+  """
   # The mesh's data axis already spans every process's devices.
   per_device = max(1, batch_size // sharding.data_axis_size(exp.mesh))
-  return max(1, ROWS_PER_CHUNK // per_device)
+  return max(1, ROWS_PER_CHUNK // (per_device * getattr(exp.model, 'sample_cost', 1)))
 
 
 def make_estimate_step(exp, num_samples, chunk_size, units=False):

@@ -74,6 +74,8 @@ class Model(typing.Protocol):
   capabilities: Capabilities
   # Units of each stochastic group, top first, summing to U (one group for a single layer).
   unit_groups: tuple
+  # Optional, not required: `sample_cost`, the decoder rows one sample of one example costs in
+  # log_weights (evaluate.default_chunk_size divides its row budget by it; 1 when absent).
 
   def init(self, key, x):
     """Parameters for inputs shaped like x [B, H, W, C]."""

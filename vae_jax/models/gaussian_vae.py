@@ -13,6 +13,7 @@ Callers hand keys, never noise: nobody outside this module knows the latent's si
 """
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -69,6 +70,20 @@ class GaussianVAE:
     """
     return self.network.apply({'params': params}, method='encode_pseudo_inputs')
 
+  @property
+  def sample_cost(self):
+    """Decoder rows one sample of one example costs in log_weights: the estimator's automatic
+    chunk counts each sample as this many (evaluate.default_chunk_size).
+
+    A row's unit is the likelihood's H*W*C outputs; the VampPrior adds K_pseudo component
+    log-densities per sample ([Kc, B, K_pseudo]; the [.., K_pseudo, D] differences fuse into
+    their sum and never materialise, checked in XLA's CPU memory analysis), so it costs
+    1 + ceil(K_pseudo / (H*W*C)) rows: 2 for 500 pseudo-inputs on 28x28 images.
+    """
+    if not self._vamp:
+      return 1
+    return 1 + -(-self.network.num_pseudo_inputs // math.prod(self.network.image_shape))
+
   def log_prior(self, params, h, components=None):
     """log p(h): [...] for h [..., D] (components: prior_components, reused if given)."""
     if not self._vamp:
@@ -91,22 +106,33 @@ class GaussianVAE:
     kl_standard = distributions.gaussian_kl_to_standard_normal(post)  # [B]
     return dict(recon=recon, kl=kl, neg_elbo=recon + kl, kl_standard=kl_standard)
 
-  def encode(self, params, x):
-    """The posterior's parameters (see distributions), the state log_weights reuses."""
+  def _posterior(self, params, x):
+    """q(h|x)'s parameters (see distributions)."""
     return self.network.apply({'params': params}, x, method='encode')
+
+  def encode(self, params, x):
+    """The state log_weights reuses across the estimator's chunks: {'posterior': q(h|x)'s
+    parameters} and, with the VampPrior, 'prior': prior_components, so its K pseudo-inputs are
+    encoded once per batch rather than once per chunk."""
+    state = {'posterior': self._posterior(params, x)}
+    if self._vamp:
+      state['prior'] = self.prior_components(params)
+    return state
 
   def log_weights(self, params, x, keys, num_samples, sample_offset=0, encoded=None):
     """log p(x|h) + log p(h) - log q(h|x): [K, B], for samples offset .. offset + K - 1.
 
-    The encoder runs once per call, or not at all with `encoded`; only the decoder sees the K
-    samples (and the VampPrior's K pseudo-inputs are encoded once per call).
+    The encoder (of x and of the VampPrior's pseudo-inputs) runs once per call, or not at all
+    with `encoded`; only the decoder and the prior's density see the K samples.
     """
-    post = self.encode(params, x) if encoded is None else encoded
+    state = self.encode(params, x) if encoded is None else encoded
+    post = state['posterior']
     eps = self._noise(keys, x.shape[0], num_samples, sample_offset)  # [K, B, D]
     h = distributions.gaussian_rsample(post, eps)  # [K, B, D]
     lik = self.network.apply({'params': params}, h, method='decode')
     log_px_h = distributions.likelihood_log_prob(self.likelihood, lik, x)  # [K, B]
-    return (log_px_h + self.log_prior(params, h) - distributions.gaussian_log_prob(post, h))
+    log_p_h = self.log_prior(params, h, state.get('prior'))  # [K, B]
+    return log_px_h + log_p_h - distributions.gaussian_log_prob(post, h)
 
   def sample_latents(self, params, key, n, temperature=1.0):
     """n prior draws h [n, D] with every scale multiplied by temperature.
@@ -134,7 +160,7 @@ class GaussianVAE:
 
   def reconstruct(self, params, x):
     """E[x|h] at h = the posterior mean of each x: [B, H, W, C] in [0, 1]."""
-    return self.decode_mean(params, self.encode(params, x)['mean'])
+    return self.decode_mean(params, self._posterior(params, x)['mean'])
 
   def decode_mean(self, params, h):
     """E[x|h] for latents h [n, D] laid out as posterior_stats' units: [n, H, W, C] in [0, 1].
@@ -147,7 +173,7 @@ class GaussianVAE:
   def posterior_stats(self, params, x, key=None):
     """{'mean': [B, D], 'var': [B, D]}: the marginal mean and variance of each latent unit
     (closed form: key is not used)."""
-    post = self.encode(params, x)
+    post = self._posterior(params, x)
     if 'scale_tril' in post:
       var = jnp.sum(jnp.square(jnp.tril(post['scale_tril'])), axis=-1)  # diag(L L^T)
     else:
