@@ -1,7 +1,7 @@
 """Evaluate a trained run: ELBO terms, the K-sample -log p(x), the posterior gap, active units.
 
   python scripts/evaluate.py --workdir=DIR [--step=S] [--split=test] [--num_samples=K]
-      [--params=ema|state] [--chunk_size=Kc] [--batch_size=B]
+      [--params=ema|state] [--chunk_size=Kc] [--batch_size=B] [--out=FOLDER]
 
 Restores the run's checkpoint (the newest verified one, or step S) with the config it was saved
 with, on all local devices, and evaluates the whole split (default: the run's data.eval_split)
@@ -15,6 +15,13 @@ last stdout line is one JSON object, nats per example: neg_elbo, recon, kl, nll,
 (each with _stderr), normalized, bits_per_dim, joint_kl, kl_per_unit, active_units, mutual_info,
 num_examples, num_samples, step, split, samples_per_sec. The posterior gap underestimates
 E KL(q || p(h|x)), since the K-sample nll is biased upward.
+
+--out=FOLDER writes the two files there instead of DIR/eval/. Where they cannot be written (a
+read-only workdir, say) the report is printed all the same, then an error line names the file,
+and the exit status is 2 (a folder that cannot be written is also warned about before the
+work). A damaged DIR/config.json is passed over with a warning: each checkpoint step holds the
+config it was saved with. Beside a run training the same workdir a note says so; the step
+evaluated is the one checked, never one saved since (the log and the report name it).
 """
 
 import os
@@ -36,6 +43,7 @@ flags.DEFINE_string('params', None, "Which parameters: ema (the default where th
 flags.DEFINE_integer('chunk_size', 0, "Samples per chunk (0: the config's eval_chunk_size, "
                      'else automatic). Memory and speed only, never the numbers.')
 flags.DEFINE_integer('batch_size', 0, "Examples per batch (0: the config's eval_batch_size).")
+flags.DEFINE_string('out', None, 'Folder for the evaluation files (default: DIR/eval).')
 FLAGS = flags.FLAGS
 
 
@@ -62,15 +70,22 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax logs at INFO
 
+  # evaluate_run checks every flag a user can get wrong before TensorFlow or a compile.
+  from vae_jax import evaluate
+
   def run():
-    # evaluate_run checks every flag a user can get wrong before TensorFlow or a compile.
-    from vae_jax import evaluate
     return evaluate.evaluate_run(
         FLAGS.workdir, step=FLAGS.step, split=FLAGS.split, num_samples=FLAGS.num_samples,
         params=FLAGS.params, chunk_size=FLAGS.chunk_size, batch_size=FLAGS.batch_size,
-        progress=_progress())
+        out_dir=FLAGS.out, progress=_progress())
 
-  cli.print_json(cli.run_reporting_user_errors(run))
+  try:
+    report = cli.run_reporting_user_errors(run)
+  except evaluate.ResultNotSavedError as e:  # the numbers first, then what was not written
+    cli.print_json(e.result)
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    sys.exit(2)
+  cli.print_json(report)
 
 
 if __name__ == '__main__':

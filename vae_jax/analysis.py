@@ -53,8 +53,8 @@ from vae_jax.pictures import display, picture_inputs  # noqa: F401 - analysis AP
 
 # The folder of DIR that analyze() writes.
 ANALYSIS_DIR = 'analysis'
-# Prior temperatures of the sample figure: h ~ N(0, T^2 I). Below 1 the draws sit nearer the
-# prior's mode, where a VAE's decoder is usually better trained.
+# Prior temperatures of the sample figure: every prior scale times T. Below 1 the draws sit
+# nearer the prior's mode, where a VAE's decoder is usually better trained.
 TEMPERATURES = (0.5, 0.8, 1.0)
 # Traversal values of one latent unit, in units of the prior's standard deviation.
 TRAVERSAL_VALUES = tuple(np.linspace(-3.0, 3.0, 9).tolist())
@@ -97,6 +97,10 @@ class Run:
 def check_run(workdir, step=None):
   """The run's checkpoint steps, checked without reading any array (seconds, no compile).
 
+  Returns:
+    (workdir made absolute, DIR/config.json's config or None where that file is damaged (the
+    checkpoints' own configs stand in for it: load_run warns), the checkpoint steps).
+
   Raises:
     RunNotFoundError: no run in workdir, no checkpoint, or no checkpoint step `step` (the
       message names the steps there are).
@@ -109,13 +113,15 @@ def check_run(workdir, step=None):
                            '(scripts/train.py --workdir=DIR)?')
   if not os.path.isdir(ckpt_lib.checkpoint_dir(workdir)):
     raise RunNotFoundError(f'{workdir} has no checkpoints/ folder: is it a vae_jax workdir?')
-  with open(os.path.join(workdir, 'config.json')) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  checkpointer = ckpt_lib.Checkpointer(workdir, config, create=False)
+  config, damaged = evaluate.read_run_config(workdir)
+  checkpointer = evaluate.reader_checkpointer(workdir, config)
   steps = checkpointer.all_steps()
   checkpointer.close()
   if not steps:
-    raise RunNotFoundError(f'{workdir}/checkpoints holds no checkpoint yet.')
+    raise RunNotFoundError(
+        f'{workdir}/checkpoints holds no checkpoint yet'
+        + (f', and {os.path.join(workdir, "config.json")} cannot be read ({damaged}).'
+           if damaged else '.'))
   if step is not None and int(step) not in steps:
     raise RunNotFoundError(f'{workdir} has no checkpoint step {step}; its steps are '
                            f'{", ".join(map(str, steps))}.')
@@ -133,34 +139,57 @@ def load_run(workdir, step=None, device=None):
 
   Returns:
     A Run with .config (the config the checkpoint was written with), .model, .state, .step,
-    .experiment (built on a one-device mesh) and .steps.
+    .experiment (built on a one-device mesh) and .steps. Beside a live run the step loaded is
+    the one whose metadata was read, never one committed since; if the run's checkpoint.keep
+    deletes it meanwhile, the newest step is checked again once. A damaged DIR/config.json is
+    warned about and passed over (each step holds its own config).
 
   Raises:
     RunNotFoundError: no run in workdir, or no checkpoint step `step` (naming those there
       are); checked before anything is read or built.
   """
-  workdir, config, steps = check_run(workdir, step)
-  checkpointer = ckpt_lib.Checkpointer(workdir, config, create=False)
-  meta = None
-  for candidate in ([step] if step is not None else reversed(steps)):
-    try:  # the newest readable metadata names the config and image shape
-      meta = checkpointer.restore_meta(candidate)
+  from vae_jax import validation
+  requested = step
+  for attempt in (1, 2):
+    workdir, config, steps = check_run(workdir, requested)
+    checkpointer = evaluate.reader_checkpointer(workdir, config)
+    try:
+      meta = None
+      for candidate in ([requested] if requested is not None else reversed(steps)):
+        try:  # the newest readable metadata names the config and image shape
+          meta = checkpointer.restore_meta(candidate)
+          break
+        except Exception:  # noqa: BLE001 - a damaged step; restore_good below says which
+          continue
+      if meta is None:
+        raise ckpt_lib.NoGoodCheckpointError(
+            f'No readable checkpoint metadata in {workdir}/checkpoints (steps {steps}).')
+      checked = int(meta['step'])
+      saved = evaluate.saved_config(meta['config'])  # fields added since at their defaults
+      jax.config.update('jax_threefry_partitionable', True)  # the project's draws
+      device = device or jax.local_devices()[0]
+      mesh = Mesh(np.asarray([device]), (sharding.DATA_AXIS,))  # one device: any batch splits
+      exp = experiment.build(saved, mesh=mesh, image_shape=tuple(meta['image_shape']))
+      state, meta = evaluate.restore_checked(
+          checkpointer,
+          lambda m, exp=exp: state_lib.restore_target(exp.abstract_state,
+                                                      evaluate.saved_config(m['config'])),
+          checked)
       break
-    except Exception:  # noqa: BLE001 - a damaged step; restore_good below says which
-      continue
-  if meta is None:
-    checkpointer.close()
-    raise ckpt_lib.NoGoodCheckpointError(
-        f'No readable checkpoint metadata in {workdir}/checkpoints (steps {steps}).')
-  config = evaluate.saved_config(meta['config'])  # fields added since at their defaults
-  jax.config.update('jax_threefry_partitionable', True)  # the project's draws
-  device = device or jax.local_devices()[0]
-  mesh = Mesh(np.asarray([device]), (sharding.DATA_AXIS,))  # one device: any batch splits
-  exp = experiment.build(config, mesh=mesh, image_shape=tuple(meta['image_shape']))
-  state, meta = checkpointer.restore_good(
-      lambda m: state_lib.restore_target(exp.abstract_state, evaluate.saved_config(m['config'])),
-      step=step)
-  checkpointer.close()
+    except evaluate.StepDeletedError:
+      if requested is not None or attempt == 2:
+        raise validation.ConfigError(
+            f'Checkpoint step {checked} of {workdir} was deleted while it was being read (the '
+            'run training this workdir keeps only its newest checkpoint.keep steps). Try '
+            'again, or pass a step it keeps.') from None
+      evaluate.warn(f'checkpoint step {checked} of {workdir} was deleted while it was being '
+                     'read (checkpoint.keep of the run training it); checking the newest step '
+                     'again.')
+    finally:
+      checkpointer.close()
+  if config is None:
+    _, damaged = evaluate.read_run_config(workdir)
+    evaluate.warn(evaluate.damaged_config_warning(workdir, damaged, meta['step']))
   config = evaluate.saved_config(meta['config'])
   return Run(workdir=workdir, step=int(meta['step']), config=config, model=exp.model,
              state=state, image_shape=tuple(meta['image_shape']), experiment=exp,
@@ -501,16 +530,32 @@ def analyze(workdir, step=None, split=None, out_dir=None, *, device=None, tensor
 
   Raises:
     RunNotFoundError, validation.ConfigError, data.DatasetMissingError: before anything
-    compiles.
+    compiles; among them a folder it would write that cannot be written (out_dir, or
+    DIR/tensorboard with tensorboard=True: a read-only workdir, say), before the run is loaded.
   """
+  from vae_jax import validation
   log = log or (lambda *a, **k: None)
   t0 = time.perf_counter()
+  workdir, _, _ = check_run(workdir, step)
+  notice = evaluate.live_run_notice(workdir)
+  if notice:
+    log(notice)
+  out_dir = os.path.abspath(out_dir or os.path.join(workdir, ANALYSIS_DIR))
+  why = evaluate.unwritable(out_dir)
+  if why:
+    raise validation.ConfigError(
+        f'{out_dir} cannot be written ({why}): nothing was computed. Pass --out=DIR to write '
+        'the analysis to a folder you can write.')
+  tb_dir = os.path.join(workdir, 'tensorboard')
+  why = evaluate.unwritable(tb_dir) if tensorboard else ''
+  if why:
+    raise validation.ConfigError(
+        f'{tb_dir} cannot be written ({why}): nothing was computed. Pass --notensorboard to '
+        f'leave the figures out of TensorBoard (they still go to {out_dir}).')
   run = load_run(workdir, step=step, device=device)
   config = run.config
   split = split or config.data.eval_split
   arrays = split_arrays(run, split)
-  out_dir = os.path.abspath(out_dir or os.path.join(run.workdir, ANALYSIS_DIR))
-  os.makedirs(out_dir, exist_ok=True)
   params, params_kind, notes = state_lib.eval_params(run.state)
   log(f'Analysing {run.workdir} at checkpoint step {run.step} on split {split!r} '
       f'({len(arrays["image"])} examples), '
@@ -535,9 +580,7 @@ def analyze(workdir, step=None, split=None, out_dir=None, *, device=None, tensor
       f'The first {len(x)} {split} images, each above E[x|h] at its posterior mean.',
       report.plot_reconstructions(shown, reconstruct(run, x)))
   samples = prior_samples(run, 32, temperatures)
-  add('samples', 'Samples from the model',
-      'h ~ N(0, T^2 I) at each temperature T (the same standard-normal draws in every column), '
-      'decoded: E[x|h] (top) and a true sample x ~ p(x|h) (bottom).',
+  add('samples', 'Samples from the model', samples_caption(run.model),
       report.plot_samples(samples))
   pairs = min(6, len(x) // 2)
   if pairs:  # a split of one example has no pair
@@ -619,6 +662,15 @@ def analyze(workdir, step=None, split=None, out_dir=None, *, device=None, tensor
   summary['seconds'] = round(time.perf_counter() - t0, 2)
   log(f'Wrote {len(figures)} figures, {pages[0]} and {pages[1]} in {summary["seconds"]:.1f} s.')
   return summary
+
+
+def samples_caption(model):
+  """The samples figure's caption: what the model declares its prior draws to be
+  (capabilities.prior_description; N(0, T^2 I) for a model that declares none)."""
+  caps = getattr(model, 'capabilities', None)
+  drawn = getattr(caps, 'prior_description', None) or 'h ~ N(0, T^2 I)'
+  return (f'{drawn} at each temperature T (the same random draws in every column), decoded: '
+          'E[x|h] (top) and a true sample x ~ p(x|h) (bottom).')
 
 
 def _kl_per_unit_caption(model, units):

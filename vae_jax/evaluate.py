@@ -23,6 +23,8 @@ E KL(q(h|x) || p(h|x)), inherits that bias with the opposite sign: it UNDERESTIM
 import json
 import math
 import os
+import sys
+import tempfile
 import time
 
 import jax
@@ -594,6 +596,119 @@ def eval_path(workdir, step, split, num_samples, params=None):
   return os.path.join(workdir, 'eval', f'step_{step}_{tag}_k{num_samples}{suffix}.json')
 
 
+class ResultNotSavedError(RuntimeError):
+  """A reader computed its result but could not write it (a read-only workdir, say).
+
+  `result` holds what was computed: the scripts print it (their last stdout line) before this
+  message, and exit with status 2.
+  """
+
+  def __init__(self, message, result):
+    super().__init__(message)
+    self.result = result
+
+
+class StepDeletedError(Exception):
+  """The checkpoint step a reader checked is gone (a live run's checkpoint.keep deleted it)."""
+
+
+def warn(message):
+  """A reader's warning, on stderr as the checkpointer's are."""
+  print(f'WARNING: {message}', file=sys.stderr, flush=True)
+
+
+def read_run_config(workdir):
+  """(DIR/config.json as a saved config, '') or (None, why it cannot be read).
+
+  Readers use it only to open the checkpoints: every checkpoint step holds the config it was
+  saved with, which is what they evaluate by, so a damaged file need not stop them.
+  """
+  path = os.path.join(workdir, 'config.json')
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+    if not isinstance(saved, dict):
+      return None, f'it holds a JSON {type(saved).__name__}, not an object'
+    return saved_config(saved), ''
+  except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+    # (a JSONDecodeError or UnicodeDecodeError is a ValueError)
+    return None, f'{type(e).__name__}: {e}'
+
+
+def reader_checkpointer(workdir, config):
+  """A Checkpointer of the run that changes nothing on disk (create=False).
+
+  config None (config.json damaged): a stand-in, since a reader uses none of the checkpoint
+  policy fields the run's config would give.
+  """
+  from vae_jax import checkpoint as ckpt_lib
+  if config is None:
+    import ml_collections
+    config = ml_collections.ConfigDict({'checkpoint': {'keep': 1, 'async_save': False}})
+  return ckpt_lib.Checkpointer(workdir, config, create=False)
+
+
+def damaged_config_warning(workdir, why, step):
+  """The reader's warning that config.json is damaged and checkpoint `step`'s config is used."""
+  return (f'{os.path.join(workdir, "config.json")} cannot be read ({why}); using the config '
+          f'saved with checkpoint step {step} instead (a scripts/train.py run on this workdir '
+          'writes config.json again).')
+
+
+def live_run_notice(workdir):
+  """A line telling a reader that a run is training `workdir` now, or None.
+
+  The workdir lock is probed without taking it (workdir_lock.is_held), so a run starting at
+  this moment is never refused.
+  """
+  from vae_jax import workdir_lock
+  if not workdir_lock.is_held(workdir):
+    return None
+  return (f'NOTE: a run is training {workdir} now: this reads the newest checkpoint step it has '
+          'committed at this moment (steps it saves later are not seen); if the run deletes that '
+          'step meanwhile (checkpoint.keep), the newest step is checked again.')
+
+
+def restore_checked(checkpointer, abstract_state, step):
+  """(state, meta) of checkpoint `step`, the step a reader checked and took its config from.
+
+  Never a newer step (one a live run committed after the check), and an older one only past a
+  damaged `step` (restore_good's fallback, warned; the caller then takes the config of the step
+  restored).
+
+  Raises:
+    StepDeletedError: `step` is gone (a live run's checkpoint.keep deleted it since the check).
+  """
+  from vae_jax import checkpoint as ckpt_lib
+  gone = lambda: not os.path.isdir(os.path.join(checkpointer.directory, str(step)))
+  if step not in checkpointer.all_steps():
+    raise StepDeletedError(step)
+  try:
+    state, meta = checkpointer.restore_good(abstract_state, step=step)
+  except ckpt_lib.NoGoodCheckpointError:
+    if gone():
+      raise StepDeletedError(step) from None
+    raise
+  if int(meta['step']) != step and gone():
+    raise StepDeletedError(step)
+  return state, meta
+
+
+def unwritable(folder):
+  """Why `folder` cannot be created and written (probed with a file made and removed at
+  once), or '' where it can."""
+  if os.path.exists(folder) and not os.path.isdir(folder):
+    return 'it is a file, not a folder'
+  try:
+    os.makedirs(folder, exist_ok=True)
+    fd, probe = tempfile.mkstemp(dir=folder, prefix='.write_probe_')
+    os.close(fd)
+    os.remove(probe)
+  except OSError as e:
+    return e.strerror or str(e)
+  return ''
+
+
 def check_run_request(workdir, *, step=None, split=None, num_samples=1, params=None,
                       chunk_size=0, batch_size=0):
   """Checks what a user asks of a saved run without TensorFlow or a compile (seconds).
@@ -602,12 +717,14 @@ def check_run_request(workdir, *, step=None, split=None, num_samples=1, params=N
   in the checkpoint's config), else the train state's.
 
   Returns:
-    (the run's config from the checkpoint's metadata, the checkpoint steps, the split,
-    the parameters to evaluate: 'ema' or 'state').
+    (the run's config from the checkpoint's metadata (of `step`, else of the newest step), the
+    checkpoint steps, the split, the parameters to evaluate: 'ema' or 'state'). A damaged
+    DIR/config.json is warned about and passed over: the checkpoint's config is the one used.
 
   Raises:
     validation.ConfigError: no run in workdir, a step it does not have, K < 1, an unknown
-      split or slice, parameters the run does not have, a negative chunk or batch size.
+      split or slice, parameters the run does not have, a negative chunk or batch size; a
+      damaged config.json without a checkpoint to take the config from.
   """
   from vae_jax import checkpoint as ckpt_lib
   from vae_jax import validation
@@ -625,11 +742,15 @@ def check_run_request(workdir, *, step=None, split=None, num_samples=1, params=N
                                  "config's eval_chunk_size and eval_batch_size).")
   if params is not None and params not in PARAMS_CHOICES:
     raise validation.ConfigError(f'--params={params!r} is not one of {PARAMS_CHOICES}.')
-  with open(os.path.join(workdir, 'config.json')) as f:
-    config = saved_config(json.load(f))
-  checkpointer = ckpt_lib.Checkpointer(workdir, config, create=False)
+  config, damaged = read_run_config(workdir)
+  checkpointer = reader_checkpointer(workdir, config)
   try:
     steps = checkpointer.all_steps()
+    if not steps and damaged:
+      raise validation.ConfigError(
+          f'{os.path.join(workdir, "config.json")} cannot be read ({damaged}), and '
+          f'{workdir}/checkpoints holds no checkpoint whose saved config could stand in for it. '
+          "Rerun scripts/train.py with the run's --config on this workdir.")
     if not steps:
       raise validation.ConfigError(f'{workdir}/checkpoints holds no checkpoint yet.')
     if step is not None and step not in steps:
@@ -638,6 +759,8 @@ def check_run_request(workdir, *, step=None, split=None, num_samples=1, params=N
     meta = checkpointer.restore_meta(step if step is not None else steps[-1])
   finally:
     checkpointer.close()
+  if damaged:
+    warn(damaged_config_warning(workdir, damaged, meta['step']))
   config = saved_config(meta['config'])
   has_ema = config.ema_decay > 0
   if params == 'ema' and not has_ema:
@@ -671,8 +794,8 @@ def _check_split(data_cfg, split):
 
 
 def evaluate_run(workdir, *, step=None, split=None, num_samples=1000, params=None,
-                 chunk_size=0, batch_size=0, progress=None, log=print):
-  """Restores a run's checkpoint, estimates everything and writes DIR/eval/.
+                 chunk_size=0, batch_size=0, out_dir=None, progress=None, log=print):
+  """Restores a run's checkpoint, estimates everything and writes DIR/eval/ (or out_dir).
 
   params: 'ema', 'state', or None (the EMA where the run keeps one, else the train state's).
   The run is rebuilt from its checkpoint's config on all local devices (config.mesh.data =
@@ -684,32 +807,73 @@ def evaluate_run(workdir, *, step=None, split=None, num_samples=1000, params=Non
   and float32 rounding between device counts) is replaced; a different one (the code or the
   data changed) is kept as NAME.json.1 (.2, ...) beside the new one, with a warning.
 
+  Beside a live run: the step evaluated is the one checked (the newest, or `step`), never one
+  committed since; if the run's checkpoint.keep deletes it meanwhile, the newest step is
+  checked again once. Past a damaged step the older one restored is evaluated, each field of
+  the report from its own config, and the log says so. The step in the log and the report is
+  always the step restored.
+
   Returns:
     The report, without the per-example values.
+
+  Raises:
+    ResultNotSavedError: the files could not be written (its `result` is the report); a folder
+      that cannot be written is also warned about before the work starts.
   """
-  from vae_jax import checkpoint as ckpt_lib
   from vae_jax import experiment, validation
   from vae_jax import state as state_lib
   workdir = os.path.abspath(os.path.expanduser(workdir))
-  config, _, split, params = check_run_request(
-      workdir, step=step, split=split, num_samples=num_samples, params=params,
-      chunk_size=chunk_size, batch_size=batch_size)
-  with config.unlocked():
-    config.mesh.data = -1
-    if batch_size:
-      config.eval_batch_size = batch_size
-  experiment.configure_jax(config)
-  exp = experiment.build(config)
-  checkpointer = ckpt_lib.Checkpointer(workdir, config, create=False)
-  try:
-    state, meta = checkpointer.restore_good(
-        lambda m: state_lib.restore_target(exp.abstract_state, saved_config(m['config'])),
-        step=step)
-  finally:
-    checkpointer.close()
+  requested_split = split
+  for attempt in (1, 2):
+    config, steps, split, _ = check_run_request(
+        workdir, step=step, split=requested_split, num_samples=num_samples, params=params,
+        chunk_size=chunk_size, batch_size=batch_size)
+    checked = step if step is not None else steps[-1]
+    if attempt == 1:
+      notice = live_run_notice(workdir)
+      if notice:
+        log(notice)
+      folder = os.path.abspath(out_dir) if out_dir else os.path.join(workdir, 'eval')
+      why = unwritable(folder) if jax.process_index() == 0 else ''
+      if why:
+        warn(f'{folder} cannot be written ({why}): the evaluation will be printed but not '
+              'saved. Pass --out=DIR to save it elsewhere.')
+    config = _reader_config(config, batch_size)
+    experiment.configure_jax(config)
+    exp = experiment.build(config)
+    checkpointer = reader_checkpointer(workdir, config)
+    try:
+      state, meta = restore_checked(
+          checkpointer,
+          lambda m, exp=exp: state_lib.restore_target(exp.abstract_state,
+                                                      saved_config(m['config'])),
+          checked)
+      break
+    except StepDeletedError:
+      if step is not None:
+        raise validation.ConfigError(
+            f'--step={step}: checkpoint step {step} of {workdir} was deleted while it was being '
+            'read (the run training this workdir keeps only its newest checkpoint.keep steps). '
+            'Choose a step it keeps.') from None
+      if attempt == 2:
+        raise validation.ConfigError(
+            f'The newest checkpoint steps of {workdir} were deleted twice while being read (the '
+            'run training it keeps only its newest checkpoint.keep steps). Try again, or pass '
+            '--step.') from None
+      log(f'Checkpoint step {checked} was deleted while it was being read (the run training '
+          'this workdir keeps only its newest checkpoint.keep steps); checking the newest step '
+          'again.')
+    finally:
+      checkpointer.close()
   restored = int(meta['step'])
-  if step is not None and restored != step:
-    log(f'Evaluating step {restored}: step {step} could not be verified (see the warning).')
+  if restored != checked:
+    log(f'Evaluating step {restored}: step {checked} could not be verified (see the warning).')
+    # The older step's own config (a resumed run may have changed its evaluation fields).
+    config = _reader_config(saved_config(meta['config']), batch_size)
+    if config.to_dict() != exp.config.to_dict():
+      exp = experiment.build(config)
+    split = requested_split or config.data.eval_split
+    _check_split(config.data, split)
   if params == 'ema' and state.ema is None:
     raise validation.ConfigError(
         f'Checkpoint step {restored} of {workdir} holds no EMA parameters; evaluate it with '
@@ -730,8 +894,26 @@ def evaluate_run(workdir, *, step=None, split=None, num_samples=1000, params=Non
   if jax.process_index() == 0:
     path = eval_path(workdir, restored, split, num_samples,
                      params=None if kind == default_kind else kind)
-    _write_eval(path, report, per_example, log)
+    if out_dir:
+      path = os.path.join(os.path.abspath(out_dir), os.path.basename(path))
+    try:
+      _write_eval(path, report, per_example, log)
+    except OSError as e:
+      raise ResultNotSavedError(
+          f'The evaluation above could not be written to {path} ({e.strerror or e}). Pass '
+          '--out=DIR to write it elsewhere (scripts/analyze.py looks for it in DIR/eval/), or '
+          'evaluate a copy of the workdir.', report) from None
   return report
+
+
+def _reader_config(config, batch_size):
+  """A checkpoint's config as a reader runs it: on all local devices, its batch size."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.mesh.data = -1
+    if batch_size:
+      config.eval_batch_size = batch_size
+  return config
 
 
 def _same_result(old, new):
