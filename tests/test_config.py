@@ -119,12 +119,13 @@ def test_script_rejects_a_workdir_that_is_a_file(tmp_path):
 
 def test_the_valid_names_have_one_home():
   """The code that implements each choice uses the names of vae_jax.config.names."""
-  from vae_jax import distributions, models
+  from vae_jax import models
   from vae_jax.config import names
   from vae_jax.data import checks
+  from vae_jax.maths import likelihoods
   from vae_jax.models import networks
-  assert distributions.LIKELIHOODS is names.LIKELIHOODS
-  assert distributions.LOGISTIC_COUPLINGS is names.LOGISTIC_COUPLINGS
+  assert likelihoods.LIKELIHOODS is names.LIKELIHOODS
+  assert likelihoods.LOGISTIC_COUPLINGS is names.LOGISTIC_COUPLINGS
   assert tuple(models.BUILTIN) == names.MODEL_KINDS
   assert networks.ENCODERS is names.ENCODERS and networks.DECODERS is names.DECODERS
   assert networks.POSTERIORS is names.POSTERIORS

@@ -42,7 +42,7 @@ def test_uniform_matches_jax_random(batch):
 
 
 def test_keys_follow_the_documented_recipe():
-  from vae_jax import streams
+  from vae_jax.maths import streams
   base = jax.random.fold_in(jax.random.key(7), streams.DATA_TAG)
   train = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(base, 1), 4), 12)
   evaluate = jax.random.fold_in(jax.random.fold_in(base, 2), 12)

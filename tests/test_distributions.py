@@ -9,20 +9,20 @@ import numpy as np
 import pytest
 from jax.scipy import stats
 
-from vae_jax import distributions as dist
+from vae_jax.maths import gaussians, likelihoods
 
 # Jitted once per shape: on a busy CPU, compiling each eager primitive separately dominates.
 jd = types.SimpleNamespace(
-    gaussian_rsample=jax.jit(dist.gaussian_rsample),
-    gaussian_log_prob=jax.jit(dist.gaussian_log_prob),
-    gaussian_entropy=jax.jit(dist.gaussian_entropy),
-    gaussian_kl_to_standard_normal=jax.jit(dist.gaussian_kl_to_standard_normal),
-    standard_normal_log_prob=jax.jit(dist.standard_normal_log_prob),
-    scale_tril_from_raw=jax.jit(dist.scale_tril_from_raw),
-    likelihood_log_prob=jax.jit(dist.likelihood_log_prob, static_argnums=0),
-    likelihood_mean=jax.jit(dist.likelihood_mean, static_argnums=0),
-    likelihood_sample=jax.jit(dist.likelihood_sample, static_argnums=0),
-    cb_log_norm=jax.jit(dist._cb_log_norm),
+    gaussian_rsample=jax.jit(gaussians.gaussian_rsample),
+    gaussian_log_prob=jax.jit(gaussians.gaussian_log_prob),
+    gaussian_entropy=jax.jit(gaussians.gaussian_entropy),
+    gaussian_kl_to_standard_normal=jax.jit(gaussians.gaussian_kl_to_standard_normal),
+    standard_normal_log_prob=jax.jit(gaussians.standard_normal_log_prob),
+    scale_tril_from_raw=jax.jit(gaussians.scale_tril_from_raw),
+    likelihood_log_prob=jax.jit(likelihoods.likelihood_log_prob, static_argnums=0),
+    likelihood_mean=jax.jit(likelihoods.likelihood_mean, static_argnums=0),
+    likelihood_sample=jax.jit(likelihoods.likelihood_sample, static_argnums=0),
+    cb_log_norm=jax.jit(likelihoods._cb_log_norm),
 )
 
 
@@ -166,7 +166,7 @@ def test_kl_float32_stable_near_the_prior():
   assert float(jd.gaussian_kl_to_standard_normal(zero)[0]) == 0.0
   # Large and small scales stay finite, gradients too.
   wide = {'mean': jnp.zeros((1, 2)), 'log_scale': jnp.array([[-30.0, 20.0]])}
-  grad = jax.jit(jax.grad(lambda p: dist.gaussian_kl_to_standard_normal(p).sum()))(wide)
+  grad = jax.jit(jax.grad(lambda p: gaussians.gaussian_kl_to_standard_normal(p).sum()))(wide)
   assert np.isfinite(jd.gaussian_kl_to_standard_normal(wide)).all()
   assert all(np.isfinite(g).all() for g in jax.tree.leaves(grad))
 
@@ -251,7 +251,7 @@ def test_continuous_bernoulli_float32_accuracy_and_gradients():
   got = np.asarray(jd.cb_log_norm(jnp.asarray(eta, jnp.float32)), np.float64)
   np.testing.assert_allclose(got, ref, atol=5e-7)
   # d/dl log C is (1/l - 1/sinh(l)) in closed form: 0 at l = 0 and smooth across the series cut.
-  grad = jax.jit(jax.vmap(jax.grad(dist._cb_log_norm)))(jnp.asarray(eta, jnp.float32))
+  grad = jax.jit(jax.vmap(jax.grad(likelihoods._cb_log_norm)))(jnp.asarray(eta, jnp.float32))
   assert np.isfinite(grad).all()
   big = np.abs(eta) > 1e-2
   with np.errstate(over='ignore'):
@@ -381,7 +381,7 @@ def test_discretized_logistic_matches_cdf_formula_and_is_stable():
   assert np.isfinite(log_p32).all() and np.all(np.asarray(log_p32) < -100)
   np.testing.assert_allclose(log_p32, log_p64, rtol=1e-5)
   grads = jax.jit(jax.grad(
-      lambda p: dist.likelihood_log_prob('discretized_logistic', p, x).sum()))(params)
+      lambda p: likelihoods.likelihood_log_prob('discretized_logistic', p, x).sum()))(params)
   assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
 
 
@@ -439,7 +439,7 @@ def _random_coupled_tables(seed, m, k):
 
 def test_bin_edges_are_correctly_rounded_in_float32():
   v = np.arange(256)
-  lower, upper = (np.asarray(e) for e in jax.jit(dist._bin_edges, static_argnums=1)(
+  lower, upper = (np.asarray(e) for e in jax.jit(likelihoods._bin_edges, static_argnums=1)(
       jnp.asarray(v, jnp.int32), jnp.float32))
   for sign, edge in ((-1, lower), (1, upper)):
     exact = (2.0 * v + sign - 255.0) / 255.0  # float64
@@ -453,7 +453,7 @@ def test_bin_edges_are_correctly_rounded_in_float32():
   assert lower[128] == upper[127] == 0.0  # the middle edge, where the former form erred most
   # Every numerator the edges and bin centres use: the correctly rounded quotient.
   c = np.arange(-256, 257)
-  np.testing.assert_array_equal(jax.jit(dist._div255)(jnp.asarray(c, jnp.float32)),
+  np.testing.assert_array_equal(jax.jit(likelihoods._div255)(jnp.asarray(c, jnp.float32)),
                                 c.astype(np.float32) / np.float32(255))
 
 
@@ -472,7 +472,7 @@ def test_coupled_logistic_sums_to_one_over_every_pixel_value():
   def total_log_mass():
     def for_red(r):  # log of the mass of every (r, G, B), per pixel: [2]
       x = jnp.concatenate([jnp.full_like(gb[..., :1], r), gb], -1)  # [65536, 1, 1, 3]
-      lp = dist.likelihood_log_prob(
+      lp = likelihoods.likelihood_log_prob(
           'discretized_logistic', jax.tree.map(lambda a: a[:, None], params), x)  # [2, 65536]
       return jax.nn.logsumexp(lp, axis=1)
     return jax.nn.logsumexp(jax.lax.map(for_red, jnp.arange(256)), axis=0)  # [2]
@@ -555,9 +555,9 @@ def test_bernoulli_and_gaussian_mean_and_sample():
 
 
 def test_likelihood_names_and_bits_per_dim():
-  assert dist.LIKELIHOODS == (
+  assert likelihoods.LIKELIHOODS == (
       'bernoulli', 'continuous_bernoulli', 'gaussian', 'discretized_logistic')
   with pytest.raises(ValueError):
     jd.likelihood_log_prob('poisson', {}, jnp.zeros((1, 1, 1, 1)))
   nats = jnp.array([3072 * math.log(2) * 3.0, 0.0])
-  np.testing.assert_allclose(dist.nats_to_bits_per_dim(nats, 3072), [3.0, 0.0], rtol=1e-6)
+  np.testing.assert_allclose(likelihoods.nats_to_bits_per_dim(nats, 3072), [3.0, 0.0], rtol=1e-6)

@@ -18,11 +18,10 @@ from scipy.special import erfinv
 
 from tests.test_config import ROOT, load_config
 from tests.test_train import set_fields, tiny_config
-from vae_jax import distributions as dist
-from vae_jax import evaluate, experiment, sharding, streams, train, validation
+from vae_jax import evaluate, experiment, sharding, train, validation
 from vae_jax import metrics as metrics_lib
 from vae_jax.data.preprocess import uniform
-from vae_jax.models import gaussian_vae
+from vae_jax.maths import gaussians, streams
 from vae_jax.models.contract import Capabilities
 
 # ------------------------------------------------------------------------------------------
@@ -81,17 +80,17 @@ class LinearGaussian:
 
   def terms(self, params, x, keys):
     post = self.encode(params, x)
-    eps = gaussian_vae.standard_normal_noise(keys, x.shape[0], D)  # [B, D]
-    recon = -self._log_lik(params, _from_input(x), dist.gaussian_rsample(post, eps))
-    kl = dist.gaussian_kl_to_standard_normal(post)
+    eps = gaussians.standard_normal_noise(keys, x.shape[0], D)  # [B, D]
+    recon = -self._log_lik(params, _from_input(x), gaussians.gaussian_rsample(post, eps))
+    kl = gaussians.gaussian_kl_to_standard_normal(post)
     return {'recon': recon, 'kl': kl, 'neg_elbo': recon + kl}
 
   def log_weights(self, params, x, keys, num_samples, sample_offset=0, encoded=None):
     post = self.encode(params, x) if encoded is None else encoded
-    eps = gaussian_vae.standard_normal_noise(keys, x.shape[0], D, num_samples, sample_offset)
-    h = dist.gaussian_rsample(post, eps)  # [K, B, D]
-    return (self._log_lik(params, _from_input(x), h) + dist.standard_normal_log_prob(h)
-            - dist.gaussian_log_prob(post, h))
+    eps = gaussians.standard_normal_noise(keys, x.shape[0], D, num_samples, sample_offset)
+    h = gaussians.gaussian_rsample(post, eps)  # [K, B, D]
+    return (self._log_lik(params, _from_input(x), h) + gaussians.standard_normal_log_prob(h)
+            - gaussians.gaussian_log_prob(post, h))
 
   def posterior_stats(self, params, x, key=None):
     post = self.encode(params, x)
@@ -359,7 +358,7 @@ def test_sample_noise_is_independent_of_the_binarization(sample):
   n = 256
   idx = np.arange(n)
   keys = streams.eval_keys(0, idx)
-  eps = gaussian_vae.standard_normal_noise(keys, n, 20, 1, sample)[0]  # [B, 20]
+  eps = gaussians.standard_normal_noise(keys, n, 20, 1, sample)[0]  # [B, 20]
   u = uniform(streams.binarize_keys(idx, data_seed=0), (20,))
   corr = np.corrcoef(np.asarray(eps).ravel(), np.sqrt(2) * erfinv(2 * np.asarray(u).ravel() - 1))
   assert abs(corr[0, 1]) < 0.05, corr  # independent: |corr| ~ 1/sqrt(5120) = 0.014
@@ -433,18 +432,18 @@ def test_full_covariance_log_density_solves_samples_as_columns():
   for shared in (False, True):
     batch = () if shared else (b,)
     post = {'mean': rng.normal(size=(b, d)).astype(np.float32),
-            'scale_tril': np.asarray(dist.scale_tril_from_raw(
+            'scale_tril': np.asarray(gaussians.scale_tril_from_raw(
                 jnp.asarray(0.3 * rng.normal(size=batch + (d,)), jnp.float32),
                 jnp.asarray(rng.normal(size=batch + (3,)), jnp.float32)))}
     h = rng.normal(size=(k, b, d)).astype(np.float32)
-    jaxpr = jax.make_jaxpr(dist.gaussian_log_prob)(post, h)
+    jaxpr = jax.make_jaxpr(gaussians.gaussian_log_prob)(post, h)
     shapes = {tuple(v.aval.shape) for eqn in jaxpr.eqns for v in eqn.outvars}
     assert (k, b, d, d) not in shapes and (k, b, d, 1) not in shapes, shapes
     cov = np.broadcast_to(post['scale_tril'] @ np.swapaxes(post['scale_tril'], -1, -2),
                           (b, d, d))
     want = np.stack([[_gaussian_log_pdf(h[i, j][None], post['mean'][j], cov[j])[0]
                       for j in range(b)] for i in range(k)])
-    np.testing.assert_allclose(dist.gaussian_log_prob(post, h), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gaussians.gaussian_log_prob(post, h), want, rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------

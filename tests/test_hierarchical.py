@@ -15,10 +15,10 @@ import pytest
 from tests.test_config import load_config
 from tests.test_models import _product_dtypes
 from tests.test_train import set_fields, tiny_config
-from vae_jax import analysis, experiment, models, objectives, train, validation
-from vae_jax import distributions as dist
+from vae_jax import analysis, experiment, models, train, validation
 from vae_jax import evaluate as eval_lib
 from vae_jax import metrics as metrics_lib
+from vae_jax.maths import gaussians, objectives
 from vae_jax.models import gaussian_vae, hierarchical
 
 B = 4
@@ -83,10 +83,10 @@ def test_diagonal_kl_matches_the_textbook_formula_and_is_zero_at_equality():
   p = {'mean': rng.normal(size=(5, 3)), 'log_scale': rng.normal(size=(5, 3))}
   sq, sp = np.exp(q['log_scale']), np.exp(p['log_scale'])
   want = np.log(sp / sq) + (sq**2 + (q['mean'] - p['mean']) ** 2) / (2 * sp**2) - 0.5
-  got = hierarchical.diagonal_gaussian_kl_units(
+  got = gaussians.diagonal_gaussian_kl_units(
       jax.tree.map(jnp.float32, q), jax.tree.map(jnp.float32, p))
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-  assert float(jnp.max(jnp.abs(hierarchical.diagonal_gaussian_kl_units(q, q)))) == 0.0
+  assert float(jnp.max(jnp.abs(gaussians.diagonal_gaussian_kl_units(q, q)))) == 0.0
 
 
 @pytest.mark.parametrize('name', ['mlp', 'conv'])
@@ -163,15 +163,15 @@ def test_one_group_without_residual_is_a_plain_gaussian_vae():
   q = {'mean': stats['mean'], 'log_scale': 0.5 * jnp.log(stats['var'])}
   keys = jax.random.split(jax.random.key(5), B)
   terms = family.terms(params, x, keys)
-  np.testing.assert_allclose(terms['kl'], dist.gaussian_kl_to_standard_normal(q), rtol=1e-5)
+  np.testing.assert_allclose(terms['kl'], gaussians.gaussian_kl_to_standard_normal(q), rtol=1e-5)
   np.testing.assert_allclose(terms['kl/0'], terms['kl'])
   k = 6
-  eps = gaussian_vae.standard_normal_noise(keys, B, 3, k, 2)  # [K, B, 3], samples 2 .. 7
+  eps = gaussians.standard_normal_noise(keys, B, 3, k, 2)  # [K, B, 3], samples 2 .. 7
   z = q['mean'] + jnp.exp(q['log_scale']) * eps
   mean = family.decode_mean(params, z.reshape(-1, 3)).reshape(k, B, -1)
   xf = x.reshape(B, -1)
   log_px = jnp.sum(xf * jnp.log(mean) + (1 - xf) * jnp.log1p(-mean), axis=-1)  # [K, B]
-  want = log_px + dist.standard_normal_log_prob(z) - dist.gaussian_log_prob(q, z)
+  want = log_px + gaussians.standard_normal_log_prob(z) - gaussians.gaussian_log_prob(q, z)
   np.testing.assert_allclose(family.log_weights(params, x, keys, k, 2), want, rtol=1e-4)
 
 

@@ -8,13 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy import stats
 
-from vae_jax import distributions as dist
-from vae_jax import objectives
+from vae_jax.maths import gaussians, likelihoods, objectives
 
 # Jitted: on a busy CPU, compiling each eager primitive separately dominates the test time.
 elbo_terms = jax.jit(objectives.elbo_terms, static_argnums=3)
-likelihood_log_prob = jax.jit(dist.likelihood_log_prob, static_argnums=0)
-kl_to_prior = jax.jit(dist.gaussian_kl_to_standard_normal)
+likelihood_log_prob = jax.jit(likelihoods.likelihood_log_prob, static_argnums=0)
+kl_to_prior = jax.jit(gaussians.gaussian_kl_to_standard_normal)
 
 
 def _normal(seed, shape):
@@ -24,7 +23,7 @@ def _normal(seed, shape):
 def _posterior(seed, batch, d):
   return {
       'mean': _normal(seed, (batch, d)),
-      'scale_tril': np.asarray(dist.scale_tril_from_raw(
+      'scale_tril': np.asarray(gaussians.scale_tril_from_raw(
           0.3 * _normal(seed + 1, (batch, d)), 0.3 * _normal(seed + 2, (batch, d * (d - 1) // 2)))),
   }
 
@@ -191,7 +190,7 @@ def _other_posteriors(mu, batch):
   """A full and a diagonal q that differ from the exact posterior."""
   rng = np.random.default_rng(1)
   full = {'mean': mu + 0.3 * rng.normal(size=mu.shape),
-          'scale_tril': np.asarray(dist.scale_tril_from_raw(
+          'scale_tril': np.asarray(gaussians.scale_tril_from_raw(
               jnp.asarray(0.4 * rng.normal(size=(batch, D))),
               jnp.asarray(0.4 * rng.normal(size=(batch, D * (D - 1) // 2)))))}
   diag = {'mean': mu - 0.2, 'log_scale': -0.5 + 0.3 * rng.normal(size=(batch, D))}
@@ -222,9 +221,9 @@ def test_linear_gaussian_identities_exact():
     # on average: a check of the log-densities themselves, sample by sample.
     @jax.jit
     def log_joint_over_q(post, eps):
-      h = dist.gaussian_rsample(post, eps)
-      return (dist.likelihood_log_prob('gaussian', _decode(w, b, h), x.reshape(-1, *IMAGE))
-              + dist.standard_normal_log_prob(h) - dist.gaussian_log_prob(post, h))
+      h = gaussians.gaussian_rsample(post, eps)
+      return (likelihoods.likelihood_log_prob('gaussian', _decode(w, b, h), x.reshape(-1, *IMAGE))
+              + gaussians.standard_normal_log_prob(h) - gaussians.gaussian_log_prob(post, h))
 
     eps = np.random.default_rng(2).normal(size=(16, batch, D))
     np.testing.assert_allclose(
@@ -245,9 +244,9 @@ def test_linear_gaussian_elbo_terms_by_monte_carlo():
 
   @jax.jit
   def estimate(post):
-    h = dist.gaussian_rsample(post, eps)  # [S, B, D]
+    h = gaussians.gaussian_rsample(post, eps)  # [S, B, D]
     params = _decode(w32, b32, h)
-    per_sample = -dist.likelihood_log_prob('gaussian', params, x_img)  # [S, B]
+    per_sample = -likelihoods.likelihood_log_prob('gaussian', params, x_img)  # [S, B]
     return objectives.elbo_terms(post, params, x_img, 'gaussian'), per_sample.std(0)
 
   for post in (exact, full, diag):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy.special import erfinv
 
-from vae_jax import streams
 from vae_jax.data.preprocess import uniform
+from vae_jax.maths import streams
 
 SEED_PAIRS = [(0, 0), (0, 1), (1, 0), (3, 3), (12345, 12345)]
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from tests.test_train import tiny_config
-from vae_jax import distributions as dist
 from vae_jax import metrics as metrics_lib
 from vae_jax import models, train, validation
-from vae_jax.models.gaussian_vae import standard_normal_noise
+from vae_jax.maths import gaussians, likelihoods
+from vae_jax.maths.gaussians import standard_normal_noise
 
 SHAPE, B, D = (8, 8, 1), 4, 3
 
@@ -52,7 +52,7 @@ def test_mixture_log_prob_matches_a_direct_computation():
   comp = {'mean': rng.normal(size=(7, D)).astype(np.float32),
           'log_scale': rng.uniform(-3, 0.5, (7, D)).astype(np.float32)}
   h = rng.normal(size=(2, 5, D)).astype(np.float32) * 2
-  got = jax.jit(dist.diagonal_mixture_log_prob)(comp, h)
+  got = jax.jit(gaussians.diagonal_mixture_log_prob)(comp, h)
   assert got.shape == (2, 5)
   np.testing.assert_allclose(got, _log_mixture64(comp, h), rtol=1e-5, atol=1e-5)
 
@@ -69,10 +69,10 @@ def test_terms_are_the_one_sample_kl_at_the_recon_sample():
   h = np.asarray(post['mean']) + np.exp(post['log_scale']) * standard_normal_noise(key, B, D)
   kl = _log_normal64(post['mean'], post['log_scale'], h) - _log_mixture64(comp, h)
   np.testing.assert_allclose(terms['kl'], kl, rtol=1e-4, atol=1e-4)
-  np.testing.assert_allclose(terms['kl_standard'], dist.gaussian_kl_to_standard_normal(post),
+  np.testing.assert_allclose(terms['kl_standard'], gaussians.gaussian_kl_to_standard_normal(post),
                              rtol=1e-6)
   lik = family.network.apply({'params': params}, jnp.asarray(h, jnp.float32), method='decode')
-  recon = -dist.likelihood_log_prob('bernoulli', lik, x)  # the same sample h
+  recon = -likelihoods.likelihood_log_prob('bernoulli', lik, x)  # the same sample h
   np.testing.assert_allclose(terms['recon'], recon, rtol=1e-5)
   np.testing.assert_allclose(terms['neg_elbo'], terms['recon'] + terms['kl'], rtol=1e-6)
 

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from vae_jax import distributions as dist
 from vae_jax import evaluate, sharding
+from vae_jax.maths import gaussians, likelihoods
 from vae_jax.models import gaussian_vae, networks
 
 D, B = 3, 4
@@ -78,10 +78,11 @@ def test_log_weights_are_unchanged_numbers():
   apply = lambda *a, method: family.network.apply({'params': params}, *a, method=method)
   post = apply(x, method='encode')
   comp = apply(method='encode_pseudo_inputs')
-  eps = gaussian_vae.standard_normal_noise(keys, B, D, 6, 0)  # [6, B, D]
+  eps = gaussians.standard_normal_noise(keys, B, D, 6, 0)  # [6, B, D]
   h = post['mean'] + jnp.exp(post['log_scale']) * eps
-  want = (dist.likelihood_log_prob('bernoulli', apply(h, method='decode'), x)
-          + dist.diagonal_mixture_log_prob(comp, h) - dist.gaussian_log_prob(post, h))  # [6, B]
+  want = (likelihoods.likelihood_log_prob('bernoulli', apply(h, method='decode'), x)
+          + gaussians.diagonal_mixture_log_prob(comp, h)
+          - gaussians.gaussian_log_prob(post, h))  # [6, B]
   log_w = jax.jit(family.log_weights, static_argnums=3)
   encoded = jax.jit(family.encode)(params, x)
   chunks = jnp.concatenate([log_w(params, x, keys, 2, o, encoded) for o in (0, 2, 4)])

@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vae_jax import distributions
+from vae_jax.maths import gaussians, likelihoods
+from vae_jax.maths.gaussians import standard_normal_noise
 from vae_jax.models.contract import Capabilities
-from vae_jax.models.gaussian_vae import standard_normal_noise
 
 NAME = 'toy'
 
@@ -97,8 +97,8 @@ class ToyVAE:
   def terms(self, params, x, key):
     post = self.encode(params, x)
     eps = standard_normal_noise(key, x.shape[0], self.network.latent_dim)  # [B, D]
-    h = distributions.gaussian_rsample(post, eps)
-    recon = -distributions.likelihood_log_prob('bernoulli', self._apply(params, 'decode', h), x)
+    h = gaussians.gaussian_rsample(post, eps)
+    recon = -likelihoods.likelihood_log_prob('bernoulli', self._apply(params, 'decode', h), x)
     prior = self._apply(params, 'prior')
     r = post['log_scale'] - prior['log_scale']
     d = (post['mean'] - prior['mean']) * jnp.exp(-prior['log_scale'])
@@ -110,10 +110,10 @@ class ToyVAE:
     post = self.encode(params, x) if encoded is None else encoded
     eps = standard_normal_noise(keys, x.shape[0], self.network.latent_dim, num_samples,
                                 sample_offset)  # [K, B, D]
-    h = distributions.gaussian_rsample(post, eps)
-    log_px = distributions.likelihood_log_prob('bernoulli', self._apply(params, 'decode', h), x)
-    log_p = distributions.gaussian_log_prob(self._apply(params, 'prior'), h)
-    return log_px + log_p - distributions.gaussian_log_prob(post, h)  # [K, B]
+    h = gaussians.gaussian_rsample(post, eps)
+    log_px = likelihoods.likelihood_log_prob('bernoulli', self._apply(params, 'decode', h), x)
+    log_p = gaussians.gaussian_log_prob(self._apply(params, 'prior'), h)
+    return log_px + log_p - gaussians.gaussian_log_prob(post, h)  # [K, B]
 
   def sample(self, params, key, n, temperature=1.0):
     k_h, k_x = jax.random.split(key)
@@ -121,11 +121,11 @@ class ToyVAE:
     h = prior['mean'] + temperature * jnp.exp(prior['log_scale']) * jax.random.normal(
         k_h, (n, self.network.latent_dim))
     logits = self._apply(params, 'decode', h)
-    return {'means': distributions.likelihood_mean('bernoulli', logits),
-            'samples': distributions.likelihood_sample('bernoulli', logits, k_x)}
+    return {'means': likelihoods.likelihood_mean('bernoulli', logits),
+            'samples': likelihoods.likelihood_sample('bernoulli', logits, k_x)}
 
   def decode_mean(self, params, h):
-    return distributions.likelihood_mean('bernoulli', self._apply(params, 'decode', h))
+    return likelihoods.likelihood_mean('bernoulli', self._apply(params, 'decode', h))
 
   def reconstruct(self, params, x):
     return self.decode_mean(params, self.encode(params, x)['mean'])

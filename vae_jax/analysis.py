@@ -44,11 +44,12 @@ from jax.sharding import Mesh
 
 from vae_jax import checkpoint as ckpt_lib
 from vae_jax import data as data_lib
-from vae_jax import evaluate, experiment, report, sharding, streams
+from vae_jax import evaluate, experiment, report, sharding
 from vae_jax import metrics as metrics_lib
 from vae_jax import state as state_lib
 from vae_jax.data.preprocess import preprocess
 from vae_jax.data.sprites import FACTORS as SPRITE_FACTORS
+from vae_jax.maths import streams
 from vae_jax.pictures import display, picture_inputs  # noqa: F401 - analysis API
 
 # The folder of DIR that analyze() writes.

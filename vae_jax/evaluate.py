@@ -32,9 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax import data as data_lib
-from vae_jax import distributions, sharding, streams
+from vae_jax import sharding
 from vae_jax.config import compat
 from vae_jax.data.preprocess import preprocess
+from vae_jax.maths import likelihoods, streams
 
 # Active units (Burda et al. 2016): a unit is active when Var_x E_q[h_d] exceeds this.
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -558,7 +559,7 @@ def _report(exp, split, per_example, num_samples, binary_data, data_entropy):
                    'compare only with runs making the same choice, not -log p(x).')
   num_dims = math.prod(exp.image_shape)
   bits = lambda nats: (None if nats is None or not discrete
-                       else distributions.nats_to_bits_per_dim(nats, num_dims))
+                       else likelihoods.nats_to_bits_per_dim(nats, num_dims))
   out['bits_per_dim'], out['bits_per_dim_stderr'] = bits(out['nll']), bits(out['nll_stderr'])
   out['neg_elbo_bits_per_dim'] = bits(out['neg_elbo'])
   entropy = data_entropy

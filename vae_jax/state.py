@@ -18,7 +18,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from vae_jax import optim, streams
+from vae_jax import optim
+from vae_jax.maths import streams
 
 # Evaluations of the EMA warn while its starting parameters (the initialisation, or the
 # parameters of the step the EMA was switched on) still weigh more than this in it: after t

@@ -1,6 +1,6 @@
 """The valid names of every choice field of the config, in one JAX-free place.
 
-The modules that implement each choice (distributions, models, data) import their names from
+The modules that implement each choice (maths, models, data) import their names from
 here, and validation checks a config against them without importing JAX, Flax or TensorFlow.
 """
 

@@ -1,6 +1,6 @@
 """Image preprocessing in jnp, usable inside jit (batches are uint8 0..255 throughout).
 
-Dynamic binarization draws every example's pixels from its own key (`vae_jax.streams`): from
+Dynamic binarization draws every example's pixels from its own key (`vae_jax.maths.streams`): from
 the data seed's root, the example's index in its split and (training only) the epoch,
   x = uniform(k, image.shape) < image / 255.
 The draw therefore never depends on how a batch is split over devices or processes, and
@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import streams
+from vae_jax.maths import streams
 
 
 def example_keys(index, *, data_seed, epoch=None):

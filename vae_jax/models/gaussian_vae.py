@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from vae_jax import distributions, objectives
+from vae_jax.maths import gaussians, likelihoods, objectives
 from vae_jax.models import contract, networks
 
 
@@ -53,7 +53,8 @@ class GaussianVAE:
     return (self.latent_dim,)
 
   def _noise(self, key, batch, num_samples=None, sample_offset=0):
-    return standard_normal_noise(key, batch, self.latent_dim, num_samples, sample_offset)
+    return gaussians.standard_normal_noise(key, batch, self.latent_dim, num_samples,
+                                           sample_offset)
 
   @property
   def _vamp(self):
@@ -87,9 +88,9 @@ class GaussianVAE:
   def log_prior(self, params, h, components=None):
     """log p(h): [...] for h [..., D] (components: prior_components, reused if given)."""
     if not self._vamp:
-      return distributions.standard_normal_log_prob(h)
+      return gaussians.standard_normal_log_prob(h)
     components = self.prior_components(params) if components is None else components
-    return distributions.diagonal_mixture_log_prob(components, h)
+    return gaussians.diagonal_mixture_log_prob(components, h)
 
   def terms(self, params, x, key):
     """recon, kl, neg_elbo: each [B], nats (one reparameterized sample per example).
@@ -101,13 +102,13 @@ class GaussianVAE:
     if not self._vamp:
       return objectives.elbo_terms(out['posterior'], out['likelihood'], x, self.likelihood)
     post, h = out['posterior'], out['h']  # h: [B, D]
-    recon = -distributions.likelihood_log_prob(self.likelihood, out['likelihood'], x)  # [B]
-    kl = distributions.gaussian_log_prob(post, h) - self.log_prior(params, h)  # [B]
-    kl_standard = distributions.gaussian_kl_to_standard_normal(post)  # [B]
+    recon = -likelihoods.likelihood_log_prob(self.likelihood, out['likelihood'], x)  # [B]
+    kl = gaussians.gaussian_log_prob(post, h) - self.log_prior(params, h)  # [B]
+    kl_standard = gaussians.gaussian_kl_to_standard_normal(post)  # [B]
     return dict(recon=recon, kl=kl, neg_elbo=recon + kl, kl_standard=kl_standard)
 
   def _posterior(self, params, x):
-    """q(h|x)'s parameters (see distributions)."""
+    """q(h|x)'s parameters (see maths/gaussians.py)."""
     return self.network.apply({'params': params}, x, method='encode')
 
   def encode(self, params, x):
@@ -128,11 +129,11 @@ class GaussianVAE:
     state = self.encode(params, x) if encoded is None else encoded
     post = state['posterior']
     eps = self._noise(keys, x.shape[0], num_samples, sample_offset)  # [K, B, D]
-    h = distributions.gaussian_rsample(post, eps)  # [K, B, D]
+    h = gaussians.gaussian_rsample(post, eps)  # [K, B, D]
     lik = self.network.apply({'params': params}, h, method='decode')
-    log_px_h = distributions.likelihood_log_prob(self.likelihood, lik, x)  # [K, B]
+    log_px_h = likelihoods.likelihood_log_prob(self.likelihood, lik, x)  # [K, B]
     log_p_h = self.log_prior(params, h, state.get('prior'))  # [K, B]
-    return log_px_h + log_p_h - distributions.gaussian_log_prob(post, h)
+    return log_px_h + log_p_h - gaussians.gaussian_log_prob(post, h)
 
   def sample_latents(self, params, key, n, temperature=1.0):
     """n prior draws h [n, D] with every scale multiplied by temperature.
@@ -153,10 +154,10 @@ class GaussianVAE:
     k_h, k_x = jax.random.split(key)
     h = self.sample_latents(params, k_h, n, temperature)
     lik = self.network.apply({'params': params}, h, method='decode')
-    samples = distributions.likelihood_sample(self.likelihood, lik, k_x)
+    samples = likelihoods.likelihood_sample(self.likelihood, lik, k_x)
     if jnp.issubdtype(samples.dtype, jnp.integer):
       samples = samples.astype(jnp.float32) / 255.0
-    return {'means': distributions.likelihood_mean(self.likelihood, lik), 'samples': samples}
+    return {'means': likelihoods.likelihood_mean(self.likelihood, lik), 'samples': samples}
 
   def reconstruct(self, params, x):
     """E[x|h] at h = the posterior mean of each x: [B, H, W, C] in [0, 1]."""
@@ -168,7 +169,7 @@ class GaussianVAE:
     For interpolations and traversals in the latent space.
     """
     lik = self.network.apply({'params': params}, h, method='decode')
-    return distributions.likelihood_mean(self.likelihood, lik)
+    return likelihoods.likelihood_mean(self.likelihood, lik)
 
   def posterior_stats(self, params, x, key=None):
     """{'mean': [B, D], 'var': [B, D]}: the marginal mean and variance of each latent unit
@@ -179,22 +180,6 @@ class GaussianVAE:
     else:
       var = jnp.exp(2.0 * post['log_scale'])
     return {'mean': post['mean'], 'var': jnp.broadcast_to(var, post['mean'].shape)}
-
-
-def standard_normal_noise(key, batch, dim, num_samples=None, sample_offset=0):
-  """Standard normal eps of the contract's two key conventions.
-
-  One key: [batch, dim] drawn in the global view (training). Keys [batch], one per example:
-  [batch, dim] from fold_in(key_i, 0), or with num_samples [K, batch, dim] whose row k is
-  sample sample_offset + k of each example, from fold_in(key_i, sample_offset + k) (evaluation).
-  """
-  if key.ndim == 0:
-    return jax.random.normal(key, (batch, dim))  # [B, D]: the batch in the global view
-  if num_samples is None:
-    return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), (dim,)))(key)
-  ks = sample_offset + jnp.arange(num_samples)
-  draw = lambda k, s: jax.random.normal(jax.random.fold_in(k, s), (dim,))
-  return jax.vmap(lambda s: jax.vmap(lambda k: draw(k, s))(key))(ks)  # [K, B, D]
 
 
 def build_model(model_cfg, image_shape, x_dtype=None, caps=None):

@@ -37,9 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import distributions
+from vae_jax.maths import gaussians, likelihoods
 from vae_jax.models import contract, networks
-from vae_jax.models.gaussian_vae import standard_normal_noise
 
 VARIANTS = ('mlp', 'conv')
 # Log-scales of every prior and posterior lie in (-LOG_SCALE_BOUND, LOG_SCALE_BOUND): standard
@@ -54,17 +53,6 @@ def soft_clamp(x, bound=LOG_SCALE_BOUND):
   come back.
   """
   return bound * jnp.tanh(x / bound)
-
-
-def diagonal_gaussian_kl_units(q, p):
-  """KL(N(q_mean, diag q_scale^2) || N(p_mean, diag p_scale^2)) per unit: [..., U].
-
-  0.5 ((dmu / sigma_p)^2 + expm1(2 r) - 2 r) with r = log sigma_q - log sigma_p: each term is
-  >= 0 in float32, so the sum never cancels to a negative value.
-  """
-  r = q['log_scale'] - p['log_scale']
-  d = (q['mean'] - p['mean']) * jnp.exp(-p['log_scale'])
-  return 0.5 * (jnp.square(d) + jnp.expm1(2.0 * r) - 2.0 * r)
 
 
 def group_shapes(variant, image_shape, groups, conv_channels, latent_dim):
@@ -419,19 +407,19 @@ class HierarchicalVAE:
     above), kl_units [N, U], log_q and log_p [L] of [N] (each group's log-density at its z).
     """
     lik, groups = self._posterior_pass(params, x, feats, eps)
-    log_px = distributions.likelihood_log_prob(self.likelihood, lik, x)  # [N]
-    kl_units = [diagonal_gaussian_kl_units(g['posterior'], g['prior']) for g in groups]
+    log_px = likelihoods.likelihood_log_prob(self.likelihood, lik, x)  # [N]
+    kl_units = [gaussians.diagonal_gaussian_kl_units(g['posterior'], g['prior']) for g in groups]
     return {
         'log_px': log_px,
         'kl_groups': [jnp.sum(k, axis=-1) for k in kl_units],  # each [N]
         'kl_units': jnp.concatenate(kl_units, axis=-1),  # [N, U]
-        'log_q': [distributions.gaussian_log_prob(g['posterior'], g['z']) for g in groups],
-        'log_p': [distributions.gaussian_log_prob(g['prior'], g['z']) for g in groups],
+        'log_q': [gaussians.gaussian_log_prob(g['posterior'], g['z']) for g in groups],
+        'log_p': [gaussians.gaussian_log_prob(g['prior'], g['z']) for g in groups],
     }
 
   def terms(self, params, x, key):
     """recon, kl, neg_elbo, kl/<l> (0 = top) each [B], and kl_units [B, U]: nats."""
-    eps = standard_normal_noise(key, x.shape[0], self.num_units)  # [B, U]
+    eps = gaussians.standard_normal_noise(key, x.shape[0], self.num_units)  # [B, U]
     t = self._path_terms(params, x, self.encode(params, x), eps)
     recon = -t['log_px']  # [B]
     kl = sum(t['kl_groups'])  # [B]
@@ -448,7 +436,8 @@ class HierarchicalVAE:
     """The per-group parts of log_weights, each [K, B]: log_px, log_q/<l>, log_p/<l>, kl/<l>."""
     feats = self.encode(params, x) if encoded is None else encoded
     b = x.shape[0]
-    eps = standard_normal_noise(keys, b, self.num_units, num_samples, sample_offset)  # [K,B,U]
+    eps = gaussians.standard_normal_noise(keys, b, self.num_units, num_samples,
+                                          sample_offset)  # [K,B,U]
     t = self._path_terms(params, self._tiled(x, num_samples), self._tiled(feats, num_samples),
                          eps.reshape((-1, self.num_units)))
     kb = lambda a: a.reshape((num_samples, b))
@@ -475,10 +464,10 @@ class HierarchicalVAE:
     eps = self._split(jax.random.normal(k_z, (n, self.num_units)))
     s, _ = self._apply(params, 'top_down', None, eps, 'prior', temperature)
     lik = self._apply(params, 'decode', s)
-    samples = distributions.likelihood_sample(self.likelihood, lik, k_x)
+    samples = likelihoods.likelihood_sample(self.likelihood, lik, k_x)
     if jnp.issubdtype(samples.dtype, jnp.integer):
       samples = samples.astype(jnp.float32) / 255.0
-    return {'means': distributions.likelihood_mean(self.likelihood, lik), 'samples': samples}
+    return {'means': likelihoods.likelihood_mean(self.likelihood, lik), 'samples': samples}
 
   def _mean_path(self, params, x):
     zeros = jnp.zeros((x.shape[0], self.num_units), jnp.float32)
@@ -487,12 +476,12 @@ class HierarchicalVAE:
   def reconstruct(self, params, x):
     """E[x|z] on the posterior-mean path (z_l = mu_q at every group): [B, H, W, C]."""
     lik, _ = self._mean_path(params, x)
-    return distributions.likelihood_mean(self.likelihood, lik)
+    return likelihoods.likelihood_mean(self.likelihood, lik)
 
   def decode_mean(self, params, h):
     """E[x|z] for every group's latents h [n, U] (posterior_stats' layout): [n, H, W, C]."""
     s, _ = self._apply(params, 'top_down', None, self._split(h), 'given')
-    return distributions.likelihood_mean(self.likelihood, self._apply(params, 'decode', s))
+    return likelihoods.likelihood_mean(self.likelihood, self._apply(params, 'decode', s))
 
   def posterior_stats(self, params, x, key=None):
     """{'mean', 'var'} [B, U] of q(z_l | x, z_above) on the posterior-mean path, top first.

@@ -17,7 +17,7 @@ The decoder maps h [N,D] to the parameters of p(x|h), by likelihood:
     [N,H,W,3,K] and coeffs [N,H,W,3,K] = tanh of the raw outputs; 10 K outputs per pixel, laid
     out as PixelCNN++'s (K logits, then per channel K locs, K log-scales, K coefficients).
 
-No losses and no randomness live here: the maths of these parameters is in distributions.py,
+No losses and no randomness live here: the maths of these parameters is in vae_jax/maths/,
 and the model family built on these networks (`gaussian_vae`) draws the noise eps.
 """
 
@@ -32,12 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax.config import names
-from vae_jax.distributions import (
-    LIKELIHOODS,
-    LOGISTIC_COUPLINGS,
-    gaussian_rsample,
-    scale_tril_from_raw,
-)
+from vae_jax.maths.gaussians import gaussian_rsample, scale_tril_from_raw
+from vae_jax.maths.likelihoods import LIKELIHOODS, LOGISTIC_COUPLINGS
 
 ENCODERS = names.ENCODERS
 DECODERS = names.DECODERS

@@ -17,9 +17,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vae_jax import objectives, optim, sharding
+from vae_jax import optim, sharding
 from vae_jax import state as state_lib
 from vae_jax.data.preprocess import gather_images, preprocess
+from vae_jax.maths import objectives
 
 
 def make_loss_fn(model, objective):

@@ -10,32 +10,32 @@ samples.
 import jax
 import jax.numpy as jnp
 
-from vae_jax import distributions
+from vae_jax.maths import gaussians, likelihoods
 
 
 def elbo_terms(posterior, likelihood_params, x, likelihood):
   """Per-example terms of the negative ELBO, in nats.
 
   Args:
-    posterior: Gaussian posterior dict (see distributions): mean [B, D] and log_scale or
+    posterior: Gaussian posterior dict (see maths/gaussians.py): mean [B, D] and log_scale or
       scale_tril.
     likelihood_params: parameters of p(x|h) at h ~ q(h|x), [B, ...]; with leading sample axes
       [S, B, ...] the reconstruction term averages over the S samples.
     x: data, [B, H, W, C].
-    likelihood: one of distributions.LIKELIHOODS.
+    likelihood: one of likelihoods.LIKELIHOODS.
 
   Returns:
     dict of [B] arrays: recon (-E_q log p(x|h), Monte Carlo), kl (KL(q || N(0, I)), analytic)
     and neg_elbo = recon + kl; for a diagonal posterior also kl_units [B, D], the KL of each
     latent unit (free bits per unit floors them).
   """
-  log_px_h = distributions.likelihood_log_prob(likelihood, likelihood_params, x)  # [..., B]
+  log_px_h = likelihoods.likelihood_log_prob(likelihood, likelihood_params, x)  # [..., B]
   # A single sample in training; more samples only lower the estimator's variance.
   recon = -jnp.mean(log_px_h, axis=tuple(range(log_px_h.ndim - 1)))  # [B]
-  kl = distributions.gaussian_kl_to_standard_normal(posterior)  # [B]
+  kl = gaussians.gaussian_kl_to_standard_normal(posterior)  # [B]
   terms = dict(recon=recon, kl=kl, neg_elbo=recon + kl)
   if 'log_scale' in posterior:
-    terms['kl_units'] = distributions.gaussian_kl_units_to_standard_normal(posterior)  # [B, D]
+    terms['kl_units'] = gaussians.gaussian_kl_units_to_standard_normal(posterior)  # [B, D]
   return terms
 
 
