@@ -1,4 +1,4 @@
-"""Sweeps as data: vae_jax.hyper's combinators, point names, and points applied to configs."""
+"""Sweeps as data: vae_jax.sweep.hyper's combinators, point names, and points applied to configs."""
 
 import os
 import re
@@ -6,7 +6,8 @@ import re
 import pytest
 
 from configs import default
-from vae_jax import hyper, metrics, sweep, validation
+from vae_jax import metrics, sweep, validation
+from vae_jax.sweep import hyper
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

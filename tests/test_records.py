@@ -47,11 +47,12 @@ def test_every_reader_skips_a_cut_line_with_one_warning(tmp_path, capfd):
   _cut(path)
   assert [r['step'] for r in metrics_lib.read_metrics(str(tmp_path), 'train')] == [10, 20]
   assert 'line 4' in capfd.readouterr().err
-  from vae_jax import analysis, sweep
+  from vae_jax import analysis
+  from vae_jax.sweep import results
   curves = analysis.training_curves(str(tmp_path))
   assert curves['train']['loss'][0] == [10, 20] and curves['eval'] == {None: {'loss': ([10],
                                                                                       [10.0])}}
-  assert len(sweep._read_jsonl(str(path))) == 3
+  assert len(results._read_jsonl(str(path))) == 3
   err = capfd.readouterr().err
   assert err.count(f'{path}: skipped line 4') == 2
 

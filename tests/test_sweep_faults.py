@@ -12,7 +12,8 @@ import sys
 import pytest
 
 from tests.test_sweep import REPO, SCRIPT, run_script, write_config
-from vae_jax import hyper, sweep
+from vae_jax import sweep
+from vae_jax.sweep import hyper, results
 
 
 def planned_sweep(tmp_path, sweep_expr="h.sweep('objective.beta', [0.5, 2.0])"):
@@ -74,8 +75,8 @@ def test_a_duplicate_point_is_named_by_its_overrides():
 def test_best_ranks_only_finished_points():
   rows = [{'status': 'partial', 'valid_neg_elbo': 1.0}, {'status': 'done', 'valid_neg_elbo': 2.0},
           {'status': 'failed', 'valid_neg_elbo': 0.5}]
-  assert sweep._best(rows) == 1  # noqa: SLF001
-  assert sweep._best(rows[:1]) is None  # noqa: SLF001
+  assert results._best(rows) == 1  # noqa: SLF001
+  assert results._best(rows[:1]) is None  # noqa: SLF001
 
 
 def test_failed_point_is_failed_with_its_reason(tmp_path):

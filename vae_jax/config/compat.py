@@ -103,3 +103,59 @@ def saved_config(saved):
 
   fill(config, defaults)
   return config
+
+
+# ----------------------------------------------------------------------------------------------
+# What a vectorised population may vary: one compiled program serves members that differ only
+# in traced values, so the rule is the config's (JAX-free), read by the sweep runner before
+# anything runs and by vae_jax.train.population.
+
+# Fields a vectorised population may vary between its members: each enters the step as a
+# traced value (state.hparams; the seed as the state's key data), so one compiled program
+# serves them all.
+VECTORIZABLE = ('seed', 'objective.beta', 'objective.kl_warmup_steps', 'objective.free_bits',
+                'optim.learning_rate')
+# Why the other fields must be equal, by prefix (the first that matches).
+_STATIC_REASONS = (
+    ('model.', 'it sets the architecture: parameter shapes and the compiled program'),
+    ('data_seed', 'the members share one data order and one set of binarization draws'),
+    ('data.', 'the members share one data pipeline and one batch per step'),
+    ('batch_size', 'it sets the array shapes of the compiled step'),
+    ('objective.', 'it selects the objective\'s computation or its shapes at trace time'),
+    ('optim.', 'it selects the optimizer or the schedule\'s shape at trace time'),
+    ('num_train_steps', 'the members share one loop (and the schedule\'s length)'),
+    ('', 'the members share one loop, its intervals and its checkpoint policy'),
+)
+
+
+def _flat(config, prefix=''):
+  out = {}
+  for key, value in config.items():
+    if hasattr(value, 'items'):
+      out.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      out[prefix + key] = value
+  return out
+
+
+def vectorize_problem(named_configs):
+  """Why these (name, config) pairs cannot train as one vmapped population, or None.
+
+  They can when they differ only in VECTORIZABLE fields; the answer names the first other
+  field that differs, the two points and why the field is static.
+  """
+  if len(named_configs) < 2:
+    return None
+  (name0, c0), rest = named_configs[0], named_configs[1:]
+  flat0 = _flat(c0.to_dict())
+  for name, config in rest:
+    flat = _flat(config.to_dict())
+    for key in sorted(set(flat0) | set(flat)):
+      if key in VECTORIZABLE or flat0.get(key) == flat.get(key):
+        continue
+      why = next(r for prefix, r in _STATIC_REASONS if key.startswith(prefix))
+      return (f'points {name0} and {name} differ in {key} ({flat0.get(key)!r} vs '
+              f'{flat.get(key)!r}), which cannot vary within a vectorised population: {why}. '
+              f'Only {", ".join(VECTORIZABLE)} can. Run without --vectorize, or sweep that '
+              'key in separate sweeps.')
+  return None

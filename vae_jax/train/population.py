@@ -1,6 +1,6 @@
 """Vectorised populations: the members' states side by side, and the chunk that trains them.
 
-Members may differ in the traced scalars of `sweep.VECTORIZABLE` (seed, beta, KL warm-up, free
+Members may differ in the traced scalars of `compat.VECTORIZABLE` (seed, beta, KL warm-up, free
 bits, learning rate); everything else (architecture, data, batch, loop) is shared: one process,
 one compile, one data order, one batch per step fed to every member, one evaluation program.
 The loop (vae_jax.train.loop) is the same for one run and for many; this module only holds the
@@ -25,18 +25,19 @@ state on every device, small for the models where vectorising pays.
 import jax
 import jax.numpy as jnp
 
-from vae_jax import sharding, sweep, validation
+from vae_jax import sharding, validation
+from vae_jax.config.compat import vectorize_problem
 from vae_jax.train import step as step_lib
 
 MODES = ('auto', 'vmap', 'loop')
 
 
 def check_population(configs, names=None):
-  """ConfigError unless the configs can form one population (see sweep.vectorize_problem)."""
+  """ConfigError unless the configs can form one population (see compat.vectorize_problem)."""
   if not configs:
     raise validation.ConfigError('A population needs at least one member.')
   names = names or [f'member {i}' for i in range(len(configs))]
-  problem = sweep.vectorize_problem(list(zip(names, configs, strict=True)))
+  problem = vectorize_problem(list(zip(names, configs, strict=True)))
   if problem:
     raise validation.ConfigError(problem)
 
