@@ -1,5 +1,6 @@
-"""Saved configs read by today's code: the one loader of configs/default.py, and the renames
-that bring a config saved by an older vae_jax to today's field names (JAX-free).
+"""How configs relate across runs, without JAX: the one loader of configs/default.py, the renames
+that bring a config saved by an older vae_jax to today's field names, and what the members of a
+vectorised population may differ in.
 
 Every reader of a saved config (the resume check, evaluation, analysis, init_from) goes through
 `upgrade`, so a run saved before a field moved still resumes, evaluates and compares as the
@@ -128,16 +129,6 @@ _STATIC_REASONS = (
 )
 
 
-def _flat(config, prefix=''):
-  out = {}
-  for key, value in config.items():
-    if hasattr(value, 'items'):
-      out.update(_flat(value, f'{prefix}{key}.'))
-    else:
-      out[prefix + key] = value
-  return out
-
-
 def vectorize_problem(named_configs):
   """Why these (name, config) pairs cannot train as one vmapped population, or None.
 
@@ -147,9 +138,9 @@ def vectorize_problem(named_configs):
   if len(named_configs) < 2:
     return None
   (name0, c0), rest = named_configs[0], named_configs[1:]
-  flat0 = _flat(c0.to_dict())
+  flat0 = flatten(c0.to_dict())
   for name, config in rest:
-    flat = _flat(config.to_dict())
+    flat = flatten(config.to_dict())
     for key in sorted(set(flat0) | set(flat)):
       if key in VECTORIZABLE or flat0.get(key) == flat.get(key):
         continue

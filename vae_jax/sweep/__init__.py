@@ -25,7 +25,7 @@ from vae_jax.sweep.executors import (
     worker_envs,
 )
 from vae_jax.sweep.hyper import SweepError
-from vae_jax.sweep.plan import (
+from vae_jax.sweep.planning import (
     SWEEP_FILE,
     load_config_file,
     override_keys,

@@ -10,7 +10,7 @@ import os
 from vae_jax.storage import records as records_lib
 from vae_jax.sweep import hyper
 from vae_jax.sweep.hyper import SweepError
-from vae_jax.sweep.plan import read_sweep
+from vae_jax.sweep.planning import read_sweep
 from vae_jax.sweep.status import point_status, read_done, read_failed
 
 METRICS = ('neg_elbo', 'recon', 'kl', 'nll', 'posterior_gap')

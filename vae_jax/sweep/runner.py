@@ -12,7 +12,7 @@ from vae_jax import workdir_lock
 from vae_jax.config.compat import vectorize_problem
 from vae_jax.sweep.executors import check_slurm, population_job, run_local, run_slurm, stamp
 from vae_jax.sweep.hyper import SweepError
-from vae_jax.sweep.plan import plan, record_sweep, sweep_record, validate_points
+from vae_jax.sweep.planning import plan, record_sweep, sweep_record, validate_points
 from vae_jax.sweep.results import report
 from vae_jax.sweep.status import failure_reason, point_status, runner_lock
 
