@@ -17,7 +17,7 @@ from PIL import Image
 
 from tests.test_config import ROOT
 from tests.test_train import tiny_config
-from vae_jax import analysis, report, train
+from vae_jax import analysis, train
 from vae_jax import metrics as metrics_lib
 
 FIGURES = ('reconstructions', 'samples', 'interpolations', 'traversals', 'latent_scatter',
@@ -214,24 +214,24 @@ def test_plots_and_pages_without_factors_units_or_eval_records(tmp_path):
   proj, explained = analysis.pca(means)
   assert proj.shape == (50, 2) and 0 < explained[1] <= explained[0] <= 1
   figures = {
-      'labels': report.plot_latent_scatter(means[:, :2], [0, 1], proj, explained,
-                                           {'label': arrays['label']},
-                                           {'label': [f'class {i}' for i in range(10)]}),
-      'plain': report.plot_latent_scatter(means[:, :2], [0, 1], proj, explained, {}),
-      'curves': report.plot_training_curves(
+      'labels': analysis.plot_latent_scatter(means[:, :2], [0, 1], proj, explained,
+                                             {'label': arrays['label']},
+                                             {'label': [f'class {i}' for i in range(10)]}),
+      'plain': analysis.plot_latent_scatter(means[:, :2], [0, 1], proj, explained, {}),
+      'curves': analysis.plot_training_curves(
           {'train': {'loss': ([1, 2, 3], [5.0, 4.0, 3.5])}, 'eval': {}}, step=3),
-      'rgb': report.plot_reconstructions(rng.uniform(size=(5, 8, 8, 3)),
-                                         rng.uniform(size=(5, 8, 8, 3))),
+      'rgb': analysis.plot_reconstructions(rng.uniform(size=(5, 8, 8, 3)),
+                                           rng.uniform(size=(5, 8, 8, 3))),
   }
   for name, fig in figures.items():
-    _valid_png(report.save_figure(fig, str(tmp_path / f'{name}.png')))
+    _valid_png(analysis.save_figure(fig, str(tmp_path / f'{name}.png')))
   summary = {'workdir': '/w', 'step': 3, 'checkpoint_steps': [3], 'split': 'test',
              'num_examples': 50, 'dataset': 'fashion_mnist', 'model': 'm',
              'elbo': {'neg_elbo': 1.0, 'neg_elbo_stderr': 0.1, 'recon': 0.5,
                       'recon_stderr': 0.1, 'kl': 0.5, 'kl_stderr': 0.1},
              'units': None, 'mig': None, 'eval_files': [],
              'figures': [{'name': 'plain', 'file': 'plain.png', 'title': 't', 'caption': 'c'}]}
-  index, md = report.write_pages(str(tmp_path), summary)
+  index, md = analysis.write_pages(str(tmp_path), summary)
   parser = _References()
   with open(index) as f:
     parser.feed(f.read())
@@ -258,7 +258,7 @@ def test_eval_files_of_the_step_newest_first_and_on_the_page(tmp_path):
              'elbo': {k: 1.0 for k in ('neg_elbo', 'neg_elbo_stderr', 'recon', 'recon_stderr',
                                        'kl', 'kl_stderr')},
              'units': None, 'mig': None, 'eval_files': found, 'figures': []}
-  index, _ = report.write_pages(str(tmp_path), summary)
+  index, _ = analysis.write_pages(str(tmp_path), summary)
   with open(index) as f:
     page = f.read()
   assert 'step_20_test_k100.json' in page and '29.5000' in page and '31.0' not in page
@@ -340,7 +340,7 @@ def test_script_bad_input_exits_2_before_compiling(analysed, tmp_path):
 
 def test_importing_the_analysis_loads_no_plotting_trainer_or_tensorflow():
   # Plots pick the Agg canvas when they draw, so a notebook's pyplot backend is left alone.
-  code = ('import sys, vae_jax.analysis, vae_jax.report\n'
+  code = ('import sys, vae_jax.analysis, vae_jax.analysis.figures, vae_jax.analysis.page\n'
           'print([m for m in ("matplotlib", "vae_jax.train", "tensorflow") if m in sys.modules])')
   p = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
                      timeout=120)

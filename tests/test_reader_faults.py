@@ -24,6 +24,7 @@ import pytest
 from tests.test_config import ROOT
 from tests.test_train import tiny_config
 from vae_jax import analysis, evaluate, models, train, validation, workdir_lock
+from vae_jax.analysis import load as analysis_load
 
 SMALL = {'data.name': 'sprites/small'}
 
@@ -152,7 +153,7 @@ def test_evaluate_writes_its_files_to_out(run, tmp_path):
 
 def test_analyze_refuses_folders_it_cannot_write_before_loading_the_run(run, tmp_path,
                                                                           monkeypatch):
-  monkeypatch.setattr(analysis, 'load_run', lambda *a, **k: pytest.fail('loaded the run'))
+  monkeypatch.setattr(analysis_load, 'load_run', lambda *a, **k: pytest.fail('loaded the run'))
   _block(os.path.join(run, 'analysis'))
   with pytest.raises(validation.ConfigError, match='--out=DIR'):
     analysis.analyze(run, log=None)
@@ -210,7 +211,7 @@ def test_evaluate_reads_the_step_it_checked_not_one_saved_since(run, monkeypatch
 
 
 def test_analysis_reads_the_step_it_checked_not_one_saved_since(run, monkeypatch):
-  _commit_step_20_later(run, monkeypatch, analysis, 'check_run')
+  _commit_step_20_later(run, monkeypatch, analysis_load, 'check_run')
   loaded = analysis.load_run(run)
   assert os.path.isdir(os.path.join(_checkpoints(run), '20'))
   assert loaded.step == 10 and loaded.params_kind == 'state' and loaded.config.ema_decay == 0
@@ -253,7 +254,7 @@ def test_analyze_says_a_live_run_holds_the_workdir(run, monkeypatch):
   def stop(*args, **kwargs):
     raise Stop
 
-  monkeypatch.setattr(analysis, 'load_run', stop)
+  monkeypatch.setattr(analysis_load, 'load_run', stop)
   logged = []
   with workdir_lock.hold(run), pytest.raises(Stop):
     analysis.analyze(run, log=logged.append)
