@@ -30,6 +30,16 @@ moves each skipped step newer than the restored one aside to `checkpoints/damage
 config.init_from) change nothing on disk. When no step verifies, nothing is moved and
 NoGoodCheckpointError says what to do.
 
+A full disk (DiskFullError). A save that cannot fit (the file system has less free space than
+the newest saved step takes) is refused before anything is written. A write that fails for
+lack of space anyway (the disk filled meanwhile) fails the step's commit: Orbax leaves it in
+its temporary directory, which it ignores, so the steps saved before stay intact. Either way
+the run ends with one DiskFullError naming the step, the folder and its free space, wherever
+the failure surfaces: at the save call, when a save is waited for, or in the next save, which
+first waits for the one in flight. Orbax's threads log such a failure with tracebacks, and the
+writes it abandons reach a closed event loop; that noise is filtered out, as DiskFullError
+says it once.
+
 Compatibility (check_compatible). The saved config is compared with the current one field by
 field; any difference refuses the resume, except the fields that do not change the trajectory
 of training (RESUME_NEUTRAL), the traced hyperparameters the trainer applies from the resumed
@@ -39,15 +49,20 @@ A field the saved config lacks (added to vae_jax since) must have its default va
 (configs/default.py); a field only the saved config has (removed since) is ignored.
 """
 
+import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
+import logging
 import math
 import os
+import shutil
 import sys
 import time
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -83,6 +98,9 @@ _LENGTH_FREE_SCHEDULES = ('constant',)
 _PAUSE_ENV = 'VAE_JAX_TEST_PAUSE_BEFORE_DIGEST'
 # Test-only pause point right after an asynchronous save has started (the write is in flight).
 _PAUSE_SAVE_ENV = 'VAE_JAX_TEST_PAUSE_AFTER_SAVE_START'
+# Test-only switch: skip the free-space check before a save, so a test can fill the disk during
+# the write itself.
+_SKIP_SPACE_CHECK_ENV = 'VAE_JAX_TEST_SKIP_SPACE_CHECK'
 _BEST_METRIC = 'neg_elbo'
 # Top-level files of a step that Orbax writes while renaming it into place, after the digest.
 _OUTSIDE_DIGEST = frozenset({'_CHECKPOINT_METADATA', 'commit_success.txt'})
@@ -94,6 +112,43 @@ class IncompatibleCheckpointError(ValueError):
 
 class NoGoodCheckpointError(RuntimeError):
   """Every checkpoint step of a directory failed verification."""
+
+
+class DiskFullError(RuntimeError):
+  """A checkpoint step could not be written: its file system is full (or the quota spent).
+
+  The steps saved before are intact; a rerun with space resumes from the newest of them.
+  """
+
+
+# OS errors that say the file system, or the user's quota on it, is full.
+_NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# TensorStore raises them as ValueError('RESOURCE_EXHAUSTED: ... No space left on device
+# [os_error_code=\'28\']'): the OS error is only in the text.
+_NO_SPACE_TEXTS = (tuple(os.strerror(n) for n in _NO_SPACE_ERRNOS)
+                   + tuple(f"os_error_code='{n}'" for n in _NO_SPACE_ERRNOS))
+
+
+def is_no_space(error):
+  """Whether `error`, or an error it was raised from or while handling, says the file system
+  is full."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in _NO_SPACE_ERRNOS:
+      return True
+    if any(text in str(error) for text in _NO_SPACE_TEXTS):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def format_bytes(n):
+  """'3.2 MiB' (binary units, as df -h counts)."""
+  for unit in ('bytes', 'KiB', 'MiB', 'GiB', 'TiB'):
+    if n < 1024 or unit == 'TiB':
+      return f'{n:.0f} {unit}' if unit == 'bytes' else f'{n:.1f} {unit}'
+    n /= 1024
 
 
 def checkpoint_dir(workdir):
@@ -125,6 +180,7 @@ class Checkpointer:
     # The step whose save is in flight; Orbax's commit thread reads it. One save at a time:
     # each save first waits for the previous one (including its commit callback).
     self._saving = None
+    self._full_steps = set()  # the steps whose failed save was raised as DiskFullError
     keep = config.checkpoint.keep
     # Keep the newest `keep` steps and, in addition, the best evaluated one.
     preservation = policies.AnyPreservationPolicy([
@@ -147,6 +203,7 @@ class Checkpointer:
     )
     self._manager = ocp.CheckpointManager(
         self.directory, options=options, item_names=('state', 'meta'))
+    _quiet_orbax_no_space_noise()
 
   def latest_step(self):
     return self._manager.latest_step()
@@ -162,6 +219,7 @@ class Checkpointer:
     """
     step = int(step)
     self._settle()
+    self._check_space(step)
     meta = {'step': step, 'image_shape': list(image_shape),
             'config': json.loads(config.to_json())}
     metrics = None
@@ -170,8 +228,9 @@ class Checkpointer:
       # A non-finite evaluation ranks last (NaN would break the policy's ordering).
       metrics = {_BEST_METRIC: value if math.isfinite(value) else float('inf')}
     self._saving = step
-    self._manager.save(step, force=True, metrics=metrics, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+    with self._disk_full_raised(step):
+      self._manager.save(step, force=True, metrics=metrics, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
     if not self._async:
       self._settle()
     pause = float(os.environ.get(_PAUSE_SAVE_ENV, '0') or 0)
@@ -184,14 +243,76 @@ class Checkpointer:
     self._settle()
 
   def close(self):
-    self._settle()
-    self._manager.close()
+    """Waits for the save in flight, then closes; raises DiskFullError as wait() does."""
+    try:
+      self._settle()
+    finally:
+      with self._disk_full_raised(self._saving):
+        self._manager.close()
 
   def _settle(self):
-    """Waits for the save in flight, then drops digests of steps that no longer exist."""
-    self._manager.wait_until_finished()
+    """Waits for the save in flight, then drops digests of steps that no longer exist.
+
+    Raises:
+      DiskFullError: the save in flight found no space (its step is not committed).
+    """
+    with self._disk_full_raised(self._saving):
+      self._manager.wait_until_finished()
     if self._owner and jax.process_index() == 0:
       self._remove_stale_digests(set(self.all_steps()))
+
+  # -- a full disk -----------------------------------------------------------------------------
+
+  @contextlib.contextmanager
+  def _disk_full_raised(self, step):
+    """Turns a save's failure for lack of space, however Orbax raises it, into DiskFullError."""
+    try:
+      yield
+    except Exception as e:
+      if not is_no_space(e):
+        raise
+      if step in self._full_steps:
+        return  # raised already: Orbax raises a failed save's errors at each later wait
+      self._full_steps.add(step)
+      raise self._disk_full(step) from e
+
+  def _check_space(self, step):
+    """Refuses a save before it writes when the newest saved step would not fit beside the
+    others (a step's size changes little): a write that fails midway leaves a temporary step,
+    and one whose directory cannot be created holds Orbax's save until its timeout. Every
+    process reaches the same answer, so none starts a save the others refuse."""
+    before = [s for s in self.all_steps() if s < step]
+    if not before or os.environ.get(_SKIP_SPACE_CHECK_ENV):
+      return
+    try:
+      free = shutil.disk_usage(self.directory).free
+      short = free < _folder_bytes(self._step_dir(before[-1]))
+    except OSError:  # cannot tell: let the save try
+      short = False
+    if _any_process(short):
+      raise self._disk_full(step)
+
+  def _disk_full(self, step):
+    """The DiskFullError of step `step`: the folder, its free space, and how to go on."""
+    try:
+      usage = shutil.disk_usage(self.directory)
+      space = f'{format_bytes(usage.free)} free of {format_bytes(usage.total)} there'
+    except OSError as e:
+      space = f'its free space is unknown: {e.strerror}'
+    before = [s for s in self.all_steps() if step is None or s < step]
+    if before:
+      try:
+        space += f'; a step takes {format_bytes(_folder_bytes(self._step_dir(before[-1])))}'
+      except OSError:
+        pass
+      what = (f'The steps saved before are intact, the newest is step {before[-1]}: free space '
+              'or move the workdir to a bigger disk, then rerun the same command to resume '
+              f'from step {before[-1]}.')
+    else:
+      what = ('No step was saved before it: free space or choose a workdir on a bigger disk, '
+              'then rerun the same command.')
+    return DiskFullError(f'No space left on device: checkpoint step {step} could not be '
+                         f'written to {self.directory} ({space}). {what}')
 
   # -- digests ---------------------------------------------------------------------------------
 
@@ -215,6 +336,12 @@ class Checkpointer:
         raise FileNotFoundError(f'none of {candidates} exists')
       self._write_digest(step, found[0])
     except OSError as e:
+      if is_no_space(e):
+        # Raised into Orbax's commit, which then leaves the step uncommitted: the disk is
+        # full, so the run must stop (the wait for this save raises DiskFullError).
+        with contextlib.suppress(OSError):
+          os.remove(self._digest_path(step) + '.tmp')
+        raise
       # The save itself is fine; without a digest a resume will not use this step.
       _warn(f'could not write the digest of checkpoint step {step} ({e}); a resume will skip '
             'this step as unverified.')
@@ -395,6 +522,69 @@ class Checkpointer:
     with open(dest + '.reason.txt', 'w') as f:
       f.write(f'checkpoint step {step} was set aside as {reason}\n')
     return dest
+
+
+def _folder_bytes(folder):
+  """The bytes of the files under `folder`."""
+  return sum(os.path.getsize(os.path.join(root, name))
+             for root, _, names in os.walk(folder) for name in names)
+
+
+def _any_process(flag):
+  """Whether `flag` holds on any process (every process calls it at the same point)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
+
+
+_ORBAX_FILES = f'{os.sep}orbax{os.sep}'
+
+
+class _OrbaxNoSpaceFilter(logging.Filter):
+  """Drops Orbax's log records of a write that found no space (each with a traceback, from
+  several threads): DiskFullError reports the failure once."""
+
+  def filter(self, record):
+    if _ORBAX_FILES not in record.pathname:
+      return True
+    error = record.exc_info[1] if record.exc_info else None
+    return not (is_no_space(error) or any(t in record.getMessage() for t in _NO_SPACE_TEXTS))
+
+
+def _is_abandoned_orbax_write(unraisable, orbax_files=_ORBAX_FILES):
+  """Whether an unraisable exception is the echo of Orbax writes abandoned after one failed:
+  TensorStore completing a write for an event loop Orbax has closed, or at exit the pending
+  write coroutines being destroyed. The failure itself is raised where the save is waited for.
+  (Runs at interpreter exit too: no imports, no module state beyond the default argument.)"""
+  if unraisable.object is None and isinstance(unraisable.exc_value, RuntimeError):
+    tb, names = unraisable.exc_traceback, set()
+    while tb is not None:
+      names.add(tb.tb_frame.f_code.co_name)
+      tb = tb.tb_next
+    return 'call_soon_threadsafe' in names and 'Event loop is closed' in str(
+        unraisable.exc_value)
+  code = getattr(unraisable.object, 'cr_code', None)
+  return code is not None and orbax_files in code.co_filename
+
+
+def _quiet_orbax_no_space_noise():
+  """Installs the log filter and the unraisable-exception filter above, once per process."""
+  absl_logger = logging.getLogger('absl')
+  if any(isinstance(f, _OrbaxNoSpaceFilter) for f in absl_logger.filters):
+    return
+  absl_logger.addFilter(_OrbaxNoSpaceFilter())
+  previous, is_noise = sys.unraisablehook, _is_abandoned_orbax_write  # kept for exit time
+
+  def hook(unraisable):
+    try:
+      if is_noise(unraisable):
+        return
+    except Exception:  # noqa: BLE001 - never let the filter itself add noise
+      pass
+    previous(unraisable)
+
+  sys.unraisablehook = hook
 
 
 class _TargetError(RuntimeError):

@@ -22,14 +22,17 @@ def user_errors():
   from vae_jax import checkpoint, validation, workdir_lock
   from vae_jax.data import DatasetMissingError
   return (validation.ConfigError, DatasetMissingError, checkpoint.IncompatibleCheckpointError,
-          checkpoint.NoGoodCheckpointError, workdir_lock.WorkdirLockedError)
+          checkpoint.NoGoodCheckpointError, checkpoint.DiskFullError,
+          workdir_lock.WorkdirLockedError)
 
 
 def run_reporting_user_errors(fn):
   """Runs fn(); a user mistake exits with status 2 and its message, without a traceback.
 
-  A run that diverged (vae_jax.train: FloatingPointError, SkippedUpdatesError) ends with its
-  message and status 1: the config is valid, the training failed (DIR/FAILED says where).
+  A write that finds the disk full (checkpoint.is_no_space) is reported the same way, naming
+  the file and the free space there. A run that diverged (vae_jax.train: FloatingPointError,
+  SkippedUpdatesError) ends with its message and status 1: the config is valid, the training
+  failed (DIR/FAILED says where).
   """
   try:
     return fn()
@@ -37,10 +40,37 @@ def run_reporting_user_errors(fn):
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   except Exception as e:
+    from vae_jax import checkpoint
+    if checkpoint.is_no_space(e):
+      print(f'error: {_no_space_message(e)}', file=sys.stderr)
+      sys.exit(2)
     if not _is_divergence(e):
       raise
     print(f'error: the run failed: {e}', file=sys.stderr)
     sys.exit(1)
+
+
+def _no_space_message(e):
+  """One line for a write that found the disk full: the file, the free space where it was."""
+  import shutil
+
+  from vae_jax import checkpoint
+  where = None
+  while e is not None and where is None:  # the OSError that names the file, if one does
+    where = getattr(e, 'filename', None) if isinstance(e, OSError) else None
+    e = e.__cause__ or e.__context__
+  space = ''
+  folder = os.path.dirname(os.path.abspath(os.fspath(where))) if where else None
+  while folder and not os.path.isdir(folder):
+    folder = os.path.dirname(folder)
+  if folder:
+    try:
+      space = f' ({checkpoint.format_bytes(shutil.disk_usage(folder).free)} free in {folder})'
+    except OSError:
+      pass
+  what = f' writing {where}' if where else ''
+  return (f'No space left on device{what}{space}. Free space (or use a workdir on a bigger '
+          'disk), then rerun the same command: a training run resumes from its last checkpoint.')
 
 
 def _is_divergence(e):

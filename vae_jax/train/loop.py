@@ -30,8 +30,8 @@ from vae_jax import experiment, sharding, validation, workdir_lock
 from vae_jax import metrics as metrics_lib
 from vae_jax import state as state_lib
 from vae_jax.data.feeder import ChunkFeeder
+from vae_jax.evaluate import periodic
 from vae_jax.train import members as members_lib
-from vae_jax.train import periodic
 from vae_jax.train import population as pop_lib
 
 
@@ -306,10 +306,22 @@ def run(base, members, mode, t_start, log=print):
       return _finish(members, states, step, result, None)
     return _train(base, live, members, states, step, mode, single, t_start, result, log)
   finally:
-    for m in members:
-      m.checkpointer.close()
-      if m.writer is not None:
-        m.writer.close()
+    _close(members)
+
+
+def _close(members):
+  """Closes every member's checkpointer and writer, then raises the first error (a save that
+  found the disk full, say): one member's failure leaves no other member's files open."""
+  first = None
+  for m in members:
+    for thing in (m.checkpointer, m.writer):
+      try:
+        if thing is not None:
+          thing.close()
+      except Exception as e:  # noqa: BLE001 - raised below, after the others are closed
+        first = first or e
+  if first is not None:
+    raise first
 
 
 def _final_evaluations(base, live, states, step, log):
@@ -445,6 +457,8 @@ def _finish(members, states, step, result, stopped):
   """DONE for the members that finished; train_population's dict. states: those of the members
   that trained, in their order."""
   single = len(members) == 1 and not members[0].name
+  for m in members:  # the last saves committed (a full disk raises here) before DONE or a stop
+    m.checkpointer.wait()
   out = []
   for m in members:
     status = ('failed' if m.failed else 'preempted' if stopped == 'signal'
