@@ -1,5 +1,6 @@
 """Storage faults: a full disk during a checkpoint save is one clear error (exit 2) and loses
-nothing, and a rerun with space resumes exactly."""
+nothing, and a rerun with space resumes exactly; a verified step whose restore raises is not
+damage (raised, nothing set aside)."""
 
 import errno
 import os
@@ -240,3 +241,44 @@ def test_any_other_write_that_finds_the_disk_full_is_one_paragraph_and_exit_2(tm
   err = capsys.readouterr().err
   assert err.startswith('error: ') and err.count('\n') == 1
   assert str(path) in err and 'free' in err and 'No space left on device' in err
+
+
+# -- a verified step whose restore raises is not damage -----------------------------------------
+
+
+@pytest.mark.parametrize('owner', [True, False])
+def test_a_verified_step_whose_restore_raises_is_raised_and_nothing_is_set_aside(
+    tmp_path, monkeypatch, owner):
+  config = tiny_config()
+  first, second, _ = _states()
+  writer = ckpt_lib.Checkpointer(str(tmp_path), config)
+  writer.save(10, first, config, IMAGE_SHAPE)
+  writer.save(20, second, config, IMAGE_SHAPE)
+  writer.close()
+  real_restore = ckpt_lib.Checkpointer.restore
+
+  def restore(self, step, abstract_state):  # the device is out of memory for the newest only
+    if int(step) == 20:
+      raise MemoryError('out of memory allocating 16384 bytes')
+    return real_restore(self, step, abstract_state)
+
+  monkeypatch.setattr(ckpt_lib.Checkpointer, 'restore', restore)
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                        first)
+  checkpointer = ckpt_lib.Checkpointer(str(tmp_path), config, create=owner)
+  with pytest.raises(ckpt_lib.CheckpointRestoreError) as raised:
+    checkpointer.restore_good(target)
+  checkpointer.close()
+  message = str(raised.value)
+  assert 'step 20' in message and str(tmp_path) in message
+  assert 'MemoryError: out of memory allocating 16384 bytes' in message
+  assert isinstance(raised.value.__cause__, MemoryError)
+  # The bytes are as written: nothing was moved aside, step 20 still verifies.
+  assert not os.path.exists(os.path.join(tmp_path, 'checkpoints', 'damaged'))
+  monkeypatch.undo()
+  reader = ckpt_lib.Checkpointer(str(tmp_path), config, create=False)
+  assert reader.all_steps() == [10, 20] and reader.verify(20) == (True, '')
+  state, meta = reader.restore_good(target)
+  reader.close()
+  assert meta['step'] == 20
+  tc._assert_bitwise(state, second)

@@ -20,13 +20,15 @@ files Orbax writes during the rename itself (`_CHECKPOINT_METADATA`, which gains
 time, and `commit_success.txt` at the step's top level) are left out of the digest.
 
 Restoring uses verified data only: the newest step whose files match its digest. A step whose
-files differ, whose digest is unreadable, whose restore fails, or which has no digest
-(unverified) is skipped with a warning naming it. A digest is never written on the strength of
-a restore, which cannot detect a flipped byte. The run's own checkpointer (`create=True`) then
-moves each skipped step newer than the restored one aside to `checkpoints/damaged/STEP`
-(`STEP.1`, `STEP.2`, ... when taken), its digest to `STEP.json` and the reason to
-`STEP.reason.txt` beside it: nothing is deleted, and the resumed run can save that step again
-(Orbax refuses to save a step it already lists). Readers (`create=False`: load_run,
+files differ, whose digest is unreadable, or which has no digest (unverified) is skipped with a
+warning naming it. A verified step whose restore raises is not damage (its bytes are as
+written; the cause is memory, a state layout changed since, a library upgrade): that is
+raised as CheckpointRestoreError, and nothing is skipped or moved. A digest is never written
+on the strength of a restore, which cannot detect a flipped byte. The run's own checkpointer
+(`create=True`) then moves each skipped step newer than the restored one aside to
+`checkpoints/damaged/STEP` (`STEP.1`, `STEP.2`, ... when taken), its digest to `STEP.json` and
+the reason to `STEP.reason.txt` beside it: nothing is deleted, and the resumed run can save
+that step again (Orbax refuses to save a step it already lists). Readers (`create=False`: load_run,
 config.init_from) change nothing on disk. When no step verifies, nothing is moved and
 NoGoodCheckpointError says what to do.
 
@@ -112,6 +114,11 @@ class IncompatibleCheckpointError(ValueError):
 
 class NoGoodCheckpointError(RuntimeError):
   """Every checkpoint step of a directory failed verification."""
+
+
+class CheckpointRestoreError(RuntimeError):
+  """A verified checkpoint step (its files match their digest) failed to restore: the cause
+  is in this process or its code, not in the step's files."""
 
 
 class DiskFullError(RuntimeError):
@@ -448,7 +455,8 @@ class Checkpointer:
       (state, meta), or (None, None) when the directory has no checkpoint.
 
     Raises:
-      NoGoodCheckpointError: there are steps, and none verifies and restores.
+      NoGoodCheckpointError: there are steps, and none verifies.
+      CheckpointRestoreError: the newest verified step failed to restore (nothing moved).
     """
     steps = self.all_steps()
     if step is not None:
@@ -474,12 +482,14 @@ class Checkpointer:
         state, meta = self.restore(s, target)
       except (IncompatibleCheckpointError, _TargetError):
         raise
-      except Exception as e:  # noqa: BLE001 - any damage shows up as some error here
-        why = f'{type(e).__name__}: {str(e)[:200]}'
-        skipped.append((s, 'damaged', f'it cannot be restored ({why})'))
-        _warn(f'checkpoint step {s} in {self.directory} cannot be restored ({why}); falling '
-              'back to the previous step.')
-        continue
+      except Exception as e:  # noqa: BLE001 - the files verified: not damage, whatever it is
+        cause = ' '.join(f'{type(e).__name__}: {e}'.split())[:500]
+        raise CheckpointRestoreError(
+            f'Checkpoint step {s} in {self.directory} matches its digest (its files are as '
+            f'written), yet restoring it failed: {cause}. That is not damage of the step, so '
+            'nothing was moved and no older step is used instead: the cause is in this '
+            'process or its code (memory, a train state whose layout changed since the step '
+            'was saved, a library upgrade). Fix it and rerun.') from e
       if skipped and self._owner:
         self._set_aside(skipped, s)
       return state, meta
