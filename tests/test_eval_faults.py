@@ -21,7 +21,7 @@ from tests.test_evaluate import (
 )
 from tests.test_train import set_fields, tiny_config
 from vae_jax import evaluate, sharding, train
-from vae_jax.train import periodic
+from vae_jax.evaluate import periodic
 
 # ------------------------------------------------------------------------------------------
 # REVIEW 1.10: default_chunk_size counted the processes twice.

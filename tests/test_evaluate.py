@@ -21,6 +21,7 @@ from tests.test_train import set_fields, tiny_config
 from vae_jax import evaluate, experiment, sharding, train, validation
 from vae_jax import metrics as metrics_lib
 from vae_jax.data.preprocess import uniform
+from vae_jax.evaluate import saved_run
 from vae_jax.maths import gaussians, streams
 from vae_jax.models.contract import Capabilities
 
@@ -506,14 +507,14 @@ def test_an_existing_evaluation_is_replaced_only_when_the_results_agree(tmp_path
   report = {'nll': 80.0, 'kl_per_unit': [1.0, 2.0], 'split': 'test', 'samples_per_sec': 9.0}
   per_example = {'nll': np.arange(3.0)}
   logged = []
-  evaluate._write_eval(path, report, per_example, logged.append)
+  saved_run._write_eval(path, report, per_example, logged.append)
   # The same results, run differently (speed, float32 rounding of another device count).
-  evaluate._write_eval(path, {**report, 'nll': 80.0 + 1e-5, 'samples_per_sec': 12.0},
-                       per_example, logged.append)
+  saved_run._write_eval(path, {**report, 'nll': 80.0 + 1e-5, 'samples_per_sec': 12.0},
+                        per_example, logged.append)
   assert sorted(os.listdir(tmp_path / 'eval')) == ['step_5_test_k3.json', 'step_5_test_k3.npz']
   assert not logged and json.load(open(path))['samples_per_sec'] == 12.0
   # Different results: the old file is kept beside the new one, with a warning.
-  evaluate._write_eval(path, {**report, 'kl_per_unit': [1.0, 2.5]}, per_example, logged.append)
+  saved_run._write_eval(path, {**report, 'kl_per_unit': [1.0, 2.5]}, per_example, logged.append)
   assert sorted(os.listdir(tmp_path / 'eval')) == [
       'step_5_test_k3.json', 'step_5_test_k3.json.1', 'step_5_test_k3.npz',
       'step_5_test_k3.npz.1']

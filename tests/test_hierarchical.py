@@ -371,13 +371,13 @@ def test_unit_statistics_count_each_group_and_take_each_units_kl_to_its_own_prio
   exp = type('Exp', (), {'model': family})()
   mean = np.zeros((100, family.num_units))
   mean[:, [0, 4, 5, 8]] = np.random.default_rng(0).normal(size=(100, 4))  # groups 0, 1, 2
-  out = eval_lib._unit_summary(exp, mean, np.ones_like(mean), np.arange(100), mutual_info=False,
-                               kl=np.full(100, 9.0), kl_units=np.ones_like(mean))
+  out = eval_lib.unit_summary(exp, mean, np.ones_like(mean), np.arange(100), mutual_info=False,
+                              kl=np.full(100, 9.0), kl_units=np.ones_like(mean))
   assert family.unit_groups == (3, 3, 3)
   assert out['active_units_per_group'] == [1, 2, 1] and out['active_units'] == 4
   assert out['kl_per_unit_to'] == 'prior' and np.allclose(out['kl_per_unit'], 1.0)
   # Without the model's kl (the loop's active-unit count) no KL field is filled in.
-  bare = eval_lib._unit_summary(exp, mean, np.ones_like(mean), np.arange(100))
+  bare = eval_lib.unit_summary(exp, mean, np.ones_like(mean), np.arange(100))
   assert bare['kl_per_unit'] is None and bare['aggregate_kl'] is None
   assert bare['active_units'] == 4
 

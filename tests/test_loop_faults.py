@@ -18,7 +18,8 @@ from tests.test_checkpoint import RUN_FLAGS, SCRIPT
 from tests.test_config import ROOT
 from tests.test_population import MEMBERS, leaves, member_config
 from tests.test_train import build
-from vae_jax import evaluate, experiment, train, validation
+from vae_jax import experiment, train, validation
+from vae_jax.evaluate import elbo
 from vae_jax.train import loop, population
 from vae_jax.train import step as step_lib
 
@@ -128,7 +129,7 @@ def test_a_population_resumed_at_step_0_initialises_from_init_from(tmp_path):
 
 
 def test_a_signal_during_an_evaluation_stops_at_that_boundary(tmp_path, monkeypatch):
-  original = evaluate.evaluate
+  original = elbo.evaluate
   sent = []
 
   def evaluate_then_signal(*args, **kwargs):
@@ -137,7 +138,7 @@ def test_a_signal_during_an_evaluation_stops_at_that_boundary(tmp_path, monkeypa
       os.kill(os.getpid(), signal.SIGTERM)
     return original(*args, **kwargs)
 
-  monkeypatch.setattr(evaluate, 'evaluate', evaluate_then_signal)
+  monkeypatch.setattr(elbo, 'evaluate', evaluate_then_signal)
   workdir = str(tmp_path / 'run')
   out = train.train_and_evaluate(member_config({}, eval_every_steps=10), workdir)
   assert out['stopped'] == 'signal' and out['step'] == 10

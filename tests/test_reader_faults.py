@@ -25,6 +25,7 @@ from tests.test_config import ROOT
 from tests.test_train import tiny_config
 from vae_jax import analysis, evaluate, models, train, validation, workdir_lock
 from vae_jax.analysis import load as analysis_load
+from vae_jax.evaluate import saved_run
 
 SMALL = {'data.name': 'sprites/small'}
 
@@ -200,7 +201,7 @@ def _commit_step_20_later(workdir, monkeypatch, module, name):
 
 
 def test_evaluate_reads_the_step_it_checked_not_one_saved_since(run, monkeypatch):
-  _commit_step_20_later(run, monkeypatch, evaluate, 'check_run_request')
+  _commit_step_20_later(run, monkeypatch, saved_run, 'check_run_request')
   logged = []
   report = evaluate.evaluate_run(run, num_samples=1, log=logged.append)
   assert os.path.isdir(os.path.join(_checkpoints(run), '20'))  # it came meanwhile
@@ -220,7 +221,7 @@ def test_analysis_reads_the_step_it_checked_not_one_saved_since(run, monkeypatch
 def test_a_checked_step_deleted_meanwhile_is_checked_again_and_the_notice_names_the_live_run(
     run, monkeypatch):
   # The live run's checkpoint.keep deletes step 20 right after the reader checked it.
-  _then(monkeypatch, evaluate, 'check_run_request',
+  _then(monkeypatch, saved_run, 'check_run_request',
         lambda: shutil.rmtree(os.path.join(_checkpoints(run), '20'), ignore_errors=True))
   logged = []
   with workdir_lock.hold(run):  # a live run holds the workdir

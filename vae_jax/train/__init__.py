@@ -1,6 +1,6 @@
 """Training: the pure step and its fused chunk (step), the members of a run and their one
-resume path (members), the periodic evaluations (periodic), the population's states (population)
-and the one loop over P >= 1 members (loop)."""
+resume path (members), the population's states (population) and the one loop over P >= 1
+members (loop), which calls the periodic evaluations of vae_jax.evaluate.periodic."""
 
 from vae_jax.data.feeder import ChunkFeeder  # noqa: F401 - the loop's feeder, re-exported
 from vae_jax.train.loop import (  # noqa: F401 - the package's entry points

@@ -43,7 +43,7 @@ class Member:
   slot: int = 0           # its place among the members that train (set by the loop)
   checkpointer: ckpt_lib.Checkpointer = None
   writer: metrics_lib.MetricWriter = None
-  evaluator: object = None  # its vae_jax.train.periodic.PeriodicEval
+  evaluator: object = None  # its vae_jax.evaluate.periodic.PeriodicEval
   meta: dict = None       # the meta of the checkpoint it restored (None: initialised)
   failed: str = ''        # why it failed, once it has
   last_eval: dict = dataclasses.field(default_factory=dict)

@@ -7,8 +7,9 @@ import sys
 import jax
 
 from vae_jax import data as data_lib
-from vae_jax import evaluate as eval_lib
-from vae_jax import pictures as pictures_lib
+from vae_jax.evaluate import elbo, iwae
+from vae_jax.evaluate import pictures as pictures_lib
+from vae_jax.evaluate import units as units_lib
 
 
 class PeriodicEval:
@@ -16,7 +17,7 @@ class PeriodicEval:
   (reporting only), full and exact, plus the picture grids.
 
   With config.eval_num_samples = K > 0 each record also holds the K-sample nll and the
-  posterior gap (eval_lib.estimate, compiled once for the run). The validation record also
+  posterior gap (iwae.estimate, compiled once for the run). The validation record also
   counts active units, in all and per stochastic group. Records name the parameters
   they evaluated: params='ema' (the EMA, when config.ema_decay > 0: the loop passes
   state.eval_params) or 'state' (the train state's); the pictures show the same parameters.
@@ -29,12 +30,12 @@ class PeriodicEval:
     c = exp.config
     d = c.data
     self.splits = list(dict.fromkeys((d.valid_split, d.eval_split)))  # each split once
-    self.step_fn = eval_lib.jit_eval_step(exp)
+    self.step_fn = elbo.jit_eval_step(exp)
     self.num_samples = c.eval_num_samples
-    self.chunk_size = c.eval_chunk_size or eval_lib.default_chunk_size(exp, c.eval_batch_size)
-    self.estimate_step = (eval_lib.EstimateStep(exp, self.num_samples, self.chunk_size)
+    self.chunk_size = c.eval_chunk_size or iwae.default_chunk_size(exp, c.eval_batch_size)
+    self.estimate_step = (iwae.EstimateStep(exp, self.num_samples, self.chunk_size)
                           if self.num_samples else None)
-    self.units_fn = eval_lib.jit_unit_statistics_fn(exp, kl=False)  # active units only
+    self.units_fn = units_lib.jit_unit_statistics_fn(exp, kl=False)  # active units only
     self.pictures = pictures_lib.make_picture_fn(exp)
     # The memory back end holds the eval splits once instead of re-reading them every time.
     self.arrays = {s: data_lib.load_arrays(d, s) if d.backend == 'memory' else None
@@ -60,17 +61,17 @@ class PeriodicEval:
             f'{notes["ema_warning"]}', file=sys.stderr, flush=True)
     for split in self.splits:
       if self.num_samples:
-        rec = eval_lib.estimate(self.exp, params, split, self.num_samples,
-                                chunk_size=self.chunk_size, arrays=self.arrays[split],
-                                step=self.estimate_step, units=False)
+        rec = iwae.estimate(self.exp, params, split, self.num_samples,
+                            chunk_size=self.chunk_size, arrays=self.arrays[split],
+                            step=self.estimate_step, units=False)
         rec = {k: v for k, v in rec.items() if k != 'per_example'}
       else:
-        rec = eval_lib.evaluate(self.exp, params, split, eval_step=self.step_fn,
-                                arrays=self.arrays[split])
+        rec = elbo.evaluate(self.exp, params, split, eval_step=self.step_fn,
+                            arrays=self.arrays[split])
       if split == self.splits[0]:
         # Active units (Var_x E_q[h_d] > 0.01) of the validation split, per stochastic group.
-        units = eval_lib.unit_statistics(self.exp, params, split, arrays=self.arrays[split],
-                                         mutual_info=False, fn=self.units_fn)
+        units = units_lib.unit_statistics(self.exp, params, split, arrays=self.arrays[split],
+                                          mutual_info=False, fn=self.units_fn)
         rec['active_units'] = units['active_units']
         rec['active_units_per_group'] = units['active_units_per_group']
       rec['params'] = params_kind
