@@ -24,7 +24,8 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  from vae_jax import evaluate, validation
+  from vae_jax import evaluate
+  from vae_jax.config import validation
   if len(argv) != 3:
     raise app.UsageError('Give two evaluation files: compare_evals.py A.json B.json.')
   try:

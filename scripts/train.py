@@ -13,7 +13,8 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow (TFDS) start-up
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from vae_jax import cli, validation  # noqa: E402
+from vae_jax import cli  # noqa: E402
+from vae_jax.config import validation
 
 config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Folder for checkpoints, metrics, images (resumed).')

@@ -37,7 +37,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
 
   def run():
-    from vae_jax import validation
+    from vae_jax.config import validation
     config = cli.require_config(FLAGS.config)
     if not FLAGS.workdir:
       raise validation.ConfigError('--workdir=SWEEP_DIR is required.')

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from vae_jax import validation
-from vae_jax.validation import ConfigError
+from vae_jax.config import validation
+from vae_jax.config.validation import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '[!_]*.py')))

@@ -18,8 +18,9 @@ from scipy.special import erfinv
 
 from tests.test_config import ROOT, load_config
 from tests.test_train import set_fields, tiny_config
-from vae_jax import evaluate, experiment, sharding, train, validation
+from vae_jax import evaluate, experiment, sharding, train
 from vae_jax import metrics as metrics_lib
+from vae_jax.config import validation
 from vae_jax.data.preprocess import uniform
 from vae_jax.evaluate import saved_run
 from vae_jax.maths import gaussians, streams

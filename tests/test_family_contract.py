@@ -15,8 +15,9 @@ import pytest
 
 from tests import toy_family
 from tests.test_train import tiny_config
-from vae_jax import analysis, evaluate, models, train, validation
-from vae_jax.validation import ConfigError
+from vae_jax import analysis, evaluate, models, train
+from vae_jax.config import validation
+from vae_jax.config.validation import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE, B, K = (8, 8, 1), 4, 6

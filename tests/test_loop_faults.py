@@ -18,7 +18,8 @@ from tests.test_checkpoint import RUN_FLAGS, SCRIPT
 from tests.test_config import ROOT
 from tests.test_population import MEMBERS, leaves, member_config
 from tests.test_train import build
-from vae_jax import experiment, train, validation
+from vae_jax import experiment, train
+from vae_jax.config import validation
 from vae_jax.evaluate import elbo
 from vae_jax.train import loop, population
 from vae_jax.train import step as step_lib

@@ -465,7 +465,7 @@ def test_coupled_logistic_model_trains_a_few_steps():
 
 
 def test_validation_refuses_a_coupling_it_cannot_build():
-  from vae_jax import validation
+  from vae_jax.config import validation
 
   def config(**model):
     cfg = _load_default_config()

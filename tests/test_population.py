@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from tests.test_train import set_fields, tiny_config
-from vae_jax import train, validation
+from vae_jax import train
+from vae_jax.config import validation
 from vae_jax.train import population
 
 # Four members that differ in every traced scalar a population may vary.

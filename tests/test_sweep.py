@@ -83,7 +83,8 @@ import sys
 sys.path.insert(0, {REPO!r})
 import vae_jax.config
 from vae_jax.config import names
-from vae_jax import sweep, validation
+from vae_jax import sweep
+from vae_jax.config import validation
 from vae_jax.sweep import hyper
 module = sweep.load_config_file({config!r})
 planned = sweep.plan({config!r}, module.get_config(), [], {str(tmp_path / "out")!r})

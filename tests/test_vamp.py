@@ -7,7 +7,8 @@ import pytest
 
 from tests.test_train import tiny_config
 from vae_jax import metrics as metrics_lib
-from vae_jax import models, train, validation
+from vae_jax import models, train
+from vae_jax.config import validation
 from vae_jax.maths import gaussians, likelihoods
 from vae_jax.maths.gaussians import standard_normal_noise
 

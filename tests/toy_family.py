@@ -31,7 +31,7 @@ def get_config():
 
 
 def validate(config):
-  from vae_jax.validation import ConfigError
+  from vae_jax.config.validation import ConfigError
   if config.model.toy.width <= 0:
     raise ConfigError('config.model.toy.width must be > 0.')
   if config.model.likelihood != 'bernoulli':

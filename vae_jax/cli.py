@@ -19,7 +19,8 @@ REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 
 def user_errors():
   """The exception types reported without a traceback (imported lazily, all cheap)."""
-  from vae_jax import checkpoint, validation, workdir_lock
+  from vae_jax import checkpoint, workdir_lock
+  from vae_jax.config import validation
   from vae_jax.data import DatasetMissingError
   return (validation.ConfigError, DatasetMissingError, checkpoint.IncompatibleCheckpointError,
           checkpoint.NoGoodCheckpointError, checkpoint.DiskFullError,
@@ -82,7 +83,7 @@ def _is_divergence(e):
 def require_config(config):
   """The --config flag's ConfigDict; a missing flag is a user error."""
   if config is None:
-    from vae_jax import validation
+    from vae_jax.config import validation
     raise validation.ConfigError('--config=configs/NAME.py is required.')
   return config
 
@@ -94,7 +95,8 @@ def print_json(record):
 
 def check_data_available(data_cfg):
   """data.check_available, with an unknown dataset name reported as a ConfigError."""
-  from vae_jax import data, validation
+  from vae_jax import data
+  from vae_jax.config import validation
   try:
     data.check_available(data_cfg)
   except ValueError as e:

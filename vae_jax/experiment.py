@@ -14,8 +14,9 @@ import jax
 import jax.numpy as jnp
 
 from vae_jax import data as data_lib
-from vae_jax import models, optim, sharding, validation
+from vae_jax import models, optim, sharding
 from vae_jax import state as state_lib
+from vae_jax.config import validation
 from vae_jax.maths import streams
 
 

@@ -117,7 +117,7 @@ def load_run(workdir, step=None, device=None):
     RunNotFoundError: no run in workdir, or no checkpoint step `step` (naming those there
       are); checked before anything is read or built.
   """
-  from vae_jax import validation
+  from vae_jax.config import validation
   requested = step
   for attempt in (1, 2):
     workdir, config, steps = check_run(workdir, requested)

@@ -50,7 +50,7 @@ def split_arrays(run, split=None):
     validation.ConfigError: an unknown split or a bad slice (the message names the splits).
     data.DatasetMissingError: the dataset is not prepared here (with the command that does).
   """
-  from vae_jax import validation
+  from vae_jax.config import validation
   data_cfg = run.config.data
   split = split or data_cfg.eval_split
   data_lib.check_available(data_cfg)  # before TensorFlow, with the prepare command
@@ -105,7 +105,7 @@ def analyze(workdir, step=None, split=None, out_dir=None, *, device=None, tensor
     compiles; among them a folder it would write that cannot be written (out_dir, or
     DIR/tensorboard with tensorboard=True: a read-only workdir, say), before the run is loaded.
   """
-  from vae_jax import validation
+  from vae_jax.config import validation
   log = log or (lambda *a, **k: None)
   t0 = time.perf_counter()
   workdir, _, _ = load.check_run(workdir, step)

@@ -47,7 +47,7 @@ def check_run_request(workdir, *, step=None, split=None, num_samples=1, params=N
       damaged config.json without a checkpoint to take the config from.
   """
   from vae_jax import checkpoint as ckpt_lib
-  from vae_jax import validation
+  from vae_jax.config import validation
   workdir = os.path.abspath(os.path.expanduser(workdir or ''))
   if not os.path.isfile(os.path.join(workdir, 'config.json')) or not os.path.isdir(
       ckpt_lib.checkpoint_dir(workdir)):
@@ -96,7 +96,7 @@ def check_run_request(workdir, *, step=None, split=None, num_samples=1, params=N
 
 def _check_split(data_cfg, split):
   """The split's syntax, and its size where the dataset is prepared (from its JSON, no TFDS)."""
-  from vae_jax import validation
+  from vae_jax.config import validation
   from vae_jax.data import checks, splits
   try:
     splits.parse(split)
@@ -137,8 +137,9 @@ def evaluate_run(workdir, *, step=None, split=None, num_samples=1000, params=Non
     ResultNotSavedError: the files could not be written (its `result` is the report); a folder
       that cannot be written is also warned about before the work starts.
   """
-  from vae_jax import experiment, validation
+  from vae_jax import experiment
   from vae_jax import state as state_lib
+  from vae_jax.config import validation
   workdir = os.path.abspath(os.path.expanduser(workdir))
   requested_split = split
   for attempt in (1, 2):
@@ -290,7 +291,7 @@ def paired_difference(path_a, path_b, key='nll'):
     validation.ConfigError: a file is missing or lacks `key`, or the two evaluations do not
       cover the same examples.
   """
-  from vae_jax import validation
+  from vae_jax.config import validation
   values = []
   for path in (path_a, path_b):
     stem, ext = os.path.splitext(path)

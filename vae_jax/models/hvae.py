@@ -30,7 +30,7 @@ def get_config():
 
 def validate(config):
   """model.hvae.*, and what the hierarchy needs of the shared model fields."""
-  from vae_jax.validation import ConfigError
+  from vae_jax.config.validation import ConfigError
   m, f = config.model, config.model.hvae
   if m.encoder != m.decoder:
     raise ConfigError(

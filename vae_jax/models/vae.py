@@ -27,7 +27,7 @@ def get_config():
 
 def validate(config):
   """model.vae.*, and what the VampPrior needs of the shared fields."""
-  from vae_jax.validation import ConfigError
+  from vae_jax.config.validation import ConfigError
   m, f = config.model, config.model.vae
   if f.prior not in PRIORS:
     raise ConfigError(f'config.model.vae.prior={f.prior!r} is not one of '

@@ -19,7 +19,7 @@ import re
 
 class SweepError(ValueError):
   """A user mistake in a sweep (its points, its config, its workdir); reported without a
-  traceback, as vae_jax.validation.ConfigError is."""
+  traceback, as vae_jax.config.validation.ConfigError is."""
 
 
 def sweep(key, values):

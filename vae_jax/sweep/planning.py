@@ -12,7 +12,7 @@ import os
 import sys
 import traceback
 
-from vae_jax import validation
+from vae_jax.config import validation
 from vae_jax.sweep import hyper
 from vae_jax.sweep.executors import REPO, TRAIN_SCRIPT
 from vae_jax.sweep.hyper import SweepError

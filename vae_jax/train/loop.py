@@ -26,9 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax import checkpoint as ckpt_lib
-from vae_jax import experiment, sharding, validation, workdir_lock
+from vae_jax import experiment, sharding, workdir_lock
 from vae_jax import metrics as metrics_lib
 from vae_jax import state as state_lib
+from vae_jax.config import validation
 from vae_jax.data.feeder import ChunkFeeder
 from vae_jax.evaluate import periodic
 from vae_jax.train import members as members_lib

@@ -25,7 +25,8 @@ state on every device, small for the models where vectorising pays.
 import jax
 import jax.numpy as jnp
 
-from vae_jax import sharding, validation
+from vae_jax import sharding
+from vae_jax.config import validation
 from vae_jax.config.compat import vectorize_problem
 from vae_jax.train import step as step_lib
 
