@@ -18,7 +18,7 @@ from PIL import Image
 from tests.test_config import ROOT
 from tests.test_train import tiny_config
 from vae_jax import analysis, train
-from vae_jax import metrics as metrics_lib
+from vae_jax.storage import writers as metrics_lib
 
 FIGURES = ('reconstructions', 'samples', 'interpolations', 'traversals', 'latent_scatter',
            'mig', 'kl_per_unit', 'training_curves')

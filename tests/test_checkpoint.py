@@ -17,7 +17,7 @@ from tests.test_config import ROOT
 from tests.test_train import run_chunks, tiny_config
 from vae_jax import checkpoint as ckpt_lib
 from vae_jax import experiment, train
-from vae_jax import metrics as metrics_lib
+from vae_jax.storage import writers as metrics_lib
 
 SCRIPT = os.path.join(ROOT, 'scripts', 'train.py')
 # 40 steps in chunks of 5, a checkpoint every 10: small enough for subprocesses to be quick.

@@ -19,12 +19,12 @@ from scipy.special import erfinv
 from tests.test_config import ROOT, load_config
 from tests.test_train import set_fields, tiny_config
 from vae_jax import evaluate, experiment, sharding, train
-from vae_jax import metrics as metrics_lib
 from vae_jax.config import validation
 from vae_jax.data.preprocess import uniform
 from vae_jax.evaluate import saved_run
 from vae_jax.maths import gaussians, streams
 from vae_jax.models.contract import Capabilities
+from vae_jax.storage import writers as metrics_lib
 
 # ------------------------------------------------------------------------------------------
 # A linear-Gaussian family implementing the model contract:

@@ -17,10 +17,10 @@ from tests.test_models import _product_dtypes
 from tests.test_train import set_fields, tiny_config
 from vae_jax import analysis, experiment, models, train
 from vae_jax import evaluate as eval_lib
-from vae_jax import metrics as metrics_lib
 from vae_jax.config import validation
 from vae_jax.maths import gaussians, objectives
 from vae_jax.models import gaussian_vae, hierarchical
+from vae_jax.storage import writers as metrics_lib
 
 B = 4
 MLP = {'encoder': 'mlp', 'decoder': 'mlp', 'hidden': (32,), 'hvae.width': 16, 'latent_dim': 3,

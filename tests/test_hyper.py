@@ -6,8 +6,9 @@ import re
 import pytest
 
 from configs import default
-from vae_jax import metrics, sweep
+from vae_jax import sweep
 from vae_jax.config import validation
+from vae_jax.storage import writers as metrics
 from vae_jax.sweep import hyper
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,8 +11,8 @@ import pytest
 from tests.test_train import build, run_chunks, tiny_config
 from vae_jax import evaluate as eval_lib
 from vae_jax import experiment, train
-from vae_jax import metrics as metrics_lib
 from vae_jax.maths import objectives
+from vae_jax.storage import writers as metrics_lib
 
 CASES = {
     'diag': {},

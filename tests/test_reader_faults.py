@@ -23,10 +23,11 @@ import pytest
 
 from tests.test_config import ROOT
 from tests.test_train import tiny_config
-from vae_jax import analysis, evaluate, models, train, workdir_lock
+from vae_jax import analysis, evaluate, models, train
 from vae_jax.analysis import load as analysis_load
 from vae_jax.config import validation
 from vae_jax.evaluate import saved_run
+from vae_jax.storage import lock as workdir_lock
 
 SMALL = {'data.name': 'sprites/small'}
 

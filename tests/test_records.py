@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 from tests.test_config import ROOT
-from vae_jax import metrics as metrics_lib
 from vae_jax.storage import records
+from vae_jax.storage import writers as metrics_lib
 
 
 def _write_lines(path, text):

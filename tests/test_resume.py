@@ -9,8 +9,8 @@ import numpy as np
 
 from tests.test_train import build, tiny_config
 from vae_jax import experiment, train
-from vae_jax import metrics as metrics_lib
 from vae_jax import state as state_lib
+from vae_jax.storage import writers as metrics_lib
 
 CHANGED = {'optim.learning_rate': 3e-3, 'objective.beta': 0.5}
 

@@ -12,7 +12,7 @@ import jax
 import pytest
 
 from tests.test_config import ROOT
-from vae_jax import runinfo
+from vae_jax.storage import runinfo
 
 
 def _read(workdir):
@@ -97,7 +97,7 @@ import sys
 from vae_jax import sharding
 sharding.initialize_distributed(sys.argv[1], 2, int(sys.argv[2]))
 import jax
-from vae_jax import runinfo, workdir_lock
+from vae_jax.storage import runinfo, lock as workdir_lock
 with workdir_lock.hold(sys.argv[3], jax.process_index()):
   runinfo.write_run_info(sys.argv[3], 0)
 '''

@@ -14,9 +14,9 @@ from tests.test_train import build, tiny_config
 from vae_jax import checkpoint as ckpt_lib
 from vae_jax import evaluate as eval_lib
 from vae_jax import experiment, optim, train
-from vae_jax import metrics as metrics_lib
 from vae_jax import state as state_lib
 from vae_jax.config import validation
+from vae_jax.storage import writers as metrics_lib
 from vae_jax.train import loop
 
 

@@ -13,7 +13,7 @@ import pytest
 from tests.test_config import ROOT, load_config
 from vae_jax import evaluate as eval_lib
 from vae_jax import experiment, sharding, train
-from vae_jax import metrics as metrics_lib
+from vae_jax.storage import writers as metrics_lib
 
 
 def tiny_config(**overrides):

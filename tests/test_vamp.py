@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from tests.test_train import tiny_config
-from vae_jax import metrics as metrics_lib
 from vae_jax import models, train
 from vae_jax.config import validation
 from vae_jax.maths import gaussians, likelihoods
 from vae_jax.maths.gaussians import standard_normal_noise
+from vae_jax.storage import writers as metrics_lib
 
 SHAPE, B, D = (8, 8, 1), 4, 3
 

@@ -12,13 +12,14 @@ import pytest
 
 from tests.test_checkpoint import RUN_FLAGS, SCRIPT, _env
 from tests.test_config import ROOT
-from vae_jax import cli, workdir_lock
-from vae_jax.workdir_lock import WorkdirLock, WorkdirLockedError
+from vae_jax import cli
+from vae_jax.storage import lock as workdir_lock
+from vae_jax.storage.lock import WorkdirLock, WorkdirLockedError
 
 # Holds the lock of (workdir, process index) in another process until it is killed.
 _HOLD = '''
 import sys, time
-from vae_jax import workdir_lock
+from vae_jax.storage import lock as workdir_lock
 with workdir_lock.hold(sys.argv[1], int(sys.argv[2])):
   print('HOLDING', flush=True)
   time.sleep(600)

@@ -19,9 +19,10 @@ REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 
 def user_errors():
   """The exception types reported without a traceback (imported lazily, all cheap)."""
-  from vae_jax import checkpoint, workdir_lock
+  from vae_jax import checkpoint
   from vae_jax.config import validation
   from vae_jax.data import DatasetMissingError
+  from vae_jax.storage import lock as workdir_lock
   return (validation.ConfigError, DatasetMissingError, checkpoint.IncompatibleCheckpointError,
           checkpoint.NoGoodCheckpointError, checkpoint.DiskFullError,
           workdir_lock.WorkdirLockedError)

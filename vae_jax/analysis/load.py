@@ -21,8 +21,8 @@ from jax.sharding import Mesh
 
 from vae_jax import checkpoint as ckpt_lib
 from vae_jax import evaluate, experiment, sharding
-from vae_jax import metrics as metrics_lib
 from vae_jax import state as state_lib
+from vae_jax.storage import writers as metrics_lib
 
 # The file scripts/evaluate.py writes per evaluation (evaluate.eval_path):
 # DIR/eval/step_S_SPLIT_kK.json, SPLIT made file-name safe (the record holds the split itself),

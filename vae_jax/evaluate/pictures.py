@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax import data as data_lib
-from vae_jax import metrics as metrics_lib
 from vae_jax.data.preprocess import preprocess
 from vae_jax.maths import streams
+from vae_jax.storage import writers as metrics_lib
 
 
 def make_picture_fn(exp):

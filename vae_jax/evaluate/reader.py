@@ -75,7 +75,7 @@ def live_run_notice(workdir):
   The workdir lock is probed without taking it (workdir_lock.is_held), so a run starting at
   this moment is never refused.
   """
-  from vae_jax import workdir_lock
+  from vae_jax.storage import lock as workdir_lock
   if not workdir_lock.is_held(workdir):
     return None
   return (f'NOTE: a run is training {workdir} now: this reads the newest checkpoint step it has '

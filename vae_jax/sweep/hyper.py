@@ -190,6 +190,6 @@ def config_flags(point):
 def config_digest(config):
   """SHA-256 of the resolved config's sorted JSON, without JAX.
 
-  Equals vae_jax.metrics.config_digest, which names the config a run finished with in DONE.
+  Equals vae_jax.storage.writers.config_digest, which names the config a run finished with in DONE.
   """
   return hashlib.sha256(config.to_json(sort_keys=True).encode()).hexdigest()

@@ -8,8 +8,8 @@ command again finishes a sweep killed in any way.
 
 import os
 
-from vae_jax import workdir_lock
 from vae_jax.config.compat import vectorize_problem
+from vae_jax.storage import lock as workdir_lock
 from vae_jax.sweep.executors import check_slurm, population_job, run_local, run_slurm, stamp
 from vae_jax.sweep.hyper import SweepError
 from vae_jax.sweep.planning import plan, record_sweep, sweep_record, validate_points

@@ -8,11 +8,11 @@ checkpoints. Nothing here imports JAX.
 import json
 import os
 
-from vae_jax import workdir_lock
 from vae_jax.config import failure
+from vae_jax.storage import lock as workdir_lock
 from vae_jax.sweep import hyper
 
-# The lock a live run holds (vae_jax.workdir_lock.lock_path, process 0).
+# The lock a live run holds (vae_jax.storage.lock.lock_path, process 0).
 LOCK_FILE = os.path.join('locks', 'process_0.lock')
 # What the loop writes where a run or population member failed: {"step", "reason",
 # "config_sha256"}.

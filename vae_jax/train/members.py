@@ -23,10 +23,11 @@ import jax
 
 from vae_jax import checkpoint as ckpt_lib
 from vae_jax import evaluate as eval_lib
-from vae_jax import experiment, runinfo
-from vae_jax import metrics as metrics_lib
+from vae_jax import experiment
 from vae_jax import state as state_lib
 from vae_jax.config import failure, validation
+from vae_jax.storage import runinfo
+from vae_jax.storage import writers as metrics_lib
 
 DONE_FILE = 'DONE'
 # {"step", "reason", "config_sha256"}: where and why a member failed (a divergence, say).
