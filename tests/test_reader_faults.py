@@ -279,5 +279,6 @@ def test_the_samples_caption_says_what_the_model_samples():
     caption = analysis.samples_caption(model)
     assert caption.startswith(f'{model.capabilities.prior_description} at each temperature T')
     assert ('N(0, T^2 I)' in caption) == (overrides == {}), caption
-  # A model that declares nothing: the standard normal's.
-  assert analysis.samples_caption(object()).startswith('h ~ N(0, T^2 I) at each temperature')
+    # The figure's own title says the same, not N(0, T^2 I) for every family.
+    title = analysis.samples_title(model)
+    assert ('N(0, T\u00b2 I)' in title) == (overrides == {}), title

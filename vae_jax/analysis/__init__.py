@@ -76,6 +76,7 @@ from vae_jax.analysis.pipeline import (
   class_names,
   headline,
   samples_caption,
+  samples_title,
   split_arrays,
   unit_statistics,
 )
@@ -89,6 +90,7 @@ __all__ = [
   'picture_inputs', 'plot_interpolations', 'plot_kl_per_unit', 'plot_latent_scatter',
   'plot_mig', 'plot_reconstructions', 'plot_samples', 'plot_training_curves',
   'plot_traversals', 'posterior', 'prior_samples', 'reconstruct', 'run_params',
-  'samples_caption', 'save_figure', 'slerp', 'split_arrays', 'training_curves', 'traverse',
+  'samples_caption', 'samples_title', 'save_figure', 'slerp', 'split_arrays', 'training_curves',
+  'traverse',
   'unit_statistics', 'write_pages', 'write_tensorboard_images',
 ]

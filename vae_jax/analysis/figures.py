@@ -103,8 +103,9 @@ def plot_reconstructions(x, recon, cols=16):
   return fig
 
 
-def plot_samples(samples, cols=8):
-  """{T: {'means', 'samples'} [n, H, W, C]} -> decoded means (top) and samples (bottom)."""
+def plot_samples(samples, title, cols=8):
+  """{T: {'means', 'samples'} [n, H, W, C]} -> decoded means (top) and samples (bottom), under
+  title (analysis.samples_title: what the model's prior draws are)."""
   temps = sorted(samples)
   fig = None
   for j, t in enumerate(temps):
@@ -123,8 +124,7 @@ def plot_samples(samples, cols=8):
         ax.set_title(f'T = {t:g}', fontsize=11)
       if j == 0:
         ax.set_ylabel('E[x|h]' if kind == 'means' else 'x ~ p(x|h)', fontsize=11)
-  fig.suptitle('Prior draws h ~ N(0, T\u00b2 I), decoded (same draws in every column)',
-               fontsize=12)
+  fig.suptitle(title, fontsize=12)
   return fig
 
 

@@ -153,7 +153,7 @@ def analyze(workdir, step=None, split=None, out_dir=None, *, device=None, tensor
       figures.plot_reconstructions(shown, reconstruct(run, x)))
   samples = prior_samples(run, 32, temperatures)
   add('samples', 'Samples from the model', samples_caption(run.model),
-      figures.plot_samples(samples))
+      figures.plot_samples(samples, samples_title(run.model)))
   pairs = min(6, len(x) // 2)
   if pairs:  # a split of one example has no pair
     x_a, x_b = x[0:2 * pairs:2], x[1:2 * pairs:2]
@@ -236,11 +236,16 @@ def analyze(workdir, step=None, split=None, out_dir=None, *, device=None, tensor
   return summary
 
 
+def samples_title(model):
+  """The samples figure's title: the model's own prior draws (not N(0, T^2 I) for every family)."""
+  drawn = model.capabilities.prior_description.replace('T^2', 'T\u00b2')
+  return f'Prior draws {drawn}, decoded (same draws in every column)'
+
+
 def samples_caption(model):
   """The samples figure's caption: what the model declares its prior draws to be
-  (capabilities.prior_description; N(0, T^2 I) for a model that declares none)."""
-  caps = getattr(model, 'capabilities', None)
-  drawn = getattr(caps, 'prior_description', None) or 'h ~ N(0, T^2 I)'
+  (models.contract.Capabilities.prior_description)."""
+  drawn = model.capabilities.prior_description
   return (f'{drawn} at each temperature T (the same random draws in every column), decoded: '
           'E[x|h] (top) and a true sample x ~ p(x|h) (bottom).')
 
