@@ -61,6 +61,7 @@ import math
 import os
 import shutil
 import sys
+import threading
 import time
 
 import jax
@@ -281,6 +282,7 @@ class Checkpointer:
       if step in self._full_steps:
         return  # raised already: Orbax raises a failed save's errors at each later wait
       self._full_steps.add(step)
+      _join_orbax_save_threads()
       raise self._disk_full(step) from e
 
   def _check_space(self, step):
@@ -540,6 +542,20 @@ def _folder_bytes(folder):
              for root, _, names in os.walk(folder) for name in names)
 
 
+def _join_orbax_save_threads(timeout_s=60.0):
+  """Waits (bounded) for the threads of Orbax's failed save: its first failure surfaces while
+  the other writes of the step still run, and a process that exits under them gets their
+  tracebacks ('cannot schedule new futures after interpreter shutdown')."""
+  deadline = time.monotonic() + timeout_s
+  while time.monotonic() < deadline:  # again: a thread may start another as it ends
+    threads = [t for t in threading.enumerate() if t is not threading.current_thread() and (
+        type(t).__module__.startswith('orbax.') or t.name == 'async_save')]
+    if not threads:
+      return
+    for thread in threads:  # the plain join: Orbax's own re-raises the thread's error
+      threading.Thread.join(thread, max(0.0, deadline - time.monotonic()))
+
+
 def _any_process(flag):
   """Whether `flag` holds on any process (every process calls it at the same point)."""
   if jax.process_count() == 1:
@@ -552,13 +568,16 @@ _ORBAX_FILES = f'{os.sep}orbax{os.sep}'
 
 
 class _OrbaxNoSpaceFilter(logging.Filter):
-  """Drops Orbax's log records of a write that found no space (each with a traceback, from
-  several threads): DiskFullError reports the failure once."""
+  """Drops the log records of a write that found no space (each with a traceback): Orbax's,
+  from several threads, and asyncio's about the tasks of the writes Orbax abandoned, collected
+  with their exception unretrieved. DiskFullError reports the failure once."""
 
   def filter(self, record):
+    error = record.exc_info[1] if record.exc_info else None
+    if record.name == 'asyncio':
+      return not is_no_space(error)
     if _ORBAX_FILES not in record.pathname:
       return True
-    error = record.exc_info[1] if record.exc_info else None
     return not (is_no_space(error) or any(t in record.getMessage() for t in _NO_SPACE_TEXTS))
 
 
@@ -584,6 +603,7 @@ def _quiet_orbax_no_space_noise():
   if any(isinstance(f, _OrbaxNoSpaceFilter) for f in absl_logger.filters):
     return
   absl_logger.addFilter(_OrbaxNoSpaceFilter())
+  logging.getLogger('asyncio').addFilter(_OrbaxNoSpaceFilter())
   previous, is_noise = sys.unraisablehook, _is_abandoned_orbax_write  # kept for exit time
 
   def hook(unraisable):
