@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vae_jax.models import hierarchical, networks
+from vae_jax.models import hierarchical, hierarchical_networks, networks
 
 SMALL = dict(hidden=(16,), conv_channels=(8, 16), conv_blocks=1, latent_dim=3)
 # The head layers: the posterior's (PosteriorHead, the hierarchy's posterior_head), the
@@ -145,8 +145,8 @@ HVAE = {
 @pytest.mark.parametrize('variant', HVAE)
 def test_hierarchy_heads_compute_in_float32(variant):
   fields, shape, spec = HVAE[variant]
-  network = hierarchical.HierarchicalNetwork(image_shape=shape, spec=spec, dtype=jnp.bfloat16,
-                                             **fields)
+  network = hierarchical_networks.HierarchicalNetwork(image_shape=shape, spec=spec,
+                                                      dtype=jnp.bfloat16, **fields)
   family = hierarchical.HierarchicalVAE(network=network, likelihood=spec.likelihood)
   rng = np.random.default_rng(0)
   if spec.likelihood == 'discretized_logistic':

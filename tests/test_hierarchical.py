@@ -19,7 +19,7 @@ from vae_jax import analysis, experiment, models, train
 from vae_jax import evaluate as eval_lib
 from vae_jax.config import validation
 from vae_jax.maths import gaussians, objectives
-from vae_jax.models import gaussian_vae, hierarchical
+from vae_jax.models import gaussian_vae, hierarchical, hierarchical_networks
 from vae_jax.storage import writers as metrics_lib
 
 B = 4
@@ -69,12 +69,12 @@ def _finite(tree):
 
 def test_soft_clamp_is_the_identity_near_zero_and_bounded():
   x = jnp.asarray([-1e30, -50.0, -1.0, -1e-3, 0.0, 1e-3, 1.0, 50.0, 1e30])
-  y = np.asarray(hierarchical.soft_clamp(x, 5.0))
+  y = np.asarray(hierarchical_networks.soft_clamp(x, 5.0))
   assert bool(jnp.all(jnp.abs(y) <= 5.0)) and bool(jnp.all(jnp.diff(y) >= 0))
   np.testing.assert_allclose(y[3:6], x[3:6], rtol=1e-6)  # slope 1 at 0
   np.testing.assert_allclose(y[[2, 6]], [-5 * np.tanh(0.2), 5 * np.tanh(0.2)], rtol=1e-6)
   np.testing.assert_allclose(y[[1, 7]], [-5.0, 5.0], rtol=1e-6)
-  grad = jax.vmap(jax.grad(hierarchical.soft_clamp))(jnp.asarray([0.0, 3.0, 100.0]))
+  grad = jax.vmap(jax.grad(hierarchical_networks.soft_clamp))(jnp.asarray([0.0, 3.0, 100.0]))
   np.testing.assert_allclose(grad, [1.0, 1 - np.tanh(0.6) ** 2, 0.0], atol=1e-7)
 
 

@@ -5,7 +5,7 @@ or vmapped chunk of vae_jax.train.population) -> the interval sums (on device) -
 boundary one `train` record per member -> at a log or save boundary each member's guard (a run
 of non-finite or skipped updates longer than the config allows fails the member: a `failed`
 record and DIR/FAILED; a single run then raises) -> at an evaluation boundary each member's
-periodic evaluation (vae_jax.train.periodic) -> at a save boundary each member's checkpoint ->
+periodic evaluation (vae_jax.evaluate.periodic) -> at a save boundary each member's checkpoint ->
 the stop conditions (a signal; config.max_train_seconds) -> at the end DONE.
 
 A stop request (SIGTERM / SIGINT, or the budget) is honoured at the first boundary after it: the
