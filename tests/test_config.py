@@ -35,6 +35,8 @@ def test_every_config_loads_and_validates(path):
 
 
 @pytest.mark.parametrize('field, value, match', [
+    ('seed', 2**40, r'seed=.*\[0, 2\*\*31\)'),
+    ('data_seed', -1, 'data_seed'),
     ('model.likelihood', 'bernouli', 'model.likelihood'),
     ('model.encoder', 'transformer', 'model.encoder'),
     ('model.posterior', 'lowrank', 'model.posterior'),

@@ -6,6 +6,7 @@ The mesh has one `data` axis over the devices of all processes. Parameters are r
 plus new specs here; the maths and the models do not change.
 """
 
+import functools
 import os
 
 import jax
@@ -53,6 +54,18 @@ def make_mesh(config):
 
 def replicated(mesh):
   return NamedSharding(mesh, P())
+
+
+def replicated_value(fn, arg, mesh):
+  """fn(arg) (a small value, e.g. a key from a seed) on every device of the mesh, computed
+  there by one jitted program per (fn, mesh) with arg traced, so other seeds compile nothing:
+  device_put cannot place a host value on another process's devices."""
+  return _replicated_fn(fn, mesh)(arg)
+
+
+@functools.cache
+def _replicated_fn(fn, mesh):
+  return jax.jit(fn, out_shardings=replicated(mesh))
 
 
 def batch_sharding(mesh, leading_axes=0):

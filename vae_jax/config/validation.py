@@ -74,6 +74,10 @@ def validate_config(config, num_devices=None):
                 'eval_every_steps', 'checkpoint_every_steps', 'eval_batch_size'):
     _positive(config[field], field)
   validate_intervals(config)
+  for field in ('seed', 'data_seed'):  # keys are made from int32 seeds inside jitted programs
+    value = config[field]
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**31:
+      raise ConfigError(f'config.{field}={value!r} must be an int in [0, 2**31).')
   if not 0.0 <= config.loss_momentum_gamma < 1.0:
     raise ConfigError(f'config.loss_momentum_gamma={config.loss_momentum_gamma} must be in '
                       '[0, 1): L <- gamma L + (1 - gamma) L_batch.')

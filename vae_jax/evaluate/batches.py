@@ -22,7 +22,7 @@ def eval_root(exp):
   """The run's evaluation key (streams.eval_root), replicated: every evaluation program takes
   it as a traced argument, so one compile serves the members of a population whatever their
   seeds."""
-  return jax.device_put(streams.eval_root(exp.config.seed), sharding.replicated(exp.mesh))
+  return sharding.replicated_value(streams.eval_root, exp.config.seed, exp.mesh)
 
 
 def global_batches(exp, split, arrays, batch_size):

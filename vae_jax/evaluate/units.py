@@ -179,6 +179,6 @@ def mutual_information(mesh, mean, var, index, seed, max_samples=MI_MAX_SAMPLES)
 
   rep, bat = sharding.replicated(mesh), sharding.batch_sharding(mesh)
   fn = jax.jit(terms, in_shardings=(rep, bat, bat, bat, rep), out_shardings=rep)
-  out = fn(jax.device_put(streams.eval_root(seed), rep), mean[own], var[own],
+  out = fn(sharding.replicated_value(streams.eval_root, seed, mesh), mean[own], var[own],
            np.asarray(index)[own].astype(np.int32), comp)
   return np.asarray(jax.device_get(out))[:len(rows)]
