@@ -15,8 +15,9 @@ import pytest
 import vae_jax
 from tests.test_config import ROOT
 from tests.test_train import run_chunks, tiny_config
-from vae_jax import checkpoint as ckpt_lib
 from vae_jax import experiment, train
+from vae_jax.config import compat
+from vae_jax.storage import checkpoint as ckpt_lib
 from vae_jax.storage import writers as metrics_lib
 
 SCRIPT = os.path.join(ROOT, 'scripts', 'train.py')
@@ -306,7 +307,7 @@ def test_init_from_another_model_is_refused(run_with_checkpoints, tmp_path):
   config = tiny_config(init_from=workdir, **{'model.latent_dim': 6})
   exp = experiment.build(config)
   checkpointer = ckpt_lib.Checkpointer(str(tmp_path), config)
-  with pytest.raises(ckpt_lib.IncompatibleCheckpointError, match='model.latent_dim: saved 4'):
+  with pytest.raises(compat.IncompatibleCheckpointError, match='model.latent_dim: saved 4'):
     train.restore_or_init(exp, checkpointer, log=lambda *a: None)
   checkpointer.close()
 

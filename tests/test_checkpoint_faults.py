@@ -15,8 +15,9 @@ import pytest
 from tests import test_checkpoint as tc
 from tests.test_config import ROOT
 from tests.test_train import tiny_config
-from vae_jax import checkpoint as ckpt_lib
 from vae_jax import train
+from vae_jax.config import compat
+from vae_jax.storage import checkpoint as ckpt_lib
 
 # The Checkpointer-level tests save plain pytrees: it stores any pytree with its meta.
 IMAGE_SHAPE = (8, 8, 1)
@@ -275,16 +276,16 @@ def _saved(**overrides):
 ], ids=['schedule', 'warmup_steps', 'weight_decay', 'backend', 'shuffle_buffer',
         'num_train_steps_under_warmup_cosine'])
 def test_a_change_of_the_trajectory_is_refused(saved, now, field):
-  with pytest.raises(ckpt_lib.IncompatibleCheckpointError, match='different experiment') as e:
-    ckpt_lib.check_compatible(_saved(**saved), tiny_config(**now), 'W')
+  with pytest.raises(compat.IncompatibleCheckpointError, match='different experiment') as e:
+    compat.check_compatible(_saved(**saved), tiny_config(**now), 'W')
   assert field in str(e.value)
 
 
 def test_num_train_steps_under_warmup_cosine_is_explained():
   saved = _saved(**{'optim.schedule': 'warmup_cosine'})
   now = tiny_config(num_train_steps=40, **{'optim.schedule': 'warmup_cosine'})
-  with pytest.raises(ckpt_lib.IncompatibleCheckpointError, match='decay') as e:
-    ckpt_lib.check_compatible(saved, now, 'W')
+  with pytest.raises(compat.IncompatibleCheckpointError, match='decay') as e:
+    compat.check_compatible(saved, now, 'W')
   assert 'saved 20' in str(e.value) and 'now 40' in str(e.value)
 
 
@@ -297,38 +298,38 @@ def test_num_train_steps_under_warmup_cosine_is_explained():
      'data.manual_dir': '/m', 'data.download': True, 'data.eval_split': 'train'},
 ], ids=['num_train_steps_under_constant', 'intervals', 'other_neutral_fields'])
 def test_a_change_that_keeps_the_trajectory_is_accepted(now):
-  ckpt_lib.check_compatible(_saved(), tiny_config(**now), 'W')
+  compat.check_compatible(_saved(), tiny_config(**now), 'W')
 
 
 def test_a_field_added_since_the_checkpoint_is_accepted_at_its_default():
   saved = _saved()
   del saved['model']['logistic_mixtures']  # written before the field existed
-  ckpt_lib.check_compatible(saved, tiny_config(), 'W')
-  with pytest.raises(ckpt_lib.IncompatibleCheckpointError, match='model.logistic_mixtures'):
-    ckpt_lib.check_compatible(saved, tiny_config(**{'model.logistic_mixtures': 3}), 'W')
+  compat.check_compatible(saved, tiny_config(), 'W')
+  with pytest.raises(compat.IncompatibleCheckpointError, match='model.logistic_mixtures'):
+    compat.check_compatible(saved, tiny_config(**{'model.logistic_mixtures': 3}), 'W')
 
 
 def test_a_field_removed_since_the_checkpoint_is_ignored():
   saved = _saved()
   saved['model']['retired_option'] = 7
-  ckpt_lib.check_compatible(saved, tiny_config(), 'W')
+  compat.check_compatible(saved, tiny_config(), 'W')
 
 
 def test_learning_rate_and_beta_are_applied_on_resume_and_reported():
-  assert ckpt_lib.APPLIED_ON_RESUME == ('optim.learning_rate', 'objective.beta',
+  assert compat.APPLIED_ON_RESUME == ('optim.learning_rate', 'objective.beta',
                                         'objective.kl_warmup_steps', 'objective.free_bits')
   saved = _saved()
   now = tiny_config(**{'optim.learning_rate': 2e-3, 'objective.beta': 0.5})
-  ckpt_lib.check_compatible(saved, now, 'W')
-  assert ckpt_lib.config_changes(saved, now) == [
+  compat.check_compatible(saved, now, 'W')
+  assert compat.config_changes(saved, now) == [
       ('optim.learning_rate', 1e-3, 2e-3), ('objective.beta', 1.0, 0.5)]
-  assert ckpt_lib.config_changes(saved, tiny_config()) == []
+  assert compat.config_changes(saved, tiny_config()) == []
 
 
 def test_the_error_lists_every_difference_and_what_to_do():
   now = tiny_config(seed=3, **{'model.latent_dim': 6})
-  with pytest.raises(ckpt_lib.IncompatibleCheckpointError) as e:
-    ckpt_lib.check_compatible(_saved(), now, '/the/workdir')
+  with pytest.raises(compat.IncompatibleCheckpointError) as e:
+    compat.check_compatible(_saved(), now, '/the/workdir')
   message = str(e.value)
   assert 'seed: saved 0, now 3' in message
   assert 'model.latent_dim: saved 4, now 6' in message

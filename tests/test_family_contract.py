@@ -172,7 +172,6 @@ def test_a_family_of_ones_own_trains_evaluates_analyses_and_sweeps(tmp_path):
 def test_a_config_saved_before_the_family_fields_moved_reads_as_the_same_experiment():
   """config.json and checkpoint metas of older runs name model.hvae_groups, model.prior, ...:
   compat.upgrade reads them under today's names, so they resume, evaluate and compare."""
-  from vae_jax import checkpoint
   from vae_jax.config import compat
   config = family_config('hvae', **{'model.hvae.groups': (4,)})
   old = json.loads(config.to_json())
@@ -181,9 +180,9 @@ def test_a_config_saved_before_the_family_fields_moved_reads_as_the_same_experim
                       hvae_residual_posterior=hv['residual_posterior'])
   vae = old['model'].pop('vae')
   old['model'].update(prior=vae['prior'], num_pseudo_inputs=vae['num_pseudo_inputs'])
-  checkpoint.check_compatible(old, config, 'old')  # the same experiment: no error
+  compat.check_compatible(old, config, 'old')  # the same experiment: no error
   loaded = compat.saved_config(old)
   assert tuple(loaded.model.hvae.groups) == (4,) and 'hvae_groups' not in loaded.model
   old['model']['hvae_groups'] = [2]
-  with pytest.raises(checkpoint.IncompatibleCheckpointError, match='model.hvae.groups'):
-    checkpoint.check_compatible(old, config, 'old')
+  with pytest.raises(compat.IncompatibleCheckpointError, match='model.hvae.groups'):
+    compat.check_compatible(old, config, 'old')

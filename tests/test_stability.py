@@ -11,11 +11,11 @@ import pytest
 
 import vae_jax
 from tests.test_train import build, tiny_config
-from vae_jax import checkpoint as ckpt_lib
 from vae_jax import evaluate as eval_lib
 from vae_jax import experiment, optim, train
 from vae_jax import state as state_lib
-from vae_jax.config import validation
+from vae_jax.config import compat, validation
+from vae_jax.storage import checkpoint as ckpt_lib
 from vae_jax.storage import writers as metrics_lib
 from vae_jax.train import loop
 
@@ -334,16 +334,16 @@ def test_stability_fields_may_change_on_resume_and_are_reported():
   saved = json.loads(tiny_config().to_json())
   now = tiny_config(ema_decay=0.999, max_train_seconds=60.0, max_consecutive_skipped=7,
                     **{'optim.skip_factor': 10.0})
-  ckpt_lib.check_compatible(saved, now, 'W')
-  assert ckpt_lib.config_changes(saved, now) == [('ema_decay', 0.0, 0.999),
+  compat.check_compatible(saved, now, 'W')
+  assert compat.config_changes(saved, now) == [('ema_decay', 0.0, 0.999),
                                                  ('optim.skip_factor', 0.0, 10.0)]
   # A checkpoint from before the fields existed ran with them at their defaults (off).
   for key in ('ema_decay', 'max_train_seconds', 'max_consecutive_skipped'):
     del saved[key]
   for key in ('skip_threshold', 'skip_factor', 'skip_window'):
     del saved['optim'][key]
-  ckpt_lib.check_compatible(saved, tiny_config(), 'W')
-  assert ckpt_lib.config_changes(saved, tiny_config()) == []
+  compat.check_compatible(saved, tiny_config(), 'W')
+  assert compat.config_changes(saved, tiny_config()) == []
   assert eval_lib.saved_config(saved).ema_decay == 0.0
   target = state_lib.restore_target(build(tiny_config()).abstract_state,
                                     eval_lib.saved_config(saved))

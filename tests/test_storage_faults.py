@@ -16,8 +16,9 @@ from etils.epath import gpath
 from tests import test_checkpoint as tc
 from tests.test_config import ROOT
 from tests.test_train import tiny_config
-from vae_jax import checkpoint as ckpt_lib
 from vae_jax import cli, train
+from vae_jax.storage import checkpoint as ckpt_lib
+from vae_jax.storage import disk
 
 IMAGE_SHAPE = (8, 8, 1)
 ASYNC = {'checkpoint.async_save': True}
@@ -89,7 +90,7 @@ def test_a_full_disk_during_a_save_is_one_error_naming_the_folder_and_free_space
     _fill_digest_at(monkeypatch, 20)
   else:
     _fill_disk_at(monkeypatch, 20)
-  with pytest.raises(ckpt_lib.DiskFullError) as raised:
+  with pytest.raises(disk.DiskFullError) as raised:
     checkpointer.save(20, second, config, IMAGE_SHAPE)
     if where == 'async_next_save':
       checkpointer.save(30, third, config, IMAGE_SHAPE)  # step 20's failure surfaces here
@@ -121,7 +122,7 @@ def test_a_save_that_cannot_fit_is_refused_before_anything_is_written(tmp_path, 
   real = shutil.disk_usage(tmp_path)
   monkeypatch.setattr(ckpt_lib.shutil, 'disk_usage',
                       lambda p: real._replace(free=step_bytes // 2))
-  with pytest.raises(ckpt_lib.DiskFullError) as raised:
+  with pytest.raises(disk.DiskFullError) as raised:
     checkpointer.save(20, second, config, IMAGE_SHAPE)
   _assert_one_paragraph(str(raised.value), tmp_path, 20, 10)
   checkpointer.close()

@@ -19,19 +19,19 @@ REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 
 def user_errors():
   """The exception types reported without a traceback (imported lazily, all cheap)."""
-  from vae_jax import checkpoint
-  from vae_jax.config import validation
+  from vae_jax.config import compat, validation
   from vae_jax.data import DatasetMissingError
+  from vae_jax.storage import checkpoint, disk
   from vae_jax.storage import lock as workdir_lock
-  return (validation.ConfigError, DatasetMissingError, checkpoint.IncompatibleCheckpointError,
-          checkpoint.NoGoodCheckpointError, checkpoint.DiskFullError,
+  return (validation.ConfigError, DatasetMissingError, compat.IncompatibleCheckpointError,
+          checkpoint.NoGoodCheckpointError, disk.DiskFullError,
           workdir_lock.WorkdirLockedError)
 
 
 def run_reporting_user_errors(fn):
   """Runs fn(); a user mistake exits with status 2 and its message, without a traceback.
 
-  A write that finds the disk full (checkpoint.is_no_space) is reported the same way, naming
+  A write that finds the disk full (disk.is_no_space) is reported the same way, naming
   the file and the free space there. A run that diverged (vae_jax.train: FloatingPointError,
   SkippedUpdatesError) ends with its message and status 1: the config is valid, the training
   failed (DIR/FAILED says where).
@@ -42,8 +42,8 @@ def run_reporting_user_errors(fn):
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   except Exception as e:
-    from vae_jax import checkpoint
-    if checkpoint.is_no_space(e):
+    from vae_jax.storage import disk
+    if disk.is_no_space(e):
       print(f'error: {_no_space_message(e)}', file=sys.stderr)
       sys.exit(2)
     if not _is_divergence(e):
@@ -56,7 +56,7 @@ def _no_space_message(e):
   """One line for a write that found the disk full: the file, the free space where it was."""
   import shutil
 
-  from vae_jax import checkpoint
+  from vae_jax.storage import disk
   where = None
   while e is not None and where is None:  # the OSError that names the file, if one does
     where = getattr(e, 'filename', None) if isinstance(e, OSError) else None
@@ -67,7 +67,7 @@ def _no_space_message(e):
     folder = os.path.dirname(folder)
   if folder:
     try:
-      space = f' ({checkpoint.format_bytes(shutil.disk_usage(folder).free)} free in {folder})'
+      space = f' ({disk.format_bytes(shutil.disk_usage(folder).free)} free in {folder})'
     except OSError:
       pass
   what = f' writing {where}' if where else ''

@@ -19,9 +19,9 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from vae_jax import checkpoint as ckpt_lib
 from vae_jax import evaluate, experiment, sharding
 from vae_jax import state as state_lib
+from vae_jax.storage import checkpoint as ckpt_lib
 from vae_jax.storage import writers as metrics_lib
 
 # The file scripts/evaluate.py writes per evaluation (evaluate.eval_path):

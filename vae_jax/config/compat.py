@@ -150,3 +150,126 @@ def vectorize_problem(named_configs):
               f'Only {", ".join(VECTORIZABLE)} can. Run without --vectorize, or sweep that '
               'key in separate sweeps.')
   return None
+
+
+# ------------------------------------------------------------------------------------------
+# Resuming: whether a checkpoint may be resumed under the current config.
+#
+# Compatibility (check_compatible). The saved config is compared with the current one field by
+# field; any difference refuses the resume, except the fields that do not change the trajectory
+# of training (RESUME_NEUTRAL), the traced hyperparameters the trainer applies from the resumed
+# step on (APPLIED_ON_RESUME), the stability options it switches at the resumed step
+# (SWITCHED_ON_RESUME), and num_train_steps under a schedule that does not depend on it.
+# A field the saved config lacks (added to vae_jax since) must have its default value
+# (configs/default.py); a field only the saved config has (removed since) is ignored.
+
+# Fields that may differ on resume because they do not change the trajectory of training. A
+# name covers its whole subtree; a name may be listed before the field exists.
+RESUME_NEUTRAL = (
+    'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
+    'steps_per_call',  # the trainer checks that it divides the resumed step
+    'eval_batch_size', 'eval_num_samples', 'eval_chunk_size', 'images', 'checkpoint',
+    'compilation_cache',
+    'init_from', 'mesh', 'max_consecutive_nonfinite', 'max_consecutive_skipped',
+    'max_train_seconds',  # a budget per invocation: raising it and rerunning continues
+    'data.data_dir', 'data.manual_dir', 'data.download',
+    'data.eval_split',  # evaluated for reporting only (model selection reads valid_split)
+)
+
+
+# Traced hyperparameters (state.hparams): the trainer applies the current value from the
+# resumed step on and logs the change (config_changes).
+APPLIED_ON_RESUME = ('optim.learning_rate', 'objective.beta', 'objective.kl_warmup_steps',
+                     'objective.free_bits')
+
+
+# Stability options whose part of the state the trainer starts, changes or drops at the resumed
+# step (state.adapt), logged like the above: switching gradient skipping on is the remedy for a
+# run that has started to spike, and the EMA never feeds back into training. A changed
+# ema_decay applies to the saved EMA from the resumed step; an EMA switched on starts at the
+# resumed parameters (its warning then counts from there).
+SWITCHED_ON_RESUME = ('ema_decay', 'optim.skip_threshold', 'optim.skip_factor',
+                      'optim.skip_window')
+
+
+# Schedules whose learning rate does not depend on num_train_steps.
+_LENGTH_FREE_SCHEDULES = ('constant',)
+
+
+class IncompatibleCheckpointError(ValueError):
+  """The workdir's checkpoint was written by a config that defines a different experiment."""
+
+
+def _covered(key, names):
+  return any(key == n or key.startswith(n + '.') for n in names)
+
+
+_ABSENT = object()
+
+
+def _saved_value(saved, key):
+  """The saved value of `key`; a field added since the checkpoint ran as its default."""
+  if key in saved:
+    return saved[key]
+  defaults = default_values()
+  if defaults is None or key not in defaults:
+    return _ABSENT  # nothing to compare with: accepted
+  return defaults[key]
+
+
+def check_compatible(saved_config, config, where, only=None):
+  """Raises IncompatibleCheckpointError when the saved run defines a different experiment.
+
+  Args:
+    saved_config: the config dict stored in the checkpoint's meta.
+    config: the current ConfigDict.
+    where: the checkpoint's folder, for the message.
+    only: compare only the fields under this dotted prefix (config.init_from compares
+      'model': fine-tuning may change the data, the optimizer and everything else).
+  """
+  saved = flatten(upgrade(saved_config))
+  now = flatten(json.loads(config.to_json()))
+  diffs = []
+  for key in sorted(now):
+    if _covered(key, RESUME_NEUTRAL + APPLIED_ON_RESUME + SWITCHED_ON_RESUME):
+      continue
+    if only is not None and not _covered(key, (only,)):
+      continue
+    before = _saved_value(saved, key)
+    if before is _ABSENT or before == now[key]:
+      continue
+    if key == 'num_train_steps':
+      schedule = now.get('optim.schedule')
+      if schedule in _LENGTH_FREE_SCHEDULES:
+        continue
+      diffs.append(f'num_train_steps: saved {before!r}, now {now[key]!r} (under '
+                   f'optim.schedule={schedule!r} it is the length of the decay, so changing it '
+                   'changes the learning rate of every later step)')
+    elif key in saved:
+      diffs.append(f'{key}: saved {before!r}, now {now[key]!r}')
+    else:
+      diffs.append(f'{key}: absent from the checkpoint (added to vae_jax since; the run used '
+                   f'its default {before!r}), now {now[key]!r}')
+  if diffs and only is not None:
+    raise IncompatibleCheckpointError(
+        f'The checkpoint in {where} has a different {only}: ' + '; '.join(diffs) + '. Its '
+        f'parameters do not fit this {only}: set these fields as the checkpoint has them.')
+  if diffs:
+    raise IncompatibleCheckpointError(
+        f'The checkpoint in {where} was written by a different experiment: '
+        + '; '.join(diffs) + '. Resuming would mix two runs. Use a new --workdir, or restore '
+        'these values (intervals, eval and image settings, checkpointing, the mesh and '
+        f'{", ".join(APPLIED_ON_RESUME + SWITCHED_ON_RESUME)} may change on resume).')
+
+
+def config_changes(saved_config, config):
+  """[(dotted key, saved, now)] of the APPLIED_ON_RESUME and SWITCHED_ON_RESUME fields that
+  differ, for the log."""
+  saved = flatten(upgrade(saved_config))
+  now = flatten(json.loads(config.to_json()))
+  out = []
+  for key in APPLIED_ON_RESUME + SWITCHED_ON_RESUME:
+    before = _saved_value(saved, key)
+    if key in now and before is not _ABSENT and before != now[key]:
+      out.append((key, before, now[key]))
+  return out

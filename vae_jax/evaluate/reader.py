@@ -55,7 +55,7 @@ def reader_checkpointer(workdir, config):
   config None (config.json damaged): a stand-in, since a reader uses none of the checkpoint
   policy fields the run's config would give.
   """
-  from vae_jax import checkpoint as ckpt_lib
+  from vae_jax.storage import checkpoint as ckpt_lib
   if config is None:
     import ml_collections
     config = ml_collections.ConfigDict({'checkpoint': {'keep': 1, 'async_save': False}})
@@ -93,7 +93,7 @@ def restore_checked(checkpointer, abstract_state, step):
   Raises:
     StepDeletedError: `step` is gone (a live run's checkpoint.keep deleted it since the check).
   """
-  from vae_jax import checkpoint as ckpt_lib
+  from vae_jax.storage import checkpoint as ckpt_lib
   gone = lambda: not os.path.isdir(os.path.join(checkpointer.directory, str(step)))
   if step not in checkpointer.all_steps():
     raise StepDeletedError(step)

@@ -46,8 +46,8 @@ def check_run_request(workdir, *, step=None, split=None, num_samples=1, params=N
       split or slice, parameters the run does not have, a negative chunk or batch size; a
       damaged config.json without a checkpoint to take the config from.
   """
-  from vae_jax import checkpoint as ckpt_lib
   from vae_jax.config import validation
+  from vae_jax.storage import checkpoint as ckpt_lib
   workdir = os.path.abspath(os.path.expanduser(workdir or ''))
   if not os.path.isfile(os.path.join(workdir, 'config.json')) or not os.path.isdir(
       ckpt_lib.checkpoint_dir(workdir)):

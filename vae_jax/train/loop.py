@@ -25,12 +25,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import checkpoint as ckpt_lib
 from vae_jax import experiment, sharding
 from vae_jax import state as state_lib
 from vae_jax.config import validation
 from vae_jax.data.feeder import ChunkFeeder
 from vae_jax.evaluate import periodic
+from vae_jax.storage import checkpoint as ckpt_lib
 from vae_jax.storage import lock as workdir_lock
 from vae_jax.storage import writers as metrics_lib
 from vae_jax.train import members as members_lib

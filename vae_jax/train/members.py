@@ -5,8 +5,8 @@ A single run is a population of one member. Every member resumes the same way:
 1. a member whose DIR/FAILED names its current config failed before and would fail again: it is
    left out of a population, and a single run refuses to start (a FAILED of another config is
    removed: the changed config is retried);
-2. each member restores its newest good checkpoint (digest-verified; see vae_jax.checkpoint),
-   else initialises (config.init_from, or scratch);
+2. each member restores its newest good checkpoint (digest-verified; see
+   vae_jax.storage.checkpoint), else initialises (config.init_from, or scratch);
 3. the population's common step is the newest step that every member holds verified (a member
    killed between the members' saves is a step ahead; one whose step failed its digest holds
    an older one), or 0, where every member starts through the same initialiser as in 2;
@@ -21,11 +21,11 @@ import os
 
 import jax
 
-from vae_jax import checkpoint as ckpt_lib
 from vae_jax import evaluate as eval_lib
 from vae_jax import experiment
 from vae_jax import state as state_lib
-from vae_jax.config import failure, validation
+from vae_jax.config import compat, failure, validation
+from vae_jax.storage import checkpoint as ckpt_lib
 from vae_jax.storage import runinfo
 from vae_jax.storage import writers as metrics_lib
 
@@ -92,7 +92,7 @@ def init_from_params(exp):
     if not steps:
       raise validation.ConfigError(f'config.init_from={config.init_from!r} holds no checkpoint.')
     meta = source.restore_meta(steps[-1])
-    ckpt_lib.check_compatible(meta['config'], config, config.init_from, only='model')
+    compat.check_compatible(meta['config'], config, config.init_from, only='model')
     if tuple(meta['image_shape']) != tuple(exp.image_shape):
       raise validation.ConfigError(
           f'config.init_from={config.init_from!r} was trained on images of shape '
@@ -100,7 +100,7 @@ def init_from_params(exp):
     source_config = eval_lib.saved_config(meta['config'])
     abstract = experiment.abstract_state(source_config, exp.mesh, exp.image_shape)
     target = lambda m: state_lib.restore_target(abstract, eval_lib.saved_config(m['config']))
-    check = lambda m: ckpt_lib.check_compatible(m['config'], config, config.init_from,
+    check = lambda m: compat.check_compatible(m['config'], config, config.init_from,
                                                 only='model')
     restored, meta = source.restore_good(target, check_config=check)
   finally:
@@ -131,7 +131,7 @@ def restore_or_init(exp, checkpointer, log=print, step=None):
   at the step all of them hold.
   """
   config = exp.config
-  check = lambda meta: ckpt_lib.check_compatible(meta['config'], config, checkpointer.directory)
+  check = lambda meta: compat.check_compatible(meta['config'], config, checkpointer.directory)
   state, meta = checkpointer.restore_good(restore_target_for(exp), step=step, check_config=check)
   if state is not None:
     log(f'Resuming from the workdir checkpoint at step {meta["step"]}.')
@@ -192,7 +192,7 @@ def record_start(member, step):
   m, config = member, member.config
   changes = []
   if m.meta is not None:
-    changes = ckpt_lib.config_changes(m.meta['config'], config)
+    changes = compat.config_changes(m.meta['config'], config)
     for key, old, new in changes:
       m.log(f'config.{key} changed from {old!r} to {new!r}: applied from step {step}.')
     if changes:

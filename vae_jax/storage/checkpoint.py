@@ -1,5 +1,5 @@
 """The one owner of Orbax: saving, verifying and restoring the train state, data position and
-config, and deciding whether a checkpoint may be resumed under the current config.
+config.
 
 A checkpoint step holds two items: `state` (the whole TrainState) and `meta` (JSON: the step,
 which is also the data pipeline's position, the image shape and the resolved config). Restores
@@ -42,26 +42,18 @@ first waits for the one in flight. Orbax's threads log such a failure with trace
 writes it abandons reach a closed event loop; that noise is filtered out, as DiskFullError
 says it once.
 
-Compatibility (check_compatible). The saved config is compared with the current one field by
-field; any difference refuses the resume, except the fields that do not change the trajectory
-of training (RESUME_NEUTRAL), the traced hyperparameters the trainer applies from the resumed
-step on (APPLIED_ON_RESUME), the stability options it switches at the resumed step
-(SWITCHED_ON_RESUME), and num_train_steps under a schedule that does not depend on it.
-A field the saved config lacks (added to vae_jax since) must have its default value
-(configs/default.py); a field only the saved config has (removed since) is ignored.
+Whether a checkpoint may be resumed under the current config is config/compat.py's rule;
+a full disk is storage/disk.py's error.
 """
 
 import contextlib
 import dataclasses
-import errno
 import hashlib
 import json
-import logging
 import math
 import os
 import shutil
 import sys
-import threading
 import time
 
 import jax
@@ -70,32 +62,8 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from vae_jax.config import compat
+from vae_jax.storage import disk
 
-# Fields that may differ on resume because they do not change the trajectory of training. A
-# name covers its whole subtree; a name may be listed before the field exists.
-RESUME_NEUTRAL = (
-    'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
-    'steps_per_call',  # the trainer checks that it divides the resumed step
-    'eval_batch_size', 'eval_num_samples', 'eval_chunk_size', 'images', 'checkpoint',
-    'compilation_cache',
-    'init_from', 'mesh', 'max_consecutive_nonfinite', 'max_consecutive_skipped',
-    'max_train_seconds',  # a budget per invocation: raising it and rerunning continues
-    'data.data_dir', 'data.manual_dir', 'data.download',
-    'data.eval_split',  # evaluated for reporting only (model selection reads valid_split)
-)
-# Traced hyperparameters (state.hparams): the trainer applies the current value from the
-# resumed step on and logs the change (config_changes).
-APPLIED_ON_RESUME = ('optim.learning_rate', 'objective.beta', 'objective.kl_warmup_steps',
-                     'objective.free_bits')
-# Stability options whose part of the state the trainer starts, changes or drops at the resumed
-# step (state.adapt), logged like the above: switching gradient skipping on is the remedy for a
-# run that has started to spike, and the EMA never feeds back into training. A changed
-# ema_decay applies to the saved EMA from the resumed step; an EMA switched on starts at the
-# resumed parameters (its warning then counts from there).
-SWITCHED_ON_RESUME = ('ema_decay', 'optim.skip_threshold', 'optim.skip_factor',
-                      'optim.skip_window')
-# Schedules whose learning rate does not depend on num_train_steps.
-_LENGTH_FREE_SCHEDULES = ('constant',)
 # Test-only pause point inside the commit, after the data is final and before its digest
 # (seconds), so a test can kill the process exactly there.
 _PAUSE_ENV = 'VAE_JAX_TEST_PAUSE_BEFORE_DIGEST'
@@ -109,10 +77,6 @@ _BEST_METRIC = 'neg_elbo'
 _OUTSIDE_DIGEST = frozenset({'_CHECKPOINT_METADATA', 'commit_success.txt'})
 
 
-class IncompatibleCheckpointError(ValueError):
-  """The workdir's checkpoint was written by a config that defines a different experiment."""
-
-
 class NoGoodCheckpointError(RuntimeError):
   """Every checkpoint step of a directory failed verification."""
 
@@ -120,43 +84,6 @@ class NoGoodCheckpointError(RuntimeError):
 class CheckpointRestoreError(RuntimeError):
   """A verified checkpoint step (its files match their digest) failed to restore: the cause
   is in this process or its code, not in the step's files."""
-
-
-class DiskFullError(RuntimeError):
-  """A checkpoint step could not be written: its file system is full (or the quota spent).
-
-  The steps saved before are intact; a rerun with space resumes from the newest of them.
-  """
-
-
-# OS errors that say the file system, or the user's quota on it, is full.
-_NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-# TensorStore raises them as ValueError('RESOURCE_EXHAUSTED: ... No space left on device
-# [os_error_code=\'28\']'): the OS error is only in the text.
-_NO_SPACE_TEXTS = (tuple(os.strerror(n) for n in _NO_SPACE_ERRNOS)
-                   + tuple(f"os_error_code='{n}'" for n in _NO_SPACE_ERRNOS))
-
-
-def is_no_space(error):
-  """Whether `error`, or an error it was raised from or while handling, says the file system
-  is full."""
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    if isinstance(error, OSError) and error.errno in _NO_SPACE_ERRNOS:
-      return True
-    if any(text in str(error) for text in _NO_SPACE_TEXTS):
-      return True
-    error = error.__cause__ or error.__context__
-  return False
-
-
-def format_bytes(n):
-  """'3.2 MiB' (binary units, as df -h counts)."""
-  for unit in ('bytes', 'KiB', 'MiB', 'GiB', 'TiB'):
-    if n < 1024 or unit == 'TiB':
-      return f'{n:.0f} {unit}' if unit == 'bytes' else f'{n:.1f} {unit}'
-    n /= 1024
 
 
 def checkpoint_dir(workdir):
@@ -211,7 +138,7 @@ class Checkpointer:
     )
     self._manager = ocp.CheckpointManager(
         self.directory, options=options, item_names=('state', 'meta'))
-    _quiet_orbax_no_space_noise()
+    disk.quiet_orbax_no_space_noise()
 
   def latest_step(self):
     return self._manager.latest_step()
@@ -251,7 +178,7 @@ class Checkpointer:
     self._settle()
 
   def close(self):
-    """Waits for the save in flight, then closes; raises DiskFullError as wait() does."""
+    """Waits for the save in flight, then closes; raises disk.DiskFullError as wait() does."""
     try:
       self._settle()
     finally:
@@ -262,7 +189,7 @@ class Checkpointer:
     """Waits for the save in flight, then drops digests of steps that no longer exist.
 
     Raises:
-      DiskFullError: the save in flight found no space (its step is not committed).
+      disk.DiskFullError: the save in flight found no space (its step is not committed).
     """
     with self._disk_full_raised(self._saving):
       self._manager.wait_until_finished()
@@ -273,16 +200,16 @@ class Checkpointer:
 
   @contextlib.contextmanager
   def _disk_full_raised(self, step):
-    """Turns a save's failure for lack of space, however Orbax raises it, into DiskFullError."""
+    """Turns a failed save for lack of space, however Orbax raises it, into DiskFullError."""
     try:
       yield
     except Exception as e:
-      if not is_no_space(e):
+      if not disk.is_no_space(e):
         raise
       if step in self._full_steps:
         return  # raised already: Orbax raises a failed save's errors at each later wait
       self._full_steps.add(step)
-      _join_orbax_save_threads()
+      disk.join_orbax_save_threads()
       raise self._disk_full(step) from e
 
   def _check_space(self, step):
@@ -295,23 +222,24 @@ class Checkpointer:
       return
     try:
       free = shutil.disk_usage(self.directory).free
-      short = free < _folder_bytes(self._step_dir(before[-1]))
+      short = free < disk.folder_bytes(self._step_dir(before[-1]))
     except OSError:  # cannot tell: let the save try
       short = False
     if _any_process(short):
       raise self._disk_full(step)
 
   def _disk_full(self, step):
-    """The DiskFullError of step `step`: the folder, its free space, and how to go on."""
+    """The disk.DiskFullError of step `step`: the folder, its free space, and how to go on."""
     try:
       usage = shutil.disk_usage(self.directory)
-      space = f'{format_bytes(usage.free)} free of {format_bytes(usage.total)} there'
+      space = f'{disk.format_bytes(usage.free)} free of {disk.format_bytes(usage.total)} there'
     except OSError as e:
       space = f'its free space is unknown: {e.strerror}'
     before = [s for s in self.all_steps() if step is None or s < step]
     if before:
       try:
-        space += f'; a step takes {format_bytes(_folder_bytes(self._step_dir(before[-1])))}'
+        size = disk.folder_bytes(self._step_dir(before[-1]))
+        space += f'; a step takes {disk.format_bytes(size)}'
       except OSError:
         pass
       what = (f'The steps saved before are intact, the newest is step {before[-1]}: free space '
@@ -320,7 +248,7 @@ class Checkpointer:
     else:
       what = ('No step was saved before it: free space or choose a workdir on a bigger disk, '
               'then rerun the same command.')
-    return DiskFullError(f'No space left on device: checkpoint step {step} could not be '
+    return disk.DiskFullError(f'No space left on device: checkpoint step {step} could not be '
                          f'written to {self.directory} ({space}). {what}')
 
   # -- digests ---------------------------------------------------------------------------------
@@ -345,9 +273,9 @@ class Checkpointer:
         raise FileNotFoundError(f'none of {candidates} exists')
       self._write_digest(step, found[0])
     except OSError as e:
-      if is_no_space(e):
+      if disk.is_no_space(e):
         # Raised into Orbax's commit, which then leaves the step uncommitted: the disk is
-        # full, so the run must stop (the wait for this save raises DiskFullError).
+        # full, so the run must stop (the wait for this save raises disk.DiskFullError).
         with contextlib.suppress(OSError):
           os.remove(self._digest_path(step) + '.tmp')
         raise
@@ -450,7 +378,7 @@ class Checkpointer:
         a step's meta that returns it (the layout may follow the config the step was saved
         with: state.restore_target).
       step: the newest step to consider; None = all.
-      check_config: `check_config(meta)` may raise IncompatibleCheckpointError to refuse a
+      check_config: `check_config(meta)` may raise compat.IncompatibleCheckpointError to refuse a
         checkpoint (raised as is, nothing moved).
 
     Returns:
@@ -482,7 +410,7 @@ class Checkpointer:
           check_config(meta)
         target = _target(abstract_state, meta)
         state, meta = self.restore(s, target)
-      except (IncompatibleCheckpointError, _TargetError):
+      except (compat.IncompatibleCheckpointError, _TargetError):
         raise
       except Exception as e:  # noqa: BLE001 - the files verified: not damage, whatever it is
         cause = ' '.join(f'{type(e).__name__}: {e}'.split())[:500]
@@ -536,85 +464,12 @@ class Checkpointer:
     return dest
 
 
-def _folder_bytes(folder):
-  """The bytes of the files under `folder`."""
-  return sum(os.path.getsize(os.path.join(root, name))
-             for root, _, names in os.walk(folder) for name in names)
-
-
-def _join_orbax_save_threads(timeout_s=60.0):
-  """Waits (bounded) for the threads of Orbax's failed save: its first failure surfaces while
-  the other writes of the step still run, and a process that exits under them gets their
-  tracebacks ('cannot schedule new futures after interpreter shutdown')."""
-  deadline = time.monotonic() + timeout_s
-  while time.monotonic() < deadline:  # again: a thread may start another as it ends
-    threads = [t for t in threading.enumerate() if t is not threading.current_thread() and (
-        type(t).__module__.startswith('orbax.') or t.name == 'async_save')]
-    if not threads:
-      return
-    for thread in threads:  # the plain join: Orbax's own re-raises the thread's error
-      threading.Thread.join(thread, max(0.0, deadline - time.monotonic()))
-
-
 def _any_process(flag):
   """Whether `flag` holds on any process (every process calls it at the same point)."""
   if jax.process_count() == 1:
     return bool(flag)
   from jax.experimental import multihost_utils
   return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
-
-
-_ORBAX_FILES = f'{os.sep}orbax{os.sep}'
-
-
-class _OrbaxNoSpaceFilter(logging.Filter):
-  """Drops the log records of a write that found no space (each with a traceback): Orbax's,
-  from several threads, and asyncio's about the tasks of the writes Orbax abandoned, collected
-  with their exception unretrieved. DiskFullError reports the failure once."""
-
-  def filter(self, record):
-    error = record.exc_info[1] if record.exc_info else None
-    if record.name == 'asyncio':
-      return not is_no_space(error)
-    if _ORBAX_FILES not in record.pathname:
-      return True
-    return not (is_no_space(error) or any(t in record.getMessage() for t in _NO_SPACE_TEXTS))
-
-
-def _is_abandoned_orbax_write(unraisable, orbax_files=_ORBAX_FILES):
-  """Whether an unraisable exception is the echo of Orbax writes abandoned after one failed:
-  TensorStore completing a write for an event loop Orbax has closed, or at exit the pending
-  write coroutines being destroyed. The failure itself is raised where the save is waited for.
-  (Runs at interpreter exit too: no imports, no module state beyond the default argument.)"""
-  if unraisable.object is None and isinstance(unraisable.exc_value, RuntimeError):
-    tb, names = unraisable.exc_traceback, set()
-    while tb is not None:
-      names.add(tb.tb_frame.f_code.co_name)
-      tb = tb.tb_next
-    return 'call_soon_threadsafe' in names and 'Event loop is closed' in str(
-        unraisable.exc_value)
-  code = getattr(unraisable.object, 'cr_code', None)
-  return code is not None and orbax_files in code.co_filename
-
-
-def _quiet_orbax_no_space_noise():
-  """Installs the log filter and the unraisable-exception filter above, once per process."""
-  absl_logger = logging.getLogger('absl')
-  if any(isinstance(f, _OrbaxNoSpaceFilter) for f in absl_logger.filters):
-    return
-  absl_logger.addFilter(_OrbaxNoSpaceFilter())
-  logging.getLogger('asyncio').addFilter(_OrbaxNoSpaceFilter())
-  previous, is_noise = sys.unraisablehook, _is_abandoned_orbax_write  # kept for exit time
-
-  def hook(unraisable):
-    try:
-      if is_noise(unraisable):
-        return
-    except Exception:  # noqa: BLE001 - never let the filter itself add noise
-      pass
-    previous(unraisable)
-
-  sys.unraisablehook = hook
 
 
 class _TargetError(RuntimeError):
@@ -651,93 +506,3 @@ def step_digest(step_dir):
   return out
 
 
-def _flatten(tree, prefix=''):
-  """{dotted key: leaf} of a nested dict (lists and tuples are leaves)."""
-  out = {}
-  for key, value in tree.items():
-    name = f'{prefix}{key}'
-    if isinstance(value, dict):
-      out.update(_flatten(value, name + '.'))
-    else:
-      out[name] = value
-  return out
-
-
-def _covered(key, names):
-  return any(key == n or key.startswith(n + '.') for n in names)
-
-
-def _defaults():
-  """Flattened configs/default.py, or None when the package was installed without it."""
-  return compat.default_values()
-
-
-_ABSENT = object()
-
-
-def _saved_value(saved, key):
-  """The saved value of `key`; a field added since the checkpoint ran as its default."""
-  if key in saved:
-    return saved[key]
-  defaults = _defaults()
-  if defaults is None or key not in defaults:
-    return _ABSENT  # nothing to compare with: accepted
-  return defaults[key]
-
-
-def check_compatible(saved_config, config, where, only=None):
-  """Raises IncompatibleCheckpointError when the saved run defines a different experiment.
-
-  Args:
-    saved_config: the config dict stored in the checkpoint's meta.
-    config: the current ConfigDict.
-    where: the checkpoint's folder, for the message.
-    only: compare only the fields under this dotted prefix (config.init_from compares
-      'model': fine-tuning may change the data, the optimizer and everything else).
-  """
-  saved = _flatten(compat.upgrade(saved_config))
-  now = _flatten(json.loads(config.to_json()))
-  diffs = []
-  for key in sorted(now):
-    if _covered(key, RESUME_NEUTRAL + APPLIED_ON_RESUME + SWITCHED_ON_RESUME):
-      continue
-    if only is not None and not _covered(key, (only,)):
-      continue
-    before = _saved_value(saved, key)
-    if before is _ABSENT or before == now[key]:
-      continue
-    if key == 'num_train_steps':
-      schedule = now.get('optim.schedule')
-      if schedule in _LENGTH_FREE_SCHEDULES:
-        continue
-      diffs.append(f'num_train_steps: saved {before!r}, now {now[key]!r} (under '
-                   f'optim.schedule={schedule!r} it is the length of the decay, so changing it '
-                   'changes the learning rate of every later step)')
-    elif key in saved:
-      diffs.append(f'{key}: saved {before!r}, now {now[key]!r}')
-    else:
-      diffs.append(f'{key}: absent from the checkpoint (added to vae_jax since; the run used '
-                   f'its default {before!r}), now {now[key]!r}')
-  if diffs and only is not None:
-    raise IncompatibleCheckpointError(
-        f'The checkpoint in {where} has a different {only}: ' + '; '.join(diffs) + '. Its '
-        f'parameters do not fit this {only}: set these fields as the checkpoint has them.')
-  if diffs:
-    raise IncompatibleCheckpointError(
-        f'The checkpoint in {where} was written by a different experiment: '
-        + '; '.join(diffs) + '. Resuming would mix two runs. Use a new --workdir, or restore '
-        'these values (intervals, eval and image settings, checkpointing, the mesh and '
-        f'{", ".join(APPLIED_ON_RESUME + SWITCHED_ON_RESUME)} may change on resume).')
-
-
-def config_changes(saved_config, config):
-  """[(dotted key, saved, now)] of the APPLIED_ON_RESUME and SWITCHED_ON_RESUME fields that
-  differ, for the log."""
-  saved = _flatten(compat.upgrade(saved_config))
-  now = _flatten(json.loads(config.to_json()))
-  out = []
-  for key in APPLIED_ON_RESUME + SWITCHED_ON_RESUME:
-    before = _saved_value(saved, key)
-    if key in now and before is not _ABSENT and before != now[key]:
-      out.append((key, before, now[key]))
-  return out
