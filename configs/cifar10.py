@@ -26,10 +26,10 @@ place of CIFAR-10 via --config.data.name=sprites --config.data.train_split="trai
       --config.data.valid_split="train[45000:45200]" --config.data.eval_split="test[:200]" \
       --config.eval_batch_size=200
 
-Expected result: not measured here (no CIFAR-10 on these machines, and it wants an accelerator).
-Literature: hierarchical VAEs reach 2.87-2.91 bits/dim (VDVAE, NVAE) after days on many GPUs
-with far larger and deeper hierarchies than this one; a single-latent-layer conv VAE stays
-around 4.5-5 bits/dim. bits/dim = neg_elbo / (32 * 32 * 3 * ln 2).
+Expected result: not measured (no CIFAR-10 on the CPU machines it was developed on, and it wants
+an accelerator). Literature: hierarchical VAEs reach 2.87-2.91 bits/dim (VDVAE, NVAE) after days
+on many GPUs with far larger and deeper hierarchies than this one; a single-latent-layer conv
+VAE stays around 4.5-5 bits/dim. bits/dim = neg_elbo / (32 * 32 * 3 * ln 2).
 """
 
 from configs import default

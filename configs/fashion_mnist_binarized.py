@@ -13,14 +13,15 @@ Then:
   python scripts/evaluate.py --workdir=/tmp/vae_fmb --num_samples=1000
   python scripts/evaluate.py --workdir=/tmp/vae_fmb --num_samples=5000
 
-Expected result (measured here, seed 0; +- the standard error over the 10000 test images).
-This is the single-layer third of the 30-minute comparison with configs/fashion_mnist_vamp.py
-and configs/fashion_mnist_hvae.py: each run had config.max_train_seconds = 1800 on one core of
-this 2-core CPU (taskset; two runs side by side). This one ran 15-17k images/s and the budget
-stopped it at step 210600 of 219960 (450 epochs; saved and evaluated, no DONE): test neg_elbo
-233.72 +- 0.76 (recon 214.53, kl 19.19; validation 230.88 +- 1.07); importance-sampled nll
-231.15 +- 0.76 with K = 1000 (0.4252 bits/dim), posterior gap 2.57 +- 0.04; 20 of 20 units
-active. The K = 1000 evaluation took 105 s on one core.
+Expected result (measured at 97bd294, 2026-12-02, on the 2-core CPU machine, seed 0; +- the
+standard error over the 10000 test images). This is the single-layer third of the 30-minute
+comparison with configs/fashion_mnist_vamp.py and configs/fashion_mnist_hvae.py: each run had
+config.max_train_seconds = 1800 on one core of this 2-core CPU (taskset; two runs side by side).
+This one ran 15-17k images/s and the budget stopped it at step 210600 of 219960 (450 epochs;
+saved and evaluated, no DONE): test neg_elbo 233.72 +- 0.76 (recon 214.53, kl 19.19; validation
+230.88 +- 1.07); importance-sampled nll 231.15 +- 0.76 with K = 1000 (0.4252 bits/dim),
+posterior gap 2.57 +- 0.04; 20 of 20 units active. The K = 1000 evaluation took 105 s on one
+core.
 
 The 10-epoch setting of earlier versions (4680 steps, constant Adam 1e-3, about 80 s):
 --config.num_train_steps=4680 --config.optim.schedule=constant --config.max_train_seconds=0

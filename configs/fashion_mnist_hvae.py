@@ -16,13 +16,13 @@ Then:
   python scripts/train.py --config=configs/fashion_mnist_hvae.py --workdir=/tmp/vae_fm_hvae
   python scripts/evaluate.py --workdir=/tmp/vae_fm_hvae --num_samples=1000
 
-Expected result (measured here, seed 0, config.max_train_seconds = 1800 on one core of this
-2-core CPU beside the VampPrior's run; +- the standard error over the 10000 test images): all
-51480 steps (110 epochs, about 3900 images/s) in 27.6 minutes; test neg_elbo 229.93 +- 0.76
-(recon 213.13, kl 16.80 = kl/0 8.57 + kl/1 2.90 + kl/2 2.18 + kl/3 3.15, top first; validation
-227.09 +- 1.07); importance-sampled nll 228.10 +- 0.76 with K = 1000 (0.4198 bits/dim),
-posterior gap 1.83 +- 0.04; active units per group 11, 16, 16, 16 (59 of 64). The K = 1000
-evaluation took 414 s on one core.
+Expected result (measured at 97bd294, 2026-12-02, on the 2-core CPU machine, seed 0,
+config.max_train_seconds = 1800 on one core of this 2-core CPU beside the VampPrior's run; +-
+the standard error over the 10000 test images): all 51480 steps (110 epochs, about 3900
+images/s) in 27.6 minutes; test neg_elbo 229.93 +- 0.76 (recon 213.13, kl 16.80 = kl/0 8.57 +
+kl/1 2.90 + kl/2 2.18 + kl/3 3.15, top first; validation 227.09 +- 1.07); importance-sampled nll
+228.10 +- 0.76 with K = 1000 (0.4198 bits/dim), posterior gap 1.83 +- 0.04; active units per
+group 11, 16, 16, 16 (59 of 64). The K = 1000 evaluation took 414 s on one core.
 
 The 30-minute comparison (same data order, budget and evaluation; paired differences of the
 per-example nll, scripts/compare_evals.py):

@@ -12,13 +12,13 @@ Command (on a connected machine, or after prepare_data.py with the original idx 
   python scripts/prepare_data.py --dataset=mnist --manual_dir=DIR_WITH_IDX_FILES
   python scripts/train.py --config=configs/mnist.py --workdir=/tmp/vae_mnist
 
-Expected result: not measured here (MNIST cannot be installed on these machines). Literature:
-on dynamically binarized MNIST a one-stochastic-layer VAE reaches a test -log p(x) of about
-86.8 nats and a two-layer one about 85.3 (5000 importance samples, thousands of epochs: Burda
-et al. 2016, IWAE, table 1, VAE k=1); deeper ladders about 81.7-85 (Sonderby et al. 2016,
-LVAE). The single-sample neg_elbo after 50 epochs of this smaller model is several nats above
-its nll. Evaluation binarizes each test example with a fixed draw keyed by (data_seed, index),
-so numbers are comparable across steps.
+Expected result: not measured (MNIST cannot be installed on the CPU machines it was developed
+on). Literature: on dynamically binarized MNIST a one-stochastic-layer VAE reaches a test -log
+p(x) of about 86.8 nats and a two-layer one about 85.3 (5000 importance samples, thousands of
+epochs: Burda et al. 2016, IWAE, table 1, VAE k=1); deeper ladders about 81.7-85 (Sonderby et
+al. 2016, LVAE). The single-sample neg_elbo after 50 epochs of this smaller model is several
+nats above its nll. Evaluation binarizes each test example with a fixed draw keyed by
+(data_seed, index), so numbers are comparable across steps.
 """
 
 from configs import default
