@@ -207,7 +207,7 @@ def test_resume_continues_exactly(tmp_path):
 
 
 def test_resume_with_a_different_model_is_an_error(trained_workdir, tmp_path):
-  from vae_jax.storage.checkpoint import IncompatibleCheckpointError
+  from vae_jax.config.compat import IncompatibleCheckpointError
   workdir, _ = trained_workdir
   with pytest.raises(IncompatibleCheckpointError, match='model'):
     train.train_and_evaluate(tiny_config(num_train_steps=30, **{'model.latent_dim': 6}), workdir)
