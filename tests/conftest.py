@@ -8,6 +8,13 @@ import os
 import tempfile
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+if os.environ.get('PYTEST_XDIST_WORKER') and os.environ.get('VAE_JAX_TEST_THREADS', '1') == '1':
+  # One compute thread per xdist worker (and per process it starts): the workers share the
+  # machine's cores, and XLA's and BLAS's pools sized for every core only contend.
+  if 'intra_op_parallelism_threads' not in os.environ['XLA_FLAGS']:
+    os.environ['XLA_FLAGS'] += ' --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1'
+  for var in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS'):
+    os.environ.setdefault(var, '1')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # One prepared copy of the generated sprites (and other test datasets) for the whole session,
 # shared with the subprocesses tests start; never the user's ~/tensorflow_datasets.
