@@ -66,7 +66,7 @@ def fixed(key, value):
   return [{key: value}]
 
 
-_UNSAFE = re.compile(r'[^A-Za-z0-9._=+-]+')
+UNSAFE_NAME_CHARS = re.compile(r'[^A-Za-z0-9._=+-]+')
 
 
 def _render_name_value(v):
@@ -93,7 +93,7 @@ def _name(point, short):
   for key in sorted(point):
     shown = key.rsplit('.', 1)[-1] if short else key
     parts.append(f'{shown}={_render_name_value(point[key])}')
-  name = _UNSAFE.sub('-', '_'.join(parts)).strip('.')
+  name = UNSAFE_NAME_CHARS.sub('-', '_'.join(parts)).strip('.')
   return name[:200] or 'point'
 
 

@@ -137,7 +137,7 @@ def _write_text(path, text):
 
 
 def _safe(key):
-  return hyper._UNSAFE.sub('-', key)  # noqa: SLF001 - the same character rule as point names
+  return hyper.UNSAFE_NAME_CHARS.sub('-', key)  # the same character rule as point names
 
 
 def _fmt(value, err=None):
