@@ -23,7 +23,9 @@ MEMBERS = [
 
 
 def member_config(overrides, **extra):
-  return set_fields(tiny_config(**{'mesh.data': 1, **extra}), **overrides)
+  # The 16x16 sprites: every property here is about members and steps, not image size.
+  return set_fields(tiny_config(**{'mesh.data': 1, 'data.name': 'sprites/small', **extra}),
+                    **overrides)
 
 
 def train_records(workdir):
