@@ -245,7 +245,9 @@ def test_two_processes_set_a_damaged_step_aside_once_and_finish(tmp_path):
       assert p.returncode == 0, err[-3000:]
     return outs
 
-  job(20)
+  # The finished 20-step run to damage is made here, in this process: what is under test is
+  # the two-process resume that meets the damage (a checkpoint restores onto another mesh).
+  train.train_and_evaluate(tiny_config(**{'data.name': 'sprites/small'}), str(tmp_path))
   _flip_byte(_step_path(str(tmp_path), 20))
   outs = job(30)
   moved = os.path.join(str(tmp_path), 'checkpoints', 'damaged', '20')
