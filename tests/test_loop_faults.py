@@ -200,6 +200,7 @@ def test_a_diverging_run_ends_in_its_message_not_a_traceback(tmp_path):
   proc = subprocess.run(
       [sys.executable, SCRIPT, *RUN_FLAGS, '--config.optim.learning_rate=1e30',
        '--config.max_consecutive_nonfinite=2', '--config.mesh.data=1',
+       '--config.data.name=sprites/small',  # any data diverges at this rate: the small sprites
        f'--workdir={tmp_path / "run"}'],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 1, proc.stderr[-2000:]
