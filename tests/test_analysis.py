@@ -305,7 +305,9 @@ def _script(*args, timeout=300):
           'file=sys.stderr))\n'
           f'sys.argv = ["analyze.py", *{list(args)!r}]\n'
           'runpy.run_path("scripts/analyze.py", run_name="__main__")\n')
-  env = {**os.environ, 'JAX_LOG_COMPILES': '1'}
+  # The analysis runs on one device: the script's process needs no 8 fake ones.
+  env = {**os.environ, 'JAX_LOG_COMPILES': '1',
+         'XLA_FLAGS': os.environ['XLA_FLAGS'].replace('device_count=8', 'device_count=1')}
   return subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
                         timeout=timeout, env=env)
 

@@ -29,7 +29,10 @@ from vae_jax.config import validation
 from vae_jax.evaluate import saved_run
 from vae_jax.storage import lock as workdir_lock
 
-SMALL = {'data.name': 'sprites/small'}
+# One device: these tests are about reading and writing a run, not about the device count.
+SMALL = {'data.name': 'sprites/small', 'mesh.data': 1}
+ONE_DEVICE = dict(os.environ, XLA_FLAGS=os.environ['XLA_FLAGS'].replace(
+    'device_count=8', 'device_count=1'))
 
 
 @pytest.fixture(scope='module')
@@ -50,7 +53,7 @@ def run(trained, tmp_path):
 
 def _script(name, *args, timeout=300):
   return subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', name), *args], cwd=ROOT,
-                        capture_output=True, text=True, timeout=timeout)
+                        capture_output=True, text=True, timeout=timeout, env=ONE_DEVICE)
 
 
 def _error_lines(stderr):

@@ -149,7 +149,7 @@ def test_validation_refuses_what_the_vamp_prior_cannot_do():
 @pytest.mark.slow
 def test_the_trainer_runs_with_the_vamp_prior_and_reports_both_kls(tmp_path):
   config = tiny_config(**{'model.vae.prior': 'vamp', 'model.vae.num_pseudo_inputs': 8,
-                          'eval_num_samples': 2})
+                          'eval_num_samples': 2, 'mesh.data': 1})  # devices: not the point
   result = train.train_and_evaluate(config, str(tmp_path))
   params = result['state'].params
   assert params['pseudo_input_logits'].shape == (8, 32, 32, 1)
