@@ -118,8 +118,8 @@ def get_config():
   c = default.get_config()
   c.batch_size = 32
   c.num_train_steps = 10
-  c.steps_per_call = 5
-  c.log_every_steps = 5
+  c.steps_per_call = 10
+  c.log_every_steps = 10
   c.eval_every_steps = 10
   c.checkpoint_every_steps = 10
   c.data.name = 'sprites/small'
@@ -137,9 +137,11 @@ def get_sweep(h):
 
 @pytest.mark.slow
 def test_a_family_of_ones_own_trains_evaluates_analyses_and_sweeps(tmp_path):
+  # One device, one fused call of 10 steps: the family, not the mesh, is what this checks.
   config = family_config('toy', **{'data.name': 'sprites/small', 'num_train_steps': 10,
+                                   'steps_per_call': 10, 'log_every_steps': 10,
                                    'checkpoint_every_steps': 10, 'eval_every_steps': 10,
-                                   'eval_num_samples': 3})
+                                   'eval_num_samples': 3, 'mesh.data': 1})
   workdir = str(tmp_path / 'run')
   train.train_and_evaluate(config, workdir)
   # The loop's periodic evaluation took K samples through the family's log_weights.

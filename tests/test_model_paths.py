@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.test_train import build, run_chunks, tiny_config
+from tests.test_train import build, tiny_config
 from vae_jax import evaluate as eval_lib
 from vae_jax import experiment, train
 from vae_jax.maths import objectives
@@ -45,9 +45,13 @@ def test_a_few_train_steps_update_every_parameter(case):
   k = 4 if case == 'cifar10_path' else 2
   config = tiny_config(steps_per_call=k, num_train_steps=2 * k,
                        **{'mesh.data': 1, **CASES[case]})
+  # run_chunks' one fused call, on the experiment built (and its data loaded) once.
   exp = build(config)
-  before = jax.device_get(experiment.init_state(exp).params)
-  state, losses, _ = run_chunks(config, 1)
+  state = experiment.init_state(exp)
+  before = jax.device_get(state.params)
+  source, index = train.ChunkFeeder(exp, 0)(0)
+  state, m = train.jit_train_chunk(exp, config.data.backend)(state, source, index)
+  losses = np.asarray([float(m['loss']) / k])
   assert int(state.step) == k and np.all(np.isfinite(losses)), losses
   assert int(state.nonfinite_total) == 0
   after = jax.device_get(state.params)
@@ -59,14 +63,15 @@ def test_a_few_train_steps_update_every_parameter(case):
 
 @pytest.mark.slow
 def test_stream_back_end_runs_the_whole_loop(tmp_path):
+  # One device: the back end, not the device count, is what this checks.
   config = tiny_config(num_train_steps=10, eval_every_steps=10,
-                       **{'data.backend': 'stream', 'data.shuffle_buffer': 2048})
+                       **{'mesh.data': 1, 'data.backend': 'stream', 'data.shuffle_buffer': 2048})
   result = train.train_and_evaluate(config, str(tmp_path))
   assert result['step'] == 10
   images = os.listdir(tmp_path / 'images')
   assert {'inputs.png', 'reconstructions_step_10.png', 'prior_samples_step_10.png'} <= set(images)
   # Exact evaluation does not depend on the back end that reads the split.
-  memory = build(tiny_config())
+  memory = build(tiny_config(**{'mesh.data': 1}))
   params = jax.device_get(result['state'].params)
   for rec in metrics_lib.read_metrics(str(tmp_path), 'eval'):
     again = eval_lib.evaluate(memory, params, rec['split'])
@@ -85,7 +90,8 @@ def test_iwae_with_one_sample_is_the_elbo_and_tightens_with_more():
   # K = 1, sample by sample: -log w = recon + log q(h|x) - log p(h), the single-sample ELBO
   # with a Monte Carlo KL. Its mean over samples is the negative ELBO, which the model's terms
   # (analytic KL) estimate with other samples.
-  iwae1 = np.stack([np.asarray(objectives.iwae_terms(lw[k:k + 1])) for k in range(n)])
+  # One program over the n samples, each its own K = 1 bound (not n dispatches).
+  iwae1 = np.asarray(jax.jit(jax.vmap(lambda w: objectives.iwae_terms(w[None])))(lw))  # [n, 8]
   np.testing.assert_array_equal(iwae1, -lw)
   other = jax.vmap(lambda k: model.terms(params, x, jax.vmap(jax.random.fold_in, (0, None))(
       keys, k + n))['neg_elbo'])(jnp.arange(n))  # [n, 8]
