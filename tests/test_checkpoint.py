@@ -79,9 +79,9 @@ def _run_until_marker_then(workdir, devices, marker, sig, **env):
 
 @pytest.fixture(scope='module')
 def straight_runs(tmp_path_factory):
-  """The uninterrupted reference run on 1 device."""
+  """The uninterrupted reference runs on 1 and 8 devices."""
   out = {}
-  for devices in (1,):
+  for devices in (1, 8):
     workdir = tmp_path_factory.mktemp(f'straight{devices}')
     proc = _run(workdir, devices)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -89,10 +89,10 @@ def straight_runs(tmp_path_factory):
   return out
 
 
-# One device: the kill lands between Orbax's async write and its commit, which does not depend
-# on the sharding (saves of sharded states are tested on 8 devices in the round trips).
+# The kill lands between Orbax's async write and its commit: on one device, and on 8, where
+# every array of the state is written by several devices' shards.
 @pytest.mark.slow
-@pytest.mark.parametrize('devices', [1])
+@pytest.mark.parametrize('devices', [1, 8])
 def test_sigkill_during_async_save_then_resume_is_bit_identical(tmp_path, devices,
                                                                 straight_runs):
   code, _, _ = _run_until_marker_then(
