@@ -139,11 +139,7 @@ def load_run(workdir, step=None, device=None):
       device = device or jax.local_devices()[0]
       mesh = Mesh(np.asarray([device]), (sharding.DATA_AXIS,))  # one device: any batch splits
       exp = experiment.build(saved, mesh=mesh, image_shape=tuple(meta['image_shape']))
-      state, meta = evaluate.restore_checked(
-          checkpointer,
-          lambda m, exp=exp: state_lib.restore_target(exp.abstract_state,
-                                                      evaluate.saved_config(m['config'])),
-          checked)
+      state, meta = evaluate.restore_checked(checkpointer, exp, checked)
       break
     except evaluate.StepDeletedError:
       if requested is not None or attempt == 2:

@@ -83,8 +83,9 @@ def live_run_notice(workdir):
           'step meanwhile (checkpoint.keep), the newest step is checked again.')
 
 
-def restore_checked(checkpointer, abstract_state, step):
-  """(state, meta) of checkpoint `step`, the step a reader checked and took its config from.
+def restore_checked(checkpointer, exp, step):
+  """(state, meta) of checkpoint `step`, the step a reader checked and took its config from,
+  restored into exp's abstract state laid out as the restored step's own config has it.
 
   Never a newer step (one a live run committed after the check), and an older one only past a
   damaged `step` (restore_good's fallback, warned; the caller then takes the config of the step
@@ -93,12 +94,15 @@ def restore_checked(checkpointer, abstract_state, step):
   Raises:
     StepDeletedError: `step` is gone (a live run's checkpoint.keep deleted it since the check).
   """
+  from vae_jax import state as state_lib
+  from vae_jax.config import compat
   from vae_jax.storage import checkpoint as ckpt_lib
+  target = lambda m: state_lib.restore_target(exp.abstract_state, compat.saved_config(m['config']))
   gone = lambda: not os.path.isdir(os.path.join(checkpointer.directory, str(step)))
   if step not in checkpointer.all_steps():
     raise StepDeletedError(step)
   try:
-    state, meta = checkpointer.restore_good(abstract_state, step=step)
+    state, meta = checkpointer.restore_good(target, step=step)
   except ckpt_lib.NoGoodCheckpointError:
     if gone():
       raise StepDeletedError(step) from None

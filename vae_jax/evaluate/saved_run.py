@@ -154,18 +154,14 @@ def evaluate_run(workdir, *, step=None, split=None, num_samples=1000, params=Non
       folder = os.path.abspath(out_dir) if out_dir else os.path.join(workdir, 'eval')
       why = reader.unwritable(folder) if jax.process_index() == 0 else ''
       if why:
-        reader.warn(f'{folder} cannot be written ({why}): the evaluation will be printed but not '
-              'saved. Pass --out=DIR to save it elsewhere.')
+        reader.warn(f'{folder} cannot be written ({why}): the evaluation will be printed but '
+                    'not saved. Pass --out=DIR to save it elsewhere.')
     config = _reader_config(config, batch_size)
     experiment.configure_jax(config)
     exp = experiment.build(config)
     checkpointer = reader.reader_checkpointer(workdir, config)
     try:
-      state, meta = reader.restore_checked(
-          checkpointer,
-          lambda m, exp=exp: state_lib.restore_target(exp.abstract_state,
-                                                      compat.saved_config(m['config'])),
-          checked)
+      state, meta = reader.restore_checked(checkpointer, exp, checked)
       break
     except reader.StepDeletedError:
       if step is not None:

@@ -249,7 +249,7 @@ class Checkpointer:
       what = ('No step was saved before it: free space or choose a workdir on a bigger disk, '
               'then rerun the same command.')
     return disk.DiskFullError(f'No space left on device: checkpoint step {step} could not be '
-                         f'written to {self.directory} ({space}). {what}')
+                              f'written to {self.directory} ({space}). {what}')
 
   # -- digests ---------------------------------------------------------------------------------
 
