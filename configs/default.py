@@ -83,8 +83,10 @@ def get_config():
   c.data = d = ml_collections.ConfigDict()
   # 'sprites' (embedded, generated, known factors and entropy) or any TFDS image dataset name.
   d.name = 'sprites'
-  # grey ([0,1] floats) | dynamic_binarize | threshold | uint8 (integers, discrete likelihoods).
-  # Sprites are binary already, so grey gives exactly {0, 1}.
+  # grey ([0,1] floats) | dynamic_binarize (a fresh Bernoulli draw per example and epoch) |
+  # static_binarize (one draw per example, fixed for the whole run: the fixed-binarization
+  # setting of binarized_mnist, from any grey-level data) | threshold | uint8 (integers, for
+  # the discrete likelihoods). Sprites are binary already, so grey gives exactly {0, 1}.
   d.preprocess = 'grey'
   # Folder with the original download files for offline preparation ('' = none).
   d.manual_dir = ''
@@ -150,6 +152,15 @@ def get_config():
   # backward pass instead of stored, less memory for more compute; the numbers do not change.
   # Conv models and every block of the hierarchy (the MLP single-layer model has no blocks).
   m.remat = False
+  # Normalising flow on the posterior sample: none | iaf (inverse autoregressive flow, Kingma
+  # et al. 2016: flow_steps MADE-style steps conditioned on an encoder context, units reversed
+  # between steps; for the hierarchy one flow per group). With a flow the KL is the Monte-Carlo
+  # log q - log p at the sample, and the base Gaussian's analytic KL is reported beside it.
+  m.posterior_flow = 'none'
+  # IAF: number of flow steps (each an autoregressive network over the latent units).
+  m.flow_steps = 2
+  # IAF: hidden width of each step's masked network (and of the encoder's context vector).
+  m.flow_hidden = 256
 
   c.objective = o = ml_collections.ConfigDict()
   # elbo (recon + weighted KL, the derived negative ELBO at beta 1) | iwae (the importance-
@@ -170,6 +181,12 @@ def get_config():
   # K of the iwae objective (static: it sets the shapes). 1 equals a single-sample ELBO whose
   # KL is estimated by Monte Carlo.
   o.num_samples = 1
+  # Gradient estimator of the iwae objective: reparam (the plain reparameterised gradient of the
+  # bound) | dreg (doubly reparameterised, Tucker et al. 2019: the encoder's gradient weights
+  # each sample by its squared normalised importance weight and drops the score term, so its
+  # signal-to-noise ratio does not fall with K; the decoder's gradient is the same). The loss
+  # value is the same bound either way.
+  o.iwae_gradient = 'reparam'
 
   c.optim = op = ml_collections.ConfigDict()
   # adam | adamw.
@@ -198,6 +215,15 @@ def get_config():
   op.skip_factor = 0.0
   # Norms in the adaptive rule's median (static: the size of the ring buffer in the state).
   op.skip_window = 100
+
+  c.early_stopping = es = ml_collections.ConfigDict()
+  # Evaluations without an improvement of the validation neg_elbo (data.valid_split) by at least
+  # min_delta before the run stops (0 = off). The stop is clean: a `stop` record with the
+  # reason, the selected (best) step's evaluation, DONE. The count is saved with every
+  # checkpoint, so a resumed run keeps it.
+  es.patience = 0
+  # Nats per example an evaluation must improve on the best so far to count as an improvement.
+  es.min_delta = 0.0
 
   c.checkpoint = ck = ml_collections.ConfigDict()
   # Keep the newest N checkpoints (plus the best by eval neg_elbo).

@@ -17,9 +17,13 @@ LOGISTIC_COUPLINGS = ('none', 'rgb')
 DTYPES = ('float32', 'bfloat16')
 
 OBJECTIVES = ('elbo', 'iwae')
+# objective.iwae_gradient: the plain reparameterised gradient | DReG (Tucker et al. 2019).
+IWAE_GRADIENTS = ('reparam', 'dreg')
+# model.posterior_flow: none | inverse autoregressive flow (Kingma et al. 2016).
+POSTERIOR_FLOWS = ('none', 'iaf')
 FREE_BITS_GROUPS = ('total', 'unit', 'group')
 OPTIMIZERS = ('adam', 'adamw')
 SCHEDULES = ('constant', 'warmup_cosine')
 
-PREPROCESS = ('grey', 'dynamic_binarize', 'threshold', 'uint8')
+PREPROCESS = ('grey', 'dynamic_binarize', 'static_binarize', 'threshold', 'uint8')
 BACKENDS = ('memory', 'stream')

@@ -13,10 +13,12 @@ from vae_jax.config.names import (
   DTYPES,
   ENCODERS,
   FREE_BITS_GROUPS,
+  IWAE_GRADIENTS,
   LIKELIHOODS,
   LOGISTIC_COUPLINGS,
   OBJECTIVES,
   OPTIMIZERS,
+  POSTERIOR_FLOWS,
   POSTERIORS,
   SCHEDULES,
 )
@@ -112,6 +114,11 @@ def validate_config(config, num_devices=None):
   _choice(m.dtype, DTYPES, 'model.dtype')
   if not isinstance(m.remat, bool):
     raise ConfigError(f'config.model.remat={m.remat!r} must be True or False.')
+  _choice(m.posterior_flow, POSTERIOR_FLOWS, 'model.posterior_flow')
+  for field in ('flow_steps', 'flow_hidden'):
+    value = m[field]
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+      raise ConfigError(f'config.model.{field}={value!r} must be a positive int.')
   caps = validate_family(config)
   validate_coupling(m)
 
@@ -132,6 +139,18 @@ def validate_config(config, num_devices=None):
     raise ConfigError(
         'objective.name=iwae trains the importance-weighted bound itself: beta, kl_warmup_steps '
         'and free_bits do not apply to it. Set them to 1, 0 and 0, or use objective.name=elbo.')
+  _choice(ob.iwae_gradient, IWAE_GRADIENTS, 'objective.iwae_gradient')
+  if ob.iwae_gradient == 'dreg' and ob.name != 'iwae':
+    raise ConfigError(
+        'objective.iwae_gradient=dreg is a gradient estimator of the importance-weighted bound; '
+        f'objective.name={ob.name!r} does not train that bound. Set objective.name=iwae (with '
+        'objective.num_samples > 1), or iwae_gradient=reparam.')
+  if ob.iwae_gradient == 'dreg' and not getattr(caps, 'dreg', False):
+    raise ConfigError(
+        f'objective.iwae_gradient=dreg needs a posterior whose parameters only the sample path '
+        f'reaches (the encoder\'s), and model.kind={m.kind!r} ({caps.description}) does not '
+        'declare one (Capabilities.dreg). Use iwae_gradient=reparam, or the single-layer family '
+        'with the N(0, I) prior and no posterior flow.')
   if ob.free_bits_per == 'group' and not caps.group_kl:
     raise ConfigError(
         'objective.free_bits_per=group floors each stochastic group\'s KL (the kl/<group> terms), '
@@ -154,6 +173,14 @@ def validate_config(config, num_devices=None):
     raise ConfigError(f'config.optim.warmup_steps={o.warmup_steps} must be smaller than '
                       f'num_train_steps={config.num_train_steps}.')
   validate_stability(config)
+  es = config.early_stopping
+  if not isinstance(es.patience, int) or isinstance(es.patience, bool) or es.patience < 0:
+    raise ConfigError(f'config.early_stopping.patience={es.patience!r} must be an int >= 0 '
+                      '(evaluations without a validation improvement; 0 = off).')
+  if isinstance(es.min_delta, bool) or not isinstance(es.min_delta, (int, float)) or not (
+      es.min_delta >= 0):
+    raise ConfigError(f'config.early_stopping.min_delta={es.min_delta!r} must be a number >= 0 '
+                      '(nats per example).')
   _positive(config.checkpoint.keep, 'checkpoint.keep')
   _positive(config.images.num, 'images.num')
 
