@@ -1,4 +1,9 @@
-"""Analyse a trained run: python scripts/analyze.py --workdir=DIR [--step=S] [--split=NAME].
+"""Analyse a trained run.
+
+  python scripts/analyze.py --workdir=DIR [--step=best|last|S] [--split=NAME]
+
+The step is the one selected on the run's validation split by default (--step=best, as
+scripts/evaluate.py); the page and the JSON say which step and why (selected).
 
 Writes DIR/analysis/ (reconstructions, samples at several temperatures, interpolations, latent
 traversals, a scatter of the posterior means, the MIG heatmap for datasets with known factors,
@@ -18,7 +23,8 @@ from absl import app, flags, logging  # noqa: E402
 from vae_jax import cli  # noqa: E402
 
 flags.DEFINE_string('workdir', None, 'The run\'s folder (scripts/train.py --workdir).')
-flags.DEFINE_integer('step', None, 'Checkpoint step to analyse (default: the newest good one).')
+flags.DEFINE_string('step', 'best', 'Checkpoint step to analyse: best (selected on the '
+                    "run's data.valid_split), last (the newest good one) or a number.")
 flags.DEFINE_string('split', None, 'Split or slice to analyse (default: config.data.eval_split).')
 flags.DEFINE_string('out', None, 'Output folder (default: DIR/analysis).')
 flags.DEFINE_bool('tensorboard', True, 'Also write the figures into DIR/tensorboard.')

@@ -1,11 +1,15 @@
 """Evaluate a trained run: ELBO terms, the K-sample -log p(x), the posterior gap, active units.
 
-  python scripts/evaluate.py --workdir=DIR [--step=S] [--split=test] [--num_samples=K]
+  python scripts/evaluate.py --workdir=DIR [--step=best|last|S] [--split=test] [--num_samples=K]
       [--params=ema|state] [--chunk_size=Kc] [--batch_size=B] [--out=FOLDER]
 
-Restores the run's checkpoint (the newest verified one, or step S) with the config it was saved
-with, on all local devices, and evaluates the whole split (default: the run's data.eval_split)
-with K importance samples per example, using the run's EMA of the parameters where it keeps one
+Restores the run's checkpoint with the config it was saved with, on all local devices: by default
+the step selected on the run's validation split (--step=best: the saved step with the lowest
+validation neg_elbo of the loop's evaluations; a damaged one is passed over for the next best,
+with a warning), or the newest verified step (--step=last), or step S. The report's `selected`
+says which and why ("best validation neg_elbo 91.28 at step 44460"). It evaluates the whole
+split (default: the run's data.eval_split) with K importance samples per example, using the
+run's EMA of the parameters where it keeps one
 (config.ema_decay > 0) and its train state's otherwise, unless --params says which; the report
 names them (params) and, for an EMA still dominated by its starting parameters, warns
 (ema_warning). Writes DIR/eval/step_S_SPLIT_kK.json (the JSON printed
@@ -13,7 +17,7 @@ here) and step_S_SPLIT_kK.npz (per-example values, for paired comparisons); the 
 a run that keeps an EMA goes to step_S_SPLIT_kK_state.json (and .npz) beside the EMA's. The
 last stdout line is one JSON object, nats per example: neg_elbo, recon, kl, nll, posterior_gap
 (each with _stderr), normalized, bits_per_dim, joint_kl, kl_per_unit, active_units, mutual_info,
-num_examples, num_samples, step, split, samples_per_sec. The posterior gap underestimates
+num_examples, num_samples, step, selected, split, samples_per_sec. The posterior gap underestimates
 E KL(q || p(h|x)), since the K-sample nll is biased upward.
 
 --out=FOLDER writes the two files there instead of DIR/eval/. Where they cannot be written (a
@@ -35,7 +39,8 @@ from absl import app, flags, logging  # noqa: E402
 from vae_jax import cli  # noqa: E402
 
 flags.DEFINE_string('workdir', None, 'The --workdir of a training run.')
-flags.DEFINE_integer('step', None, 'Checkpoint step (default: the newest verified one).')
+flags.DEFINE_string('step', 'best', 'Checkpoint step: best (the step selected on the run\'s '
+                    'data.valid_split), last (the newest verified one) or a number.')
 flags.DEFINE_string('split', None, "Split or slice (default: the run's data.eval_split).")
 flags.DEFINE_integer('num_samples', 1000, 'K: importance samples per example.')
 flags.DEFINE_string('params', None, "Which parameters: ema (the default where the run keeps "

@@ -208,7 +208,7 @@ def _commit_step_20_later(workdir, monkeypatch, module, name):
 def test_evaluate_reads_the_step_it_checked_not_one_saved_since(run, monkeypatch):
   _commit_step_20_later(run, monkeypatch, saved_run, 'check_run_request')
   logged = []
-  report = evaluate.evaluate_run(run, num_samples=1, log=logged.append)
+  report = evaluate.evaluate_run(run, step='last', num_samples=1, log=logged.append)
   assert os.path.isdir(os.path.join(_checkpoints(run), '20'))  # it came meanwhile
   # Step 10, with step 10's own config: its train state, its eval batch size.
   assert (report['step'], report['params'], report['batch_size']) == (10, 'state', 512)
@@ -230,7 +230,7 @@ def test_a_checked_step_deleted_meanwhile_is_checked_again_and_the_notice_names_
         lambda: shutil.rmtree(os.path.join(_checkpoints(run), '20'), ignore_errors=True))
   logged = []
   with workdir_lock.hold(run):  # a live run holds the workdir
-    report = evaluate.evaluate_run(run, num_samples=1, log=logged.append)
+    report = evaluate.evaluate_run(run, step='last', num_samples=1, log=logged.append)
   text = '\n'.join(logged)
   assert 'a run is training' in text, text
   assert 'step 20 was deleted' in text, text
@@ -248,7 +248,7 @@ def test_a_damaged_step_falls_back_with_the_older_steps_own_config(run):
     f.seek(0)
     f.write(bytes([byte[0] ^ 0xFF]))
   logged = []
-  report = evaluate.evaluate_run(run, num_samples=1, log=logged.append)
+  report = evaluate.evaluate_run(run, step='last', num_samples=1, log=logged.append)
   assert (report['step'], report['params'], report['batch_size']) == (10, 'state', 512)
   assert any('Evaluating step 10: step 20 could not be' in line for line in logged), logged
 

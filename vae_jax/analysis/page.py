@@ -103,6 +103,7 @@ def write_pages(out_dir, summary):
   steps = ', '.join(map(str, s['checkpoint_steps']))
   meta = [('run', s['workdir']),
           ('parameters', f'checkpoint step {s["step"]} (the run has steps {steps})'),
+          ('selected', s.get('selected') or f'step {s["step"]}'),
           ('split', f'{s["split"]} ({s["num_examples"]} examples)'),
           ('dataset', s['dataset']), ('model', s['model'])]
   parts = ['<!DOCTYPE html>', '<html lang="en"><head><meta charset="utf-8">',

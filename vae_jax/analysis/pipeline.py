@@ -30,6 +30,7 @@ from vae_jax.analysis.latents import (
   traverse,
 )
 from vae_jax.analysis.load import run_params
+from vae_jax.evaluate import selection
 from vae_jax.evaluate.pictures import display, picture_inputs
 
 # The folder of DIR that analyze() writes.
@@ -81,13 +82,15 @@ def class_names(data_cfg, features):
 # The whole analysis.
 
 
-def analyze(workdir, step=None, split=None, out_dir=None, *, device=None, tensorboard=True,
+def analyze(workdir, step='best', split=None, out_dir=None, *, device=None, tensorboard=True,
             temperatures=TEMPERATURES, num_bins=MIG_BINS, log=print):
   """Writes DIR/analysis/ for one checkpoint of a run: figures, index.html, summary.md.
 
   Args:
     workdir: the run's folder.
-    step: the checkpoint step; None = the newest good one.
+    step: 'best' (the default, also for None: the step selected on the run's validation
+      split, as scripts/evaluate.py), 'last' (the newest good one) or a step number; the
+      summary's `selected` says which and why.
     split: the split the pictures, latents and numbers use (default config.data.eval_split).
     out_dir: default DIR/analysis.
     device: the one device everything runs on (default the first local one).
@@ -108,7 +111,13 @@ def analyze(workdir, step=None, split=None, out_dir=None, *, device=None, tensor
   from vae_jax.config import validation
   log = log or (lambda *a, **k: None)
   t0 = time.perf_counter()
-  workdir, _, _ = load.check_run(workdir, step)
+  how = selection.parse_step(step)
+  workdir, config, steps = load.check_run(workdir, how if isinstance(how, int) else None)
+  checkpointer = evaluate.reader_checkpointer(workdir, config)
+  try:
+    step, selected = selection.choose(checkpointer, how, evaluate.warn, steps)
+  finally:
+    checkpointer.close()
   notice = evaluate.live_run_notice(workdir)
   if notice:
     log(notice)
@@ -129,6 +138,9 @@ def analyze(workdir, step=None, split=None, out_dir=None, *, device=None, tensor
   split = split or config.data.eval_split
   arrays = split_arrays(run, split)
   params, params_kind, notes = state_lib.eval_params(run.state)
+  if run.step != step:
+    selected = f'step {run.step}, the newest good step before {selected}'
+  log(f'Selected: {selected}.')
   log(f'Analysing {run.workdir} at checkpoint step {run.step} on split {split!r} '
       f'({len(arrays["image"])} examples), '
       f'{"EMA" if params_kind == "ema" else "train state"} parameters -> {out_dir}')
@@ -139,7 +151,7 @@ def analyze(workdir, step=None, split=None, out_dir=None, *, device=None, tensor
   units = unit_statistics(run, split, arrays)
   kl = units['kl_per_unit']
   order = [int(d) for d in np.argsort(-kl, kind='stable')]  # the units by KL, largest first
-  latents = encode_split(run, arrays)
+  latents = encode_split(run, arrays, split=split)
   x = picture_inputs(run.experiment, arrays, split)
   shown = display(x)
   made = []  # {name, file, title, caption}, name.png in out_dir
@@ -205,7 +217,7 @@ def analyze(workdir, step=None, split=None, out_dir=None, *, device=None, tensor
 
   evals = load.eval_files(run.workdir, run.step)
   summary = {
-      'workdir': run.workdir, 'out_dir': out_dir, 'step': run.step,
+      'workdir': run.workdir, 'out_dir': out_dir, 'step': run.step, 'selected': selected,
       'checkpoint_steps': list(run.steps), 'split': split,
       'num_examples': int(len(arrays['image'])),
       'dataset': config.data.name,
@@ -274,8 +286,8 @@ def headline(summary):
               and e['record'].get('params', 'state') == params
               and e['record'].get('nll') is not None), {})
   return {
-      'workdir': summary['workdir'], 'step': summary['step'], 'split': summary['split'],
-      'params': params,
+      'workdir': summary['workdir'], 'step': summary['step'],
+      'selected': summary.get('selected'), 'split': summary['split'], 'params': params,
       **{k: summary[k] for k in ('ema_init_weight', 'ema_warning') if k in summary},
       'index_html': summary['index_html'], 'summary_md': summary['summary_md'],
       'figures': [os.path.join(summary['out_dir'], f['file']) for f in summary['figures']],

@@ -8,11 +8,11 @@ import jax
 import numpy as np
 
 from vae_jax.config import compat
-from vae_jax.evaluate import batches, iwae, reader
+from vae_jax.evaluate import batches, iwae, reader, selection
 
 # Report fields that describe how an evaluation ran, not its result: they may differ between
 # two evaluations of the same step, split and K without the file counting as different.
-_HOW_IT_RAN = ('seconds', 'compile_s', 'samples_per_sec', 'num_devices', 'batch_size',
+_HOW_IT_RAN = ('selected', 'seconds', 'compile_s', 'samples_per_sec', 'num_devices', 'batch_size',
                'chunk_size', 'num_chunks')
 PARAMS_CHOICES = ('state', 'ema')
 
@@ -110,9 +110,13 @@ def _check_split(data_cfg, split):
     raise validation.ConfigError(f'--split={split!r} does not fit {data_cfg.name!r}: {e}') from None
 
 
-def evaluate_run(workdir, *, step=None, split=None, num_samples=1000, params=None,
+def evaluate_run(workdir, *, step='best', split=None, num_samples=1000, params=None,
                  chunk_size=0, batch_size=0, out_dir=None, progress=None, log=print):
   """Restores a run's checkpoint, estimates everything and writes DIR/eval/ (or out_dir).
+
+  step: 'best' (the default: the step selected on data.valid_split, see evaluate.selection),
+  'last' (the newest verified step) or a step number; None is 'best'. The report's `selected`
+  says which step and why ("best validation neg_elbo 91.28 at step 44460").
 
   params: 'ema', 'state', or None (the EMA where the run keeps one, else the train state's).
   The run is rebuilt from its checkpoint's config on all local devices (config.mesh.data =
@@ -142,11 +146,17 @@ def evaluate_run(workdir, *, step=None, split=None, num_samples=1000, params=Non
   from vae_jax.config import validation
   workdir = os.path.abspath(os.path.expanduser(workdir))
   requested_split = split
+  how = selection.parse_step(step)
+  step = how if isinstance(how, int) else None
   for attempt in (1, 2):
     config, steps, split, _ = check_run_request(
         workdir, step=step, split=requested_split, num_samples=num_samples, params=params,
         chunk_size=chunk_size, batch_size=batch_size)
-    checked = step if step is not None else steps[-1]
+    checked, selected = _choose(workdir, config, how, steps)
+    if checked != (step if step is not None else steps[-1]):  # that step's own config
+      config, steps, split, _ = check_run_request(
+          workdir, step=checked, split=requested_split, num_samples=num_samples, params=params,
+          chunk_size=chunk_size, batch_size=batch_size)
     if attempt == 1:
       notice = reader.live_run_notice(workdir)
       if notice:
@@ -182,6 +192,7 @@ def evaluate_run(workdir, *, step=None, split=None, num_samples=1000, params=Non
   restored = int(meta['step'])
   if restored != checked:
     log(f'Evaluating step {restored}: step {checked} could not be verified (see the warning).')
+    selected = f'step {restored}, the newest verified step before {selected}'
     # The older step's own config (a resumed run may have changed its evaluation fields).
     config = _reader_config(compat.saved_config(meta['config']), batch_size)
     if config.to_dict() != exp.config.to_dict():
@@ -197,13 +208,13 @@ def evaluate_run(workdir, *, step=None, split=None, num_samples=1000, params=Non
   if params == 'state':
     chosen, kind, notes = state.params, 'state', {}
   log(f'Evaluating the {"EMA" if kind == "ema" else "train state"} parameters of step '
-      f'{restored} (--params={kind}).')
+      f'{restored} (--params={kind}); selected: {selected}.')
   if 'ema_warning' in notes:
     log(f'WARNING: {notes["ema_warning"]}')
   report = iwae.estimate(exp, chosen, split, num_samples, chunk_size=chunk_size or None,
                          progress=progress)
   per_example = report.pop('per_example')
-  report.update(step=restored, params=kind, **notes)
+  report.update(step=restored, selected=selected, params=kind, **notes)
   report = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in report.items()}
   if jax.process_index() == 0:
     path = eval_path(workdir, restored, split, num_samples,
@@ -218,6 +229,15 @@ def evaluate_run(workdir, *, step=None, split=None, num_samples=1000, params=Non
           '--out=DIR to write it elsewhere (scripts/analyze.py looks for it in DIR/eval/), or '
           'evaluate a copy of the workdir.', report) from None
   return report
+
+
+def _choose(workdir, config, how, steps):
+  """(step, selected text) of a reader's --step among the checkpoint steps it checked."""
+  checkpointer = reader.reader_checkpointer(workdir, config)
+  try:
+    return selection.choose(checkpointer, how, reader.warn, steps)
+  finally:
+    checkpointer.close()
 
 
 def _reader_config(config, batch_size):

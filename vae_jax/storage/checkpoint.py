@@ -146,17 +146,24 @@ class Checkpointer:
   def all_steps(self):
     return sorted(self._manager.all_steps())
 
-  def save(self, step, state, config, image_shape, eval_metrics=None):
+  def save(self, step, state, config, image_shape, eval_metrics=None, selection=None):
     """Saves the state, the data position and the config; the digest is part of the commit.
 
     Asynchronous if config.checkpoint.async_save (training continues while it is written),
     otherwise the step and its digest are on disk when this returns.
+
+    eval_metrics: the step's evaluation of data.valid_split (its neg_elbo ranks the step for
+      model selection: ranked_steps), or None where the step was not evaluated.
+    selection: the loop's model-selection state at this step (JSON: the best step so far and
+      early stopping's count), kept in the meta so that a resumed run continues it.
     """
     step = int(step)
     self._settle()
     self._check_space(step)
     meta = {'step': step, 'image_shape': list(image_shape),
             'config': json.loads(config.to_json())}
+    if selection is not None:
+      meta['selection'] = selection
     metrics = None
     if eval_metrics is not None:
       value = float(eval_metrics[_BEST_METRIC])
@@ -361,6 +368,23 @@ class Checkpointer:
     path = epath.Path(os.path.join(self._step_dir(int(step)), 'state'))
     tree = ocp.StandardCheckpointHandler().metadata(path).tree
     return tuple(n for n in nones if n not in tree)
+
+  def validation_value(self, step):
+    """The validation neg_elbo saved with `step` (Orbax's metrics item of the step, covered by
+    its digest), or None where the step was saved without an evaluation."""
+    path = os.path.join(self._step_dir(step), 'metrics', 'metrics')
+    try:
+      with open(path) as f:
+        value = json.load(f).get(_BEST_METRIC)
+    except (OSError, ValueError, AttributeError):
+      return None
+    return float(value) if isinstance(value, (int, float)) else None
+
+  def ranked_steps(self):
+    """[(validation neg_elbo, step)] of the saved steps that hold an evaluation, best first (a
+    non-finite evaluation ranks last; ties go to the earlier step)."""
+    ranked = [(v, s) for s in self.all_steps() if (v := self.validation_value(s)) is not None]
+    return sorted(ranked, key=lambda vs: (not math.isfinite(vs[0]), vs[0], vs[1]))
 
   def restore_meta(self, step):
     restored = self._manager.restore(int(step), args=ocp.args.Composite(

@@ -5,8 +5,16 @@ or vmapped chunk of vae_jax.train.population) -> the interval sums (on device) -
 boundary one `train` record per member -> at a log or save boundary each member's guard (a run
 of non-finite or skipped updates longer than the config allows fails the member: a `failed`
 record and DIR/FAILED; a single run then raises) -> at an evaluation boundary each member's
-periodic evaluation (vae_jax.evaluate.periodic) -> at a save boundary each member's checkpoint ->
-the stop conditions (a signal; config.max_train_seconds) -> at the end DONE.
+periodic evaluation (vae_jax.evaluate.periodic), which updates its model selection (the best
+validation step, always saved: vae_jax.evaluate.selection) -> at a save boundary each member's
+checkpoint -> the stop conditions (a signal; config.max_train_seconds; early stopping) -> at the
+end DONE.
+
+Early stopping (config.early_stopping.patience evaluations without a validation improvement of
+at least min_delta) ends the run cleanly: the step is saved, a `stop` record names the reason and
+the selected step with its validation value (that step's evaluation records are the ones the
+loop wrote when it reached it: the same program, parameters and keys), and DONE is written; a
+rerun of the same config does nothing, one with more patience continues from the saved count.
 
 A stop request (SIGTERM / SIGINT, or the budget) is honoured at the first boundary after it: the
 members are saved there and a `stop` record says why; no DONE, and the same command resumes
@@ -30,6 +38,7 @@ from vae_jax import state as state_lib
 from vae_jax.config import validation
 from vae_jax.data.feeder import ChunkFeeder
 from vae_jax.evaluate import periodic
+from vae_jax.evaluate import selection as selection_lib
 from vae_jax.storage import checkpoint as ckpt_lib
 from vae_jax.storage import lock as workdir_lock
 from vae_jax.storage import writers as metrics_lib
@@ -199,7 +208,7 @@ def train_and_evaluate(config, workdir):
     {'step': final step, 'compile_s': seconds to compile the fused chunk, 'eval': the last
     eval records by split ({} if none ran), 'num_devices': devices on the data axis,
     'state': the final TrainState, 'experiment': the Experiment, 'preempted': whether a
-    signal stopped the run, 'stopped': None, 'signal' or 'max_train_seconds'}.
+    signal stopped the run, 'stopped': None, 'signal', 'max_train_seconds' or 'early_stopping'}.
 
   Raises:
     FloatingPointError, SkippedUpdatesError: the run diverged (after DIR/FAILED is written).
@@ -233,7 +242,9 @@ def train_population(configs, workdirs, mode='auto', log=print):
     {'step', 'compile_s', 'mode', 'members': [{'workdir', 'status' ('done' | 'failed' |
     'preempted' (a signal) | 'stopped' (config.max_train_seconds spent)), 'step', 'eval',
     'reason'}], 'states': the stacked final states of the members that trained, 'preempted':
-    whether either stop came, 'stopped'}.
+    whether a signal or the budget stopped it, 'stopped'}. Early stopping ends a population
+    when every member has run out of patience (until then the others train on, and a member
+    out of patience keeps its selected step: the numbers reported are that step's).
   """
   t_start = time.perf_counter()  # config.max_train_seconds counts from here, as in a run
   for c in configs:
@@ -291,6 +302,8 @@ def run(base, members, mode, t_start, log=print):
     for slot, m in enumerate(live):
       m.slot = slot  # its place in the population's states
     states, step = members_lib.resume(live)
+    for m in live:  # the selection and early stopping's count, as the restored step had them
+      m.tracker = selection_lib.Tracker.from_json((m.meta or {}).get('selection'))
     if step % config.steps_per_call:
       raise validation.ConfigError(
           f'The checkpoint is at step {step}, which is not a multiple of config.steps_per_call='
@@ -303,6 +316,10 @@ def run(base, members, mode, t_start, log=print):
       log(f'Population of {len(live)} members ({mode}) from step {step}: '
           + ', '.join(m.name for m in live))
     result['step'] = step
+    if step < config.num_train_steps and all(
+        members_lib.is_done(m.workdir, m.config, step) for m in live):
+      log(f'Nothing to do: DONE says this config finished at step {step} (early stopping).')
+      return _finish(members, states, step, result, None)
     if step >= config.num_train_steps:
       _final_evaluations(base, live, states, step, log)
       return _finish(members, states, step, result, None)
@@ -400,20 +417,27 @@ def _train(base, live, members, states, step, mode, single, t_start, result, log
       t_pause = time.perf_counter()
       did_eval = stopped != 'signal' and (step % config.eval_every_steps == 0 or final
                                           or stopped == 'max_train_seconds')
+      best_now = set()  # members whose evaluation here is their best so far: always saved
+      for m in _live(live) if did_eval else ():
+        m.last_eval = m.evaluator(step, *state_lib.eval_params(pop.member(m.slot)))
+        if not single:
+          m.log(m.evaluator.summary(step))
+        elif jax.process_index() == 0:
+          progress.write(m.evaluator.summary(step))
+        valid = m.last_eval.get(m.config.data.valid_split, {})
+        if selection_lib.METRIC in valid and m.tracker.update(
+            step, valid[selection_lib.METRIC], m.config.early_stopping.min_delta):
+          best_now.add(m.index)
+      if did_eval and not (final or stopped) and _live(live) and all(
+          m.tracker.exhausted(m.config.early_stopping.patience) for m in _live(live)):
+        stopped, save_now = 'early_stopping', True
       for m in _live(live):
-        state = pop.member(m.slot)
-        if did_eval:
-          m.last_eval = m.evaluator(step, *state_lib.eval_params(state))
-          if not single:
-            m.log(m.evaluator.summary(step))
-          elif jax.process_index() == 0:
-            progress.write(m.evaluator.summary(step))
-        if save_now:
-          _save(m, step, state, did_eval)
+        if save_now or m.index in best_now:
+          _save(m, step, pop.member(m.slot), did_eval)
       if not (final or stopped) and (did_eval or save_now) and stop.signalled():
         stopped = 'signal'  # arrived during the evaluation or the save: stop here, not later
         for m in _live(live):
-          if not save_now:
+          if not (save_now or m.index in best_now):
             _save(m, step, pop.member(m.slot), did_eval)
       if not _live(live):
         log('Every member of the population failed; stopping.')
@@ -427,9 +451,12 @@ def _train(base, live, members, states, step, mode, single, t_start, result, log
   progress.close()
   if stopped:
     for m in _live(live):
-      m.writer.write(step, 'stop', {'reason': stopped, 'seconds': time.perf_counter() - t_start,
-                                    'max_train_seconds': config.max_train_seconds,
-                                    'num_train_steps': config.num_train_steps})
+      record = {'reason': stopped, 'seconds': time.perf_counter() - t_start,
+                'max_train_seconds': config.max_train_seconds,
+                'num_train_steps': config.num_train_steps}
+      if stopped == 'early_stopping':
+        record.update(_early_stop_record(m))
+      m.writer.write(step, 'stop', record)
   return _finish(members, [pop.member(m.slot) for m in live], step, result, stopped)
 
 
@@ -451,8 +478,18 @@ def _fail(m, step, why, single, log):
 def _save(m, step, state, did_eval):
   if step in m.checkpointer.all_steps():
     return  # a member that was ahead already holds this step (the same bits: verified resume)
-  selection = m.last_eval.get(m.config.data.valid_split) if did_eval else None
-  m.checkpointer.save(step, state, m.config, m.exp.image_shape, selection)
+  valid = m.last_eval.get(m.config.data.valid_split) if did_eval else None
+  m.checkpointer.save(step, state, m.config, m.exp.image_shape, valid,
+                      selection=m.tracker.to_json())
+
+
+def _early_stop_record(m):
+  """What the `stop` record of early stopping adds: the selected step and its evaluation."""
+  es, t = m.config.early_stopping, m.tracker
+  return {'patience': es.patience, 'min_delta': es.min_delta,
+          'evaluations_without_improvement': t.since_improvement,
+          'selected_step': t.best_step,
+          'selected': selection_lib.describe(t.best_value, t.best_step, m.config.data.valid_split)}
 
 
 def _finish(members, states, step, result, stopped):
@@ -464,7 +501,7 @@ def _finish(members, states, step, result, stopped):
   out = []
   for m in members:
     status = ('failed' if m.failed else 'preempted' if stopped == 'signal'
-              else 'stopped' if stopped else 'done')
+              else 'stopped' if stopped and stopped != 'early_stopping' else 'done')
     if status == 'done' and not members_lib.is_done(m.workdir, m.config, step):
       members_lib.write_done(m.workdir, m.config, step)
     out.append({'workdir': m.workdir, 'status': status, 'step': int(step),
@@ -473,6 +510,13 @@ def _finish(members, states, step, result, stopped):
     what = 'checkpoint saved' if single else 'checkpoints saved, no DONE'
     members[0].print_fn(f'Stopped by a signal at step {step}: {what}. Run the same command '
                         'again to resume exactly from here.')
+  elif stopped == 'early_stopping':
+    for m in members:
+      if not m.failed:
+        m.log(f'Early stopping at step {step}: {m.tracker.since_improvement} evaluations without '
+              'a validation improvement of at least early_stopping.min_delta='
+              f'{m.config.early_stopping.min_delta:g}; selected: '
+              f'{_early_stop_record(m)["selected"]}. DONE.')
   elif stopped:
     c = members[0].config
     members[0].print_fn(
@@ -481,7 +525,7 @@ def _finish(members, states, step, result, stopped):
         'again (each run has its own budget) to resume exactly from here.')
   result.update(step=int(step), states=pop_lib.stack(states) if states and not single else None,
                 state_list=states, members=out, stopped=stopped,
-                preempted=stopped is not None)
+                preempted=stopped not in (None, 'early_stopping'))
   return result
 
 

@@ -48,6 +48,7 @@ class Member:
   meta: dict = None       # the meta of the checkpoint it restored (None: initialised)
   failed: str = ''        # why it failed, once it has
   last_eval: dict = dataclasses.field(default_factory=dict)
+  tracker: object = None  # its vae_jax.evaluate.selection.Tracker (set when it resumes)
   print_fn: object = print
 
   @property
