@@ -132,10 +132,13 @@ def read_rows(workdir):
     return list(csv.DictReader(f))
 
 
-def final_eval(point_dir, split):
+def selected_eval(point_dir, split):
+  """The eval record of `split` at the step with the lowest validation neg_elbo."""
   with open(os.path.join(point_dir, 'metrics.jsonl')) as f:
-    evals = [r for r in map(json.loads, f) if r['kind'] == 'eval' and r['split'] == split]
-  return evals[-1]
+    evals = [r for r in map(json.loads, f) if r['kind'] == 'eval']
+  valid = [r for r in evals if r['split'] == 'train[90%:]']
+  best = min(valid, key=lambda r: (r['neg_elbo'], r['step']))['step']
+  return next(r for r in evals if r['step'] == best and r['split'] == split)
 
 
 def test_tiny_sweep_results_match_the_runs(tiny_sweep):
@@ -149,8 +152,8 @@ def test_tiny_sweep_results_match_the_runs(tiny_sweep):
     point_dir = os.path.join(workdir, row['name'])
     assert row['status'] == 'done' and row['step'] == '60'
     for tag, split in (('valid', 'train[90%:]'), ('test', 'test')):
-      rec = final_eval(point_dir, split)
-      assert rec['step'] == 60
+      rec = selected_eval(point_dir, split)
+      assert int(row['selected_step']) == rec['step']
       for m in ('neg_elbo', 'recon', 'kl'):
         assert float(row[f'{tag}_{m}']) == pytest.approx(rec[m])
         assert float(row[f'{tag}_{m}_stderr']) == pytest.approx(rec[f'{m}_stderr'])

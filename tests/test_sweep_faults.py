@@ -227,3 +227,20 @@ def test_a_damaged_sweep_json_is_a_clear_error(tmp_path):
     assert result.returncode == 2, result.stdout + result.stderr
     assert 'Traceback' not in result.stderr
     assert str(path) in result.stderr and 'cannot be read' in result.stderr
+
+
+def test_a_point_is_reported_at_its_step_selected_on_validation(tmp_path):
+  # Evaluations at steps 10, 20 and 30; validation is best at 20, the newest step is 30.
+  _, planned = planned_sweep(tmp_path)
+  point = planned[0]
+  write_mark(point, 'DONE', step=30)
+  with open(os.path.join(point['workdir'], 'metrics.jsonl'), 'w') as f:
+    for step, valid, test in ((10, 9.0, 9.5), (20, 7.0, 7.25), (30, 8.0, 8.5)):
+      for split, value in (('train[90%:]', valid), ('test', test)):
+        f.write(json.dumps({'step': step, 'kind': 'eval', 'split': split, 'neg_elbo': value,
+                            'neg_elbo_stderr': 0.1, 'recon': value - 1, 'kl': 1.0}) + '\n')
+  row = results.point_row(point['workdir'], point['name'], point['point'], point['config'])
+  assert row['step'] == 30 and row['selected_step'] == 20
+  assert (row['valid_neg_elbo'], row['test_neg_elbo'], row['test_recon']) == (7.0, 7.25, 6.25)
+  md = results._markdown([row], ['objective.beta'])
+  assert 'selected step' in md and 'lowest validation neg_elbo' in md

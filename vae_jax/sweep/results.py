@@ -5,6 +5,7 @@ DIR/results.csv, DIR/results.md and DIR/neg_elbo_vs_KEY.png written (`report`).
 import csv
 import datetime
 import json
+import math
 import os
 
 from vae_jax.storage import records as records_lib
@@ -51,8 +52,18 @@ def _wall_seconds(point_dir, done_step):
   return os.path.getmtime(os.path.join(point_dir, 'DONE')) - min(times)
 
 
+def selected_step(evals, valid_split):
+  """The step of the lowest validation neg_elbo among a run's eval records (ties: the earlier
+  step; non-finite values last), the step its readers select (vae_jax.evaluate.selection), or
+  None where validation was never evaluated."""
+  scored = [(not math.isfinite(r['neg_elbo']), r['neg_elbo'], r['step']) for r in evals
+            if r.get('split') == valid_split and isinstance(r.get('neg_elbo'), (int, float))]
+  return min(scored)[2] if scored else None
+
+
 def point_row(point_dir, name, point, config=None):
-  """One results row: the point's overrides, status, final step, wall time, final metrics."""
+  """One results row: the point's overrides, status, final step, wall time, and the metrics of
+  its step selected on validation (selected_step)."""
   row = {'name': name, **{k: hyper.render_value(v) for k, v in point.items()}}
   row['status'] = point_status(point_dir, config)
   done = read_done(point_dir)
@@ -68,9 +79,11 @@ def point_row(point_dir, name, point, config=None):
   cfg = _config_json(point_dir) or {}
   splits = {'valid': cfg.get('data', {}).get('valid_split', 'train[90%:]'),
             'test': cfg.get('data', {}).get('eval_split', 'test')}
-  last = max((r['step'] for r in evals), default=None)
+  chosen = selected_step(evals, splits['valid'])
+  row['selected_step'] = chosen
   for tag, split in splits.items():
-    rec = next((r for r in reversed(evals) if r['step'] == last and r.get('split') == split), {})
+    rec = next((r for r in reversed(evals) if r['step'] == chosen and r.get('split') == split),
+               {})
     for m in METRICS:
       for suffix in ('', '_stderr'):
         if m + suffix in rec or m in ('neg_elbo', 'recon', 'kl'):
@@ -160,12 +173,12 @@ def _markdown(rows, keys):
   """DIR/results.md: the table, the failed points' reasons, and how to read it."""
   best = _best(rows)
   metrics = [m for m in METRICS if any(f'test_{m}' in r for r in rows)]
-  head = ['', 'name', *keys, 'status', 'step', 'wall (s)']
+  head = ['', 'name', *keys, 'status', 'step', 'selected step', 'wall (s)']
   head += [f'{tag} {m}' for tag in ('valid', 'test') for m in metrics]
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for i, r in enumerate(rows):
     cells = ['**best**' if i == best else '', r['name'], *(str(r.get(k, '')) for k in keys),
-             r['status'], _fmt(r.get('step')),
+             r['status'], _fmt(r.get('step')), _fmt(r.get('selected_step')),
              '' if r.get('wall_s') is None else f"{r['wall_s']:.1f}"]
     cells += [_fmt(r.get(f'{tag}_{m}'), r.get(f'{tag}_{m}_stderr'))
               for tag in ('valid', 'test') for m in metrics]
@@ -174,8 +187,10 @@ def _markdown(rows, keys):
             for r in rows if r['status'] == 'failed']
   if failed:
     lines += ['', *failed]
-  note = ('\nBest point (lowest validation neg_elbo among the finished ones) marked. Values '
-          'are the final evaluation, ± one standard error over the split\'s examples. wall: '
+  note = ('\nBest point (lowest validation neg_elbo among the finished ones) marked. Each '
+          'point is reported at its selected step, the evaluation with the lowest validation '
+          'neg_elbo (what scripts/evaluate.py evaluates by default): its validation and test '
+          'values, ± one standard error over the split\'s examples. wall: '
           'from the run\'s first start (run.json) to DONE, restarts and any gap between them '
           'included.\n')
   return '\n'.join(lines) + '\n' + note
@@ -215,7 +230,7 @@ def _plot(path, rows, pairs, key, keys):
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
   ax.set_xlabel(key)
   ax.set_ylabel('neg_elbo (nats per example)')
-  ax.set_title(f'final neg_elbo against {key}')
+  ax.set_title(f'neg_elbo at the selected step against {key}')
   ax.grid(True, alpha=0.3)
   if ax.get_legend_handles_labels()[0]:
     ax.legend(fontsize=8)
