@@ -181,3 +181,16 @@ def test_a_resumed_run_keeps_its_patience_count_and_stops_at_the_same_step_bitwi
   a, b = records(str(tmp_path / 'a'), 'stop')[0], records(resumed, 'stop')[0]
   for key in ('selected_step', 'selected', 'evaluations_without_improvement'):
     assert a[key] == b[key]
+
+
+def test_a_population_stops_early_when_every_member_has_run_out_of_patience(tmp_path):
+  configs = [member_config(o, **EARLY) for o in ({}, {'seed': 3})]
+  dirs = [str(tmp_path / 'a'), str(tmp_path / 'b')]
+  out = train.train_population(configs, dirs, mode='loop')
+  assert out['stopped'] == 'early_stopping' and out['step'] == 30
+  assert [m['status'] for m in out['members']] == ['done', 'done']
+  for config, workdir in zip(configs, dirs, strict=True):
+    values = valid_values(workdir, config)
+    stop, = records(workdir, 'stop')
+    assert stop['selected_step'] == min(values, key=values.get)
+    assert os.path.exists(os.path.join(workdir, 'DONE'))
