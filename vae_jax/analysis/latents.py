@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax.analysis.load import run_params
-from vae_jax.data.preprocess import preprocess
+from vae_jax.data.preprocess import preprocess, split_id
 from vae_jax.maths import streams
 
 # Prior temperatures of the sample figure: every prior scale times T. Below 1 the draws sit
@@ -35,8 +35,8 @@ def _posterior(model, params, x):
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _encode_images(model, mode, data_seed, params, images, index):
-  x = preprocess(images, index, mode=mode, data_seed=data_seed)
+def _encode_images(model, mode, data_seed, params, images, index, split):
+  x = preprocess(images, index, mode=mode, data_seed=data_seed, split=split)
   return model.posterior_stats(params, x)
 
 
@@ -61,14 +61,16 @@ def posterior(run, x, params=None):
   return {k: np.asarray(v) for k, v in out.items()}
 
 
-def encode_split(run, arrays, params=None, batch_size=None):
+def encode_split(run, arrays, params=None, batch_size=None, split=None):
   """{'mean', 'var'}: numpy [N, U] posterior moments of every example of `arrays`.
 
   Batches of config.eval_batch_size (the last one padded, so one shape compiles); the images
   are preprocessed as in evaluation (a binarized dataset's draws are keyed by each example's
-  index).
+  index, and a static binarization's also by its base split: `split`, the split `arrays` were
+  loaded from, default config.data.eval_split).
   """
   config = run.config
+  ids = jnp.int32(split_id(split or config.data.eval_split))  # traced: one compile per shape
   images, index = arrays['image'], arrays['index']
   n = len(images)
   b = min(batch_size or config.eval_batch_size, n)
@@ -76,7 +78,7 @@ def encode_split(run, arrays, params=None, batch_size=None):
   for start in range(0, n, b):
     rows = np.arange(start, start + b) % n  # the last batch wraps round; sliced off below
     out = _encode_images(run.model, config.data.preprocess, config.data_seed,
-                         run_params(run, params), images[rows], index[rows])
+                         run_params(run, params), images[rows], index[rows], ids)
     keep = min(b, n - start)
     means.append(np.asarray(out['mean'])[:keep])
     variances.append(np.asarray(out['var'])[:keep])

@@ -15,6 +15,7 @@ import numpy as np
 
 from vae_jax import data as data_lib
 from vae_jax import sharding
+from vae_jax.data.preprocess import split_id
 from vae_jax.maths import streams
 
 
@@ -26,19 +27,22 @@ def eval_root(exp):
 
 
 def global_batches(exp, split, arrays, batch_size):
-  """(host batch, its global (images, index, mask)) for each padded batch of the split."""
+  """(host batch, its global (images, index, mask, split ids)) for each padded batch of the
+  split; the split ids [B] are the base split's preprocess.split_id (static binarization's
+  key), traced so that one program serves every split."""
   for batch in data_lib.eval_batches(exp.config.data, split, batch_size=batch_size,
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count(), arrays=arrays):
-    yield batch, sharding.host_to_global((batch['image'], batch['index'], batch['mask']),
+    ids = np.full(batch['index'].shape, split_id(split), np.int32)
+    yield batch, sharding.host_to_global((batch['image'], batch['index'], batch['mask'], ids),
                                          exp.mesh)
 
 
 def jit_batch_fn(exp, fn):
-  """fn(params, eval key, images, index, mask), batch-sharded in, replicated out (every
-  process can read every example's values)."""
+  """fn(params, eval key, images, index, mask, split ids), batch-sharded in, replicated out
+  (every process can read every example's values)."""
   rep, bat = sharding.replicated(exp.mesh), sharding.batch_sharding(exp.mesh)
-  return jax.jit(fn, in_shardings=(rep, rep, bat, bat, bat), out_shardings=rep)
+  return jax.jit(fn, in_shardings=(rep, rep, bat, bat, bat, bat), out_shardings=rep)
 
 
 def kept(outputs):

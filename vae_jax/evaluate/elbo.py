@@ -13,12 +13,13 @@ from vae_jax.maths import streams
 
 
 def make_eval_step(exp):
-  """(params, eval key (streams.eval_root(seed)), uint8 images [B,...], index [B], mask [B]) ->
-  masked sums of every [B] term and of its square, and the count."""
+  """(params, eval key (streams.eval_root(seed)), uint8 images [B,...], index [B], mask [B],
+  split ids [B]) -> masked sums of every [B] term and of its square, and the count."""
   config, model = exp.config, exp.model
 
-  def eval_step(params, key, images, index, mask):
-    x = preprocess(images, index, mode=config.data.preprocess, data_seed=config.data_seed)
+  def eval_step(params, key, images, index, mask, split):
+    x = preprocess(images, index, mode=config.data.preprocess, data_seed=config.data_seed,
+                   split=split)
     terms = model.terms(params, x, streams.eval_keys_at(key, index))
     terms = {k: v for k, v in terms.items() if v.ndim == 1}  # the [B] terms; not [B, U]
     # Padded rows are selected out, not multiplied by 0: a non-finite term there (0 * inf)
@@ -36,7 +37,7 @@ def jit_eval_step(exp):
   mesh = exp.mesh
   rep, bat = sharding.replicated(mesh), sharding.batch_sharding(mesh)
   params_sh = jax.tree.map(lambda a: a.sharding, exp.abstract_state.params)
-  return jax.jit(make_eval_step(exp), in_shardings=(params_sh, rep, bat, bat, bat),
+  return jax.jit(make_eval_step(exp), in_shardings=(params_sh, rep, bat, bat, bat, bat),
                  out_shardings=rep)
 
 

@@ -59,8 +59,8 @@ def default_chunk_size(exp, batch_size):
 
 
 def make_estimate_step(exp, num_samples, chunk_size, units=False):
-  """(params, eval key (streams.eval_root(seed)), uint8 images [B,...], index [B], mask [B])
-  -> per-example values, each [B].
+  """(params, eval key (streams.eval_root(seed)), uint8 images [B,...], index [B], mask [B],
+  split ids [B]) -> per-example values, each [B].
 
   recon, kl, neg_elbo: the single-sample ELBO terms of `evaluate` (same keys, same sample 0).
   With num_samples K > 0 also
@@ -79,8 +79,9 @@ def make_estimate_step(exp, num_samples, chunk_size, units=False):
   if num_samples:
     num_chunks, kc = chunk_plan(num_samples, chunk_size)
 
-  def step(params, key, images, index, mask):
-    x = preprocess(images, index, mode=config.data.preprocess, data_seed=config.data_seed)
+  def step(params, key, images, index, mask, split):
+    x = preprocess(images, index, mode=config.data.preprocess, data_seed=config.data_seed,
+                   split=split)
     keys = streams.eval_keys_at(key, index)  # [B]
     terms = model.terms(params, x, keys)
     out = {k: v for k, v in terms.items() if v.ndim == 1}  # each [B]
@@ -103,7 +104,7 @@ def make_estimate_step(exp, num_samples, chunk_size, units=False):
       out['posterior_gap'] = out['neg_elbo'] - out['nll']
       out['ess'] = jnp.exp(2.0 * lse - jax.nn.logsumexp(lse2, axis=0))
     if units:
-      stats = model.posterior_stats(params, x)  # [B, U] each
+      stats = model.posterior_stats(params, x, keys)  # [B, U] each (keys: a flow's samples)
       out.update(post_mean=stats['mean'], post_var=stats['var'])
       if 'kl_units' in terms:
         out['post_kl_units'] = terms['kl_units']  # [B, U]: the kl term's units
@@ -152,7 +153,7 @@ def likelihood_kind(config, binary_data):
 
 
 def _is_binary(batch, preprocess_mode):
-  if preprocess_mode in ('dynamic_binarize', 'threshold'):
+  if preprocess_mode in ('dynamic_binarize', 'static_binarize', 'threshold'):
     return True
   images = batch['image'][batch['mask']]
   return bool(np.all((images == 0) | (images == 255))) if preprocess_mode == 'grey' else False

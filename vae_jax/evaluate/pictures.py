@@ -43,7 +43,7 @@ def picture_inputs(exp, arrays=None, split=None):
   n = min(config.images.num, size)
   batch = next(iter(data_lib.eval_batches(config.data, split, batch_size=n, arrays=arrays)))
   return preprocess(jnp.asarray(batch['image']), jnp.asarray(batch['index']),
-                    mode=config.data.preprocess, data_seed=config.data_seed)
+                    mode=config.data.preprocess, data_seed=config.data_seed, split=split)
 
 
 def write_training_pictures(exp, workdir, step, params, pictures, x=None, arrays=None):

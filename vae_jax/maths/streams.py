@@ -17,6 +17,8 @@ unsharded one).
   data root = fold_in(key(data_seed), DATA_TAG)
     binarize_train: fold_in(fold_in(fold_in(root, BINARIZE_TRAIN), epoch), index)
     binarize_eval:  fold_in(fold_in(root, BINARIZE_EVAL), index)
+    binarize_static: fold_in(fold_in(fold_in(root, BINARIZE_STATIC), split), index)
+            split: the id of the example's base split (vae_jax.data.preprocess.split_id)
 """
 
 import jax
@@ -29,7 +31,7 @@ DATA_TAG = 0x44415441
 # Stream ids under the model root.
 INIT, TRAIN, EVAL, PRIOR = 0, 1, 2, 3
 # Stream ids under the data root.
-BINARIZE_TRAIN, BINARIZE_EVAL = 1, 2
+BINARIZE_TRAIN, BINARIZE_EVAL, BINARIZE_STATIC = 1, 2, 3
 
 
 def model_root(seed):
@@ -84,3 +86,16 @@ def binarize_keys(index, *, data_seed, epoch=None):
   epoch = jnp.broadcast_to(jnp.asarray(epoch), index.shape)
   fold = jnp.vectorize(lambda e, i: jax.random.fold_in(jax.random.fold_in(k, e), i))
   return fold(epoch, index)
+
+
+def static_binarize_keys(index, split, *, data_seed):
+  """Typed keys, one per example: index [...] and its base split's id (broadcastable) -> keys.
+
+  No epoch: each example has one draw for the whole run (static binarization). The split id
+  tells apart examples of different base splits that share an index (train 5 and test 5).
+  """
+  index = jnp.asarray(index)
+  split = jnp.broadcast_to(jnp.asarray(split), index.shape)
+  k = jax.random.fold_in(data_root(data_seed), BINARIZE_STATIC)
+  fold = jnp.vectorize(lambda s, i: jax.random.fold_in(jax.random.fold_in(k, s), i))
+  return fold(split, index)

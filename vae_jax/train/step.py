@@ -61,7 +61,7 @@ def make_train_step(exp):
   def train_step(state, images, index):
     epoch = state.step // steps_per_epoch
     x = preprocess(images, index, mode=config.data.preprocess, data_seed=config.data_seed,
-                   epoch=epoch)                                                   # [B, H, W, C]
+                   epoch=epoch, split=config.data.train_split)                    # [B, H, W, C]
     x = jax.lax.with_sharding_constraint(x, batch_sharding)
     (_, means), grads = grad_fn(state.params, x, state.train_key(), state.hparams, state.step)
     means = {k: v for k, v in means.items() if v.ndim == 0}  # per-unit means are not logged
