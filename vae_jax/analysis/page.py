@@ -172,6 +172,8 @@ def write_tensorboard_images(logdir, step, pngs):
   from tensorboard.compat.proto import event_pb2, summary_pb2
   from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
+  from vae_jax.storage import writers as writers_lib
+  writers_lib.tensorboard_without_tensorflow()
   writer = EventFileWriter(logdir, filename_suffix='.analysis')
   values = []
   for tag, path in pngs.items():

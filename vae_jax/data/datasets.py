@@ -5,15 +5,23 @@ a base split ('train[:90%]', see `splits`); an example's index is always its ind
 split's canonical TFDS order (shard files in order, records in order): it is what binarization
 keys and evaluation use, for both back ends.
 
+A prepared dataset is found and read without TensorFlow (`prepared_records`, `dataset_info`,
+`load_arrays`: the memory back end); TensorFlow is imported only to prepare one (sprites
+generation, offline preparation, downloads) and by the stream back end.
+
 Imports go one way: datasets imports offline and sprites_builder (inside the functions that
 need them: both import TFDS at their top), and all three import records (TFRecord reading and
 image encoding), which imports neither.
 """
 
 import dataclasses
+import json
 import os
+import re
 
 from vae_jax.data import checks, records, splits
+
+_VERSION = re.compile(r'^\d+\.\d+\.\d+$')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,24 +184,72 @@ def prepare(data_cfg):
   return ensure_prepared(data_cfg)[0]
 
 
+def _prepared_folder(data_cfg):
+  """The prepared {data_dir}/{name}[/{config}]/{version} folder to read, or None (no TFDS).
+
+  The version is the one data.name pins ('mnist:3.0.1'), for the sprites the one their
+  builder makes, else the newest prepared one (what TFDS prepares, unless the folder also
+  holds one prepared by a newer TFDS). Without a config in the name, TFDS's record of the
+  default config is followed.
+  """
+  base, config, version = checks.split_name(checks.canonical_name(data_cfg.name))
+  root = os.path.join(checks.resolve_data_dir(data_cfg.data_dir), base)
+  if config is None:
+    try:
+      with open(os.path.join(root, '.config', 'metadata.json')) as f:
+        config = json.load(f).get('default_config_name') or None
+    except (OSError, ValueError):
+      pass
+  if base == checks.SPRITES and version is None:
+    from vae_jax.data import sprites_builder
+
+    version = str(sprites_builder.Sprites.VERSION)
+  parent = os.path.join(root, config) if config else root
+  try:
+    found = [v for v in os.listdir(parent) if _VERSION.match(v) and (version in (None, v)) and
+             os.path.exists(os.path.join(parent, v, 'dataset_info.json'))]
+  except OSError:
+    return None
+  if not found:
+    return None
+  return os.path.join(parent, max(found, key=lambda v: tuple(int(n) for n in v.split('.'))))
+
+
+def prepared_records(data_cfg):
+  """The configured dataset as records.Prepared (prepares it first if needed).
+
+  A prepared dataset is found and described from its files without TensorFlow; only a
+  preparation (ensure_prepared) imports it.
+
+  Raises:
+    DatasetMissingError: as for ensure_prepared.
+  """
+  checks.check_available(data_cfg)  # fails fast, with the prepare command
+  folder = _prepared_folder(data_cfg)
+  if folder is None:
+    folder = ensure_prepared(data_cfg)[0].data_dir
+  return records.open_prepared(folder)
+
+
 def dataset_info(data_cfg):
   """DataInfo of the configured dataset (prepares it first if needed)."""
-  info = prepare(data_cfg).info
-  metadata = info.metadata or {}
+  prepared = prepared_records(data_cfg)
   return DataInfo(
       name=data_cfg.name,
-      image_shape=tuple(info.features['image'].shape),
-      num_examples={k: v.num_examples for k, v in info.splits.items()},
-      entropy_nats=metadata.get('entropy_nats'),
-      num_distinct=metadata.get('num_distinct'),
+      image_shape=tuple(prepared.features['image'].shape),
+      num_examples=records.split_sizes(prepared),
+      entropy_nats=prepared.metadata.get('entropy_nats'),
+      num_distinct=prepared.metadata.get('num_distinct'),
   )
 
 
 def load_arrays(data_cfg, split):
   """A split or slice as numpy arrays (prepares the dataset first if needed).
 
+  Without TensorFlow where the dataset is prepared (see records.read_split).
+
   Returns:
     {'image': uint8 [N, H, W, C] (0..255), 'index': int32 [N] (each example's index in the base
     split: 'train[55000:]' gives 55000, 55001, ...), plus 'label' / factors, each [N, ...]}.
   """
-  return records.read_split(prepare(data_cfg), split)
+  return records.read_split(prepared_records(data_cfg), split)

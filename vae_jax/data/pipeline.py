@@ -42,10 +42,9 @@ def make_train_iterator(data_cfg, *, batch_size, data_seed, start_step, process_
                          start_step=start_step, process_index=process_index,
                          process_count=process_count)
   if data_cfg.backend == 'stream':
-    builder = datasets.prepare(data_cfg)
-    ds = _stream_train(builder, data_cfg.train_split, batch_size=batch_size,
-                       data_seed=data_seed, start_step=start_step, lo=lo, local=local,
-                       block_size=data_cfg.shuffle_buffer)
+    ds = _stream_train(datasets.prepared_records(data_cfg), data_cfg.train_split,
+                       batch_size=batch_size, data_seed=data_seed, start_step=start_step, lo=lo,
+                       local=local, block_size=data_cfg.shuffle_buffer)
     return ds.as_numpy_iterator()
   raise ValueError(f'Unknown data.backend {data_cfg.backend!r}; valid: memory, stream.')
 
@@ -85,7 +84,7 @@ def _memory_train(arrays, *, batch_size, data_seed, start_step, process_index, p
              'epoch': np.full(len(idx), order.epoch_of(step, n, batch_size), np.int32)}
 
 
-def _stream_train(builder, split, *, batch_size, data_seed, start_step, lo, local, block_size):
+def _stream_train(prepared, split, *, batch_size, data_seed, start_step, lo, local, block_size):
   """A tf.data.Dataset over the split's records in `order.stream_epoch_plan` order.
 
   The plan is over positions 0..n-1 of the split (a slice: of its range [first, first + n) of
@@ -96,8 +95,8 @@ def _stream_train(builder, split, *, batch_size, data_seed, start_step, lo, loca
   """
   import tensorflow as tf
 
-  base, first, stop = records.resolve(builder, split)
-  files, lengths = records.record_files(builder, base)
+  base, first, stop = records.resolve(prepared, split)
+  files, lengths = records.record_files(prepared, base)
   n = stop - first
   block_size = min(block_size, n)
   spe = order.steps_per_epoch(n, batch_size)
@@ -141,7 +140,8 @@ def _stream_train(builder, split, *, batch_size, data_seed, start_step, lo, loca
         'epoch': tf.fill(tf.shape(b['rows']), b['epoch']),
     }).unbatch()
 
-  decode = records.make_decoder(builder, with_features=False, scale=records.value_scale(builder))
+  decode = records.make_decoder(prepared, with_features=False,
+                                scale=records.value_scale(prepared))
 
   def local_rows(batch):
     batch = {k: v[lo:lo + local] for k, v in batch.items()}
@@ -181,8 +181,8 @@ def eval_batches(data_cfg, split, *, batch_size, process_index=0, process_count=
       yield {'image': np.where(mask[:, None, None, None], images[pos], 0).astype(np.uint8),
              'index': np.where(mask, base_index[pos], 0).astype(np.int32), 'mask': mask}
     return
-  yield from _stream_eval(datasets.prepare(data_cfg), split, batch_size=batch_size, lo=lo,
-                          local=local)
+  yield from _stream_eval(datasets.prepared_records(data_cfg), split, batch_size=batch_size,
+                          lo=lo, local=local)
 
 
 def _eval_rows(start, lo, local, n):
@@ -192,13 +192,14 @@ def _eval_rows(start, lo, local, n):
   return np.where(mask, pos, 0).astype(np.int32), mask
 
 
-def _stream_eval(builder, split, *, batch_size, lo, local):
+def _stream_eval(prepared, split, *, batch_size, lo, local):
   import tensorflow as tf
 
-  base, first, stop = records.resolve(builder, split)
-  files, lengths = records.record_files(builder, base)
+  base, first, stop = records.resolve(prepared, split)
+  files, lengths = records.record_files(prepared, base)
   n = stop - first
-  decode = records.make_decoder(builder, with_features=False, scale=records.value_scale(builder))
+  decode = records.make_decoder(prepared, with_features=False,
+                                scale=records.value_scale(prepared))
   ds = records.slice_records(files, lengths, first, n).batch(batch_size)
   ds = ds.map(lambda s: decode(s[lo:lo + local])['image'],
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(4)

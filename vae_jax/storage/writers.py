@@ -16,6 +16,19 @@ import numpy as np
 from vae_jax.storage import records
 
 
+def tensorboard_without_tensorflow():
+  """Makes tensorboard's writers use its own file layer, not TensorFlow's.
+
+  Wherever TensorFlow is installed, tensorboard imports it for tf.io.gfile (about 3 s of every
+  run's start); a module named tensorboard.compat.notf selects its stub instead (the pip
+  form of its no_tensorflow build target). Local files are all the writers here need. Call it
+  before the first tensorboard writer of the process.
+  """
+  import sys
+  import types
+  sys.modules.setdefault('tensorboard.compat.notf', types.ModuleType('tensorboard.compat.notf'))
+
+
 class MetricWriter:
   """Appends one JSON object per line to DIR/metrics.jsonl and mirrors scalars to TensorBoard.
 
@@ -37,6 +50,7 @@ class MetricWriter:
           print(f'{self._path}: dropped {dropped} records of steps after {resume_step}, '
                 'which this start recomputes.', flush=True)
       try:
+        tensorboard_without_tensorflow()
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
         self._tb = EventFileWriter(os.path.join(workdir, 'tensorboard'))
       except ImportError:  # tensorboard is a declared dependency; metrics.jsonl is the record
