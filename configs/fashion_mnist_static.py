@@ -45,4 +45,8 @@ from configs import fashion_mnist_hvae
 def get_config():
   c = fashion_mnist_hvae.get_config()
   c.data.preprocess = 'static_binarize'  # one fixed draw per example for the whole run
+  # Every 5 epochs (22 evaluations of the full validation and test splits, about 2 s each on
+  # one core): the validation curve shows where the fixed bits start to be learnt, and the
+  # selected step is within 5 epochs of the best.
+  c.eval_every_steps = 2340
   return c
