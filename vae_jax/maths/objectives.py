@@ -74,6 +74,30 @@ def iwae_terms(log_weights):
   return -(jax.nn.logsumexp(log_weights, axis=0) - jnp.log(float(k)))
 
 
+def dreg_iwae_terms(log_w_theta, log_w_phi):
+  """iwae_terms' value with the doubly reparameterised gradient (DReG; Tucker et al. 2019).
+
+  Args:
+    log_w_theta: [K, B] log weights whose gradient reaches only the decoder's and prior's
+      parameters theta.
+    log_w_phi: [K, B] the same values, whose gradient reaches the encoder's parameters phi only
+      along the sample path h(phi, eps) (q's density at h taken with phi stopped); see the
+      model contract's `dreg_log_weights`.
+
+  Returns:
+    [B], equal to iwae_terms(log_w_theta). Its gradient, with w~ = softmax_k(log w) held
+    constant: theta: -sum_k w~_k d log w_k (the IWAE gradient itself); phi: -sum_k w~_k^2
+    d log w_k / dh dh / dphi. The score term of the reparameterised estimator, whose variance
+    does not fall with K, is gone and the estimate stays unbiased, so the encoder's
+    signal-to-noise ratio no longer falls as K grows.
+  """
+  w = jax.lax.stop_gradient(jax.nn.softmax(log_w_theta, axis=0))  # [K, B], sums to 1 over K
+  surrogate = jnp.sum(w * log_w_theta + jnp.square(w) * log_w_phi, axis=0)  # [B]
+  # The surrogate's gradient, iwae_terms' value: the surrogate minus itself stopped is 0.
+  value = iwae_terms(jax.lax.stop_gradient(log_w_theta))
+  return value - (surrogate - jax.lax.stop_gradient(surrogate))
+
+
 def training_objective(means, hparams, step, free_bits_per='total'):
   """The scalar loss the optimizer minimises, from the batch means of the terms.
 

@@ -51,6 +51,8 @@ class Capabilities:
       beside `kl` as `kl_standard` [B].
     description: one line a reader of a results page should know the model by.
     prior_description: what `sample` draws, for picture captions (T is the temperature).
+    dreg: the model provides `dreg_log_weights` (see `Model`), so the importance-weighted bound
+      can train with the doubly reparameterised gradient (objective.iwae_gradient=dreg).
   """
 
   kl_units: bool
@@ -59,6 +61,7 @@ class Capabilities:
   standard_prior: bool
   description: str
   prior_description: str
+  dreg: bool = False
 
 
 @typing.runtime_checkable
@@ -76,6 +79,14 @@ class Model(typing.Protocol):
   unit_groups: tuple
   # Optional, not required: `sample_cost`, the decoder rows one sample of one example costs in
   # log_weights (evaluate.default_chunk_size divides its row budget by it; 1 when absent).
+  # Optional, not required (declared by `Capabilities.dreg`): `dreg_log_weights(params, x, keys,
+  # num_samples)` -> (log_w_theta [K, B], log_w_phi [K, B]), both with the value of
+  # `log_weights(params, x, keys, num_samples, 0)`, for the doubly reparameterised gradient
+  # (Tucker et al. 2019; maths/objectives.dreg_iwae_terms). log_w_theta carries gradients only
+  # to the decoder's and prior's parameters (the sample h and q's parameters stopped); log_w_phi
+  # only along the sample path h(phi, eps) (the decoder's parameters stopped, log q evaluated
+  # at the live h with q's parameters stopped). Only valid where q's parameters reach log w
+  # through h and log q alone (not a prior or a decoder that shares them).
 
   def init(self, key, x):
     """Parameters for inputs shaped like x [B, H, W, C]."""

@@ -135,6 +135,37 @@ class GaussianVAE:
     log_p_h = self.log_prior(params, h, state.get('prior'))  # [K, B]
     return log_px_h + log_p_h - gaussians.gaussian_log_prob(post, h)
 
+  def dreg_log_weights(self, params, x, keys, num_samples):
+    """(log_w_theta, log_w_phi): [K, B] each, both with log_weights(params, x, keys,
+    num_samples)'s value, for the doubly reparameterised gradient (contract.Model;
+    objectives.dreg_iwae_terms).
+
+    log_w_theta: only the decoder's parameters get a gradient (h and q's parameters stopped).
+    log_w_phi: only the sample path h = mean + L eps does (the decoder's parameters and q's
+    density's parameters stopped; log q is taken at the live h). Only where capabilities.dreg
+    (models/vae.py): N(0, I) prior and no flow, since the VampPrior's density and a flow's log q
+    depend on parameters outside this sample path. stop_gradient is the identity in the forward
+    pass, so the two share one encoder pass here, and XLA may merge their decoder passes.
+    """
+    if not self.capabilities.dreg:
+      raise ValueError(f'dreg_log_weights: this model ({self.capabilities.description}) does not '
+                       'declare Capabilities.dreg; it needs the N(0, I) prior and no posterior '
+                       'flow (use objective.iwae_gradient=reparam).')
+    post = self._posterior(params, x)
+    eps = self._noise(keys, x.shape[0], num_samples)  # [K, B, D]
+    h = gaussians.gaussian_rsample(post, eps)  # [K, B, D], differentiable in phi
+    post_sg = jax.lax.stop_gradient(post)
+
+    def log_w(dec_params, h):
+      lik = self.network.apply({'params': dec_params}, h, method='decode')
+      log_px_h = likelihoods.likelihood_log_prob(self.likelihood, lik, x)  # [K, B]
+      return (log_px_h + gaussians.standard_normal_log_prob(h)
+              - gaussians.gaussian_log_prob(post_sg, h))
+
+    log_w_theta = log_w(params, jax.lax.stop_gradient(h))
+    log_w_phi = log_w(jax.lax.stop_gradient(params), h)
+    return log_w_theta, log_w_phi
+
   def sample_latents(self, params, key, n, temperature=1.0):
     """n prior draws h [n, D] with every scale multiplied by temperature.
 

@@ -72,6 +72,7 @@ def capabilities(model_cfg):
       group_kl=n > 1,      # kl/<group> for every group
       diagonal_posterior=n == 1,  # a single group is one diagonal Gaussian; more are not
       standard_prior=False,  # the top group's prior is N(0, I), the others are learned
+      dreg=False,  # its posteriors share the decoder's top-down parameters
       description=(f'top-down hierarchical VAE ({model_cfg.encoder}): {n} groups of '
                    f'{model_cfg.latent_dim} {unit}, learned priors given the groups above, '
                    f'{model_cfg.likelihood} likelihood'),

@@ -60,6 +60,9 @@ def capabilities(model_cfg):
       group_kl=False,
       diagonal_posterior=diag,
       standard_prior=not vamp,
+      # DReG's encoder gradient needs phi to reach log w only through h and log q: not through
+      # the VampPrior (the encoder's pseudo-input components) or a flow's own parameters.
+      dreg=not vamp and model_cfg.get('posterior_flow', 'none') == 'none',
       description=(f'single-layer VAE: {model_cfg.latent_dim} latent units, {post} Gaussian '
                    f'q(h|x), {prior}, {model_cfg.likelihood} likelihood'),
       prior_description=('a pseudo-input k uniformly, then h ~ N(mean_k, T^2 diag(scale_k^2))'

@@ -34,8 +34,12 @@ def make_loss_fn(model, objective):
     terms = model.terms(params, x, key)                     # each [B] (or [B, U])
     if objective.name == 'iwae':
       keys = jax.random.split(jax.random.fold_in(key, 1), x.shape[0])  # one per example
-      log_w = model.log_weights(params, x, keys, objective.num_samples, 0)  # [K, B]
-      terms['iwae'] = objectives.iwae_terms(log_w)          # [B]
+      if objective.iwae_gradient == 'dreg':  # same value, the doubly reparameterised gradient
+        log_w_theta, log_w_phi = model.dreg_log_weights(params, x, keys, objective.num_samples)
+        terms['iwae'] = objectives.dreg_iwae_terms(log_w_theta, log_w_phi)  # [B]
+      else:
+        log_w = model.log_weights(params, x, keys, objective.num_samples, 0)  # [K, B]
+        terms['iwae'] = objectives.iwae_terms(log_w)        # [B]
     means = objectives.reduce_terms(terms, None, x.shape[0])
     means['loss'] = objectives.training_objective(means, hparams, step, objective.free_bits_per)
     return means['loss'], means
