@@ -104,7 +104,7 @@ def make_estimate_step(exp, num_samples, chunk_size, units=False):
       out['posterior_gap'] = out['neg_elbo'] - out['nll']
       out['ess'] = jnp.exp(2.0 * lse - jax.nn.logsumexp(lse2, axis=0))
     if units:
-      stats = model.posterior_stats(params, x)  # [B, U] each
+      stats = model.posterior_stats(params, x, keys)  # [B, U] each (keys: a flow's samples)
       out.update(post_mean=stats['mean'], post_var=stats['var'])
       if 'kl_units' in terms:
         out['post_kl_units'] = terms['kl_units']  # [B, U]: the kl term's units

@@ -27,7 +27,8 @@ def _posterior_stats_fn(exp, kl):
   def stats(params, key, images, index, mask, split):
     x = preprocess(images, index, mode=config.data.preprocess, data_seed=config.data_seed,
                    split=split)
-    s = model.posterior_stats(params, x)  # {'mean', 'var'}: [B, U]
+    # {'mean', 'var'}: [B, U]; a flow's moments are sampled with the example's own keys.
+    s = model.posterior_stats(params, x, streams.eval_keys_at(key, index))
     out = {'mean': s['mean'], 'var': s['var'], 'index': index, 'mask': mask}
     if kl:  # the model's own KL term at the evaluation keys, as `evaluate` reports it
       terms = model.terms(params, x, streams.eval_keys_at(key, index))

@@ -9,6 +9,14 @@ posterior sample h the recon uses (the KL to a mixture has no closed form), so n
 unbiased one-sample estimate; the analytic KL(q(h|x) || N(0, I)) is reported beside it as
 `kl_standard` [B], and there is no `kl_units` (that KL is not a sum over units). With N(0, I)
 and a diagonal posterior, `kl_units` [B, D] is each unit's part of `kl`.
+
+With a posterior flow (model.posterior_flow=iaf: an inverse autoregressive flow, models/flows.py,
+conditioned on the encoder's context vector) h = flow(h0) with h0 ~ N(mean, diag(var)), and
+log q(h|x) = log N(h0; mean, var) - log|det dh/dh0| exactly: `kl` is the one-sample estimate
+log q(h|x) - log p(h) at the recon's sample, `kl_base` [B] the base Gaussian's analytic KL to
+N(0, I) beside it, and there is no `kl_units`; log_weights use the exact log q, posterior_stats
+estimates the marginal moments from flows.STATS_SAMPLES samples, and reconstruct decodes the flow
+applied to the base mean.
 Callers hand keys, never noise: nobody outside this module knows the latent's size.
 """
 
@@ -20,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from vae_jax.maths import gaussians, likelihoods, objectives
-from vae_jax.models import contract, networks
+from vae_jax.models import contract, flows, networks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +46,8 @@ class GaussianVAE:
     if self.capabilities is None:  # a GaussianVAE made by hand, not by models/vae.py
       diag, vamp = self.network.posterior == 'diag', self.prior == 'vamp'
       caps = contract.Capabilities(
-          kl_units=diag and not vamp, group_kl=False, diagonal_posterior=diag,
+          kl_units=diag and not vamp and not self.flow, group_kl=False,
+          diagonal_posterior=diag and not self.flow,
           standard_prior=not vamp, description=f'single-layer VAE ({self.prior} prior)',
           prior_description='h ~ N(0, T^2 I)' if not vamp else 'a VampPrior component, then h')
       object.__setattr__(self, 'capabilities', caps)
@@ -51,6 +60,11 @@ class GaussianVAE:
   @property
   def unit_groups(self):
     return (self.latent_dim,)
+
+  @property
+  def flow(self):
+    """Whether the posterior sample passes an IAF (the network's flow_steps > 0)."""
+    return self.network.flow_steps > 0
 
   def _noise(self, key, batch, num_samples=None, sample_offset=0):
     return gaussians.standard_normal_noise(key, batch, self.latent_dim, num_samples,
@@ -79,11 +93,14 @@ class GaussianVAE:
     A row's unit is the likelihood's H*W*C outputs; the VampPrior adds K_pseudo component
     log-densities per sample ([Kc, B, K_pseudo]; the [.., K_pseudo, D] differences fuse into
     their sum and never materialise, checked in XLA's CPU memory analysis), so it costs
-    1 + ceil(K_pseudo / (H*W*C)) rows: 2 for 500 pseudo-inputs on 28x28 images.
+    1 + ceil(K_pseudo / (H*W*C)) rows: 2 for 500 pseudo-inputs on 28x28 images. A posterior
+    flow adds its hidden activations per sample, 2 flow_hidden per step, in the same unit.
     """
-    if not self._vamp:
-      return 1
-    return 1 + -(-self.network.num_pseudo_inputs // math.prod(self.network.image_shape))
+    pixels = math.prod(self.network.image_shape)
+    cost = 1 + (-(-self.network.num_pseudo_inputs // pixels) if self._vamp else 0)
+    if self.flow:
+      cost += -(-2 * self.network.flow_hidden * self.network.flow_steps // pixels)
+    return cost
 
   def log_prior(self, params, h, components=None):
     """log p(h): [...] for h [..., D] (components: prior_components, reused if given)."""
@@ -99,6 +116,8 @@ class GaussianVAE:
     """
     eps = self._noise(key, x.shape[0])  # [B, D]
     out = self.network.apply({'params': params}, x, eps)
+    if self.flow:
+      return self._flow_terms(params, x, out)
     if not self._vamp:
       return objectives.elbo_terms(out['posterior'], out['likelihood'], x, self.likelihood)
     post, h = out['posterior'], out['h']  # h: [B, D]
@@ -107,17 +126,43 @@ class GaussianVAE:
     kl_standard = gaussians.gaussian_kl_to_standard_normal(post)  # [B]
     return dict(recon=recon, kl=kl, neg_elbo=recon + kl, kl_standard=kl_standard)
 
+  def _flow_terms(self, params, x, out):
+    """recon, kl (log q(h|x) - log p(h) at the sample), neg_elbo and kl_base (the base
+    Gaussian's analytic KL to N(0, I)), each [B], from the network's output with a flow."""
+    post, h = out['posterior'], out['h']  # h: [B, D]
+    recon = -likelihoods.likelihood_log_prob(self.likelihood, out['likelihood'], x)  # [B]
+    log_q = gaussians.gaussian_log_prob(post, out['h0']) - out['log_det']  # [B]
+    kl = log_q - self.log_prior(params, h)  # [B]
+    kl_base = gaussians.gaussian_kl_to_standard_normal(post)  # [B]
+    return dict(recon=recon, kl=kl, neg_elbo=recon + kl, kl_base=kl_base)
+
+  def _encoded(self, params, x):
+    """(q(h|x)'s base Gaussian parameters (see maths/gaussians.py), the flow's context [B, C]
+    or None without a flow)."""
+    post = self.network.apply({'params': params}, x, method='encode')
+    if not self.flow:
+      return post, None
+    post = dict(post)
+    return post, post.pop('context')
+
   def _posterior(self, params, x):
-    """q(h|x)'s parameters (see maths/gaussians.py)."""
-    return self.network.apply({'params': params}, x, method='encode')
+    """q(h|x)'s parameters (see maths/gaussians.py): with a flow, its base Gaussian's."""
+    return self._encoded(params, x)[0]
+
+  def _flow_forward(self, params, h0, context):
+    """(h [..., B, D], log|det dh/dh0| [..., B]) of base samples h0 [..., B, D]."""
+    return self.network.apply({'params': params}, h0, context, method='flow_forward')
 
   def encode(self, params, x):
     """The state log_weights reuses across the estimator's chunks: {'posterior': q(h|x)'s
     parameters} and, with the VampPrior, 'prior': prior_components, so its K pseudo-inputs are
-    encoded once per batch rather than once per chunk."""
-    state = {'posterior': self._posterior(params, x)}
+    encoded once per batch rather than once per chunk; with a flow, 'context' [B, C]."""
+    post, context = self._encoded(params, x)
+    state = {'posterior': post}
     if self._vamp:
       state['prior'] = self.prior_components(params)
+    if self.flow:
+      state['context'] = context
     return state
 
   def log_weights(self, params, x, keys, num_samples, sample_offset=0, encoded=None):
@@ -130,10 +175,14 @@ class GaussianVAE:
     post = state['posterior']
     eps = self._noise(keys, x.shape[0], num_samples, sample_offset)  # [K, B, D]
     h = gaussians.gaussian_rsample(post, eps)  # [K, B, D]
+    log_q = gaussians.gaussian_log_prob(post, h)  # [K, B]
+    if self.flow:  # the flow's exact density: log N(h0) - log|det dh/dh0|
+      h, log_det = self._flow_forward(params, h, state['context'])
+      log_q = log_q - log_det
     lik = self.network.apply({'params': params}, h, method='decode')
     log_px_h = likelihoods.likelihood_log_prob(self.likelihood, lik, x)  # [K, B]
     log_p_h = self.log_prior(params, h, state.get('prior'))  # [K, B]
-    return log_px_h + log_p_h - gaussians.gaussian_log_prob(post, h)
+    return log_px_h + log_p_h - log_q
 
   def dreg_log_weights(self, params, x, keys, num_samples):
     """(log_w_theta, log_w_phi): [K, B] each, both with log_weights(params, x, keys,
@@ -191,8 +240,13 @@ class GaussianVAE:
     return {'means': likelihoods.likelihood_mean(self.likelihood, lik), 'samples': samples}
 
   def reconstruct(self, params, x):
-    """E[x|h] at h = the posterior mean of each x: [B, H, W, C] in [0, 1]."""
-    return self.decode_mean(params, self._posterior(params, x)['mean'])
+    """E[x|h] at h = the posterior mean of each x: [B, H, W, C] in [0, 1]. With a flow, at h =
+    the flow applied to the base Gaussian's mean (its most likely path, not q's mean)."""
+    post, context = self._encoded(params, x)
+    h = post['mean']  # [B, D]
+    if self.flow:
+      h, _ = self._flow_forward(params, h, context)
+    return self.decode_mean(params, h)
 
   def decode_mean(self, params, h):
     """E[x|h] for latents h [n, D] laid out as posterior_stats' units: [n, H, W, C] in [0, 1].
@@ -204,8 +258,15 @@ class GaussianVAE:
 
   def posterior_stats(self, params, x, key=None):
     """{'mean': [B, D], 'var': [B, D]}: the marginal mean and variance of each latent unit
-    (closed form: key is not used)."""
-    post = self._posterior(params, x)
+    (closed form: key is not used). With a flow, estimated from flows.STATS_SAMPLES samples of
+    q(h|x) per example drawn with key (flows.stats_noise: one key, keys [B], or None for a
+    fixed one)."""
+    post, context = self._encoded(params, x)
+    if self.flow:
+      def draw(offset):  # [chunk, B, D]
+        eps = flows.stats_noise(key, x.shape[0], self.latent_dim, flows.STATS_CHUNK, offset)
+        return self._flow_forward(params, gaussians.gaussian_rsample(post, eps), context)[0]
+      return flows.sample_moments(draw, post['mean'].shape)
     if 'scale_tril' in post:
       var = jnp.sum(jnp.square(jnp.tril(post['scale_tril'])), axis=-1)  # diag(L L^T)
     else:

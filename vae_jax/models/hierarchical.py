@@ -9,6 +9,14 @@ Terms: recon, kl, neg_elbo [B]; kl/<l> [B] for each group l (0 = top) and kl_uni
 (free bits per group or per unit act on these). Units U of posterior_stats / decode_mean are
 every group's latents flattened and concatenated, top group first; posterior_stats and
 reconstruct follow the posterior-mean path (z_l = mu_q at each group).
+
+With a posterior flow (model.posterior_flow=iaf) each group's Gaussian sample passes the group's
+own IAF (hierarchical_networks.py) and log q(z_l | x, z_above) is the flow's exact density, so
+kl/<l> is the one-sample estimate log q(z_l | .) - log p(z_l | z_above) at the sampled path;
+kl_base [B] (and kl_base/<l>) is the analytic KL of each base Gaussian to its prior on the same
+path, reported beside it; there is no kl_units. posterior_stats estimates the marginal moments
+of q(z | x) from flows.STATS_SAMPLES sampled paths, and reconstruct follows the path z_l = the
+flow applied to the base mean.
 """
 
 import dataclasses
@@ -20,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax.maths import gaussians, likelihoods
-from vae_jax.models import contract, networks
+from vae_jax.models import contract, flows, networks
 from vae_jax.models.hierarchical_networks import HierarchicalNetwork, group_shapes
 
 
@@ -36,7 +44,8 @@ class HierarchicalVAE:
   def __post_init__(self):
     if self.capabilities is None:  # a HierarchicalVAE made by hand, not by models/hvae.py
       caps = contract.Capabilities(
-          kl_units=True, group_kl=True, diagonal_posterior=self.num_groups == 1,
+          kl_units=not self.flow, group_kl=True,
+          diagonal_posterior=self.num_groups == 1 and not self.flow,
           standard_prior=False, description=f'top-down hierarchical VAE, {self.num_groups} groups',
           prior_description='top-down: each group z_l ~ p(z_l | z_above) with its scale times T')
       object.__setattr__(self, 'capabilities', caps)
@@ -47,6 +56,11 @@ class HierarchicalVAE:
     n = self.network
     return [shape for _, shape in group_shapes(n.variant, n.image_shape, n.groups,
                                                n.conv_channels, n.latent_dim)]
+
+  @property
+  def flow(self):
+    """Whether each group's posterior sample passes an IAF."""
+    return self.network.flow_steps > 0
 
   @property
   def num_groups(self):
@@ -90,10 +104,23 @@ class HierarchicalVAE:
 
     Returns log_px [N], kl_groups [L] of [N] (analytic KL of each group at the sampled groups
     above), kl_units [N, U], log_q and log_p [L] of [N] (each group's log-density at its z).
+    With a flow kl_groups are log_q - log_p at the sample, kl_base_groups [L] of [N] the base
+    Gaussians' analytic KLs, and there is no kl_units.
     """
     lik, groups = self._posterior_pass(params, x, feats, eps)
     log_px = likelihoods.likelihood_log_prob(self.likelihood, lik, x)  # [N]
     kl_units = [gaussians.diagonal_gaussian_kl_units(g['posterior'], g['prior']) for g in groups]
+    if self.flow:
+      log_q = [gaussians.gaussian_log_prob(g['posterior'], g['base_z']) - g['log_det']
+               for g in groups]  # each [N]: the flow's exact density at z
+      log_p = [gaussians.gaussian_log_prob(g['prior'], g['z']) for g in groups]
+      return {
+          'log_px': log_px,
+          'kl_groups': [q - p for q, p in zip(log_q, log_p, strict=True)],  # each [N]
+          'kl_base_groups': [jnp.sum(k, axis=-1) for k in kl_units],  # each [N]
+          'log_q': log_q,
+          'log_p': log_p,
+      }
     return {
         'log_px': log_px,
         'kl_groups': [jnp.sum(k, axis=-1) for k in kl_units],  # each [N]
@@ -103,12 +130,17 @@ class HierarchicalVAE:
     }
 
   def terms(self, params, x, key):
-    """recon, kl, neg_elbo, kl/<l> (0 = top) each [B], and kl_units [B, U]: nats."""
+    """recon, kl, neg_elbo, kl/<l> (0 = top) each [B], and kl_units [B, U]: nats. With a flow
+    kl_base and kl_base/<l> [B] instead of kl_units (see the module docstring)."""
     eps = gaussians.standard_normal_noise(key, x.shape[0], self.num_units)  # [B, U]
     t = self._path_terms(params, x, self.encode(params, x), eps)
     recon = -t['log_px']  # [B]
     kl = sum(t['kl_groups'])  # [B]
-    out = dict(recon=recon, kl=kl, neg_elbo=recon + kl, kl_units=t['kl_units'])
+    if self.flow:
+      out = dict(recon=recon, kl=kl, neg_elbo=recon + kl, kl_base=sum(t['kl_base_groups']))
+      out.update({f'kl_base/{g}': k for g, k in enumerate(t['kl_base_groups'])})
+    else:
+      out = dict(recon=recon, kl=kl, neg_elbo=recon + kl, kl_units=t['kl_units'])
     out.update({f'kl/{g}': k for g, k in enumerate(t['kl_groups'])})
     return out
 
@@ -159,7 +191,8 @@ class HierarchicalVAE:
     return self._posterior_pass(params, x, self.encode(params, x), zeros, mode='mean')
 
   def reconstruct(self, params, x):
-    """E[x|z] on the posterior-mean path (z_l = mu_q at every group): [B, H, W, C]."""
+    """E[x|z] on the posterior-mean path (z_l = mu_q at every group; with a flow, the flow
+    applied to the base Gaussian's mean): [B, H, W, C]."""
     lik, _ = self._mean_path(params, x)
     return likelihoods.likelihood_mean(self.likelihood, lik)
 
@@ -172,7 +205,19 @@ class HierarchicalVAE:
     """{'mean', 'var'} [B, U] of q(z_l | x, z_above) on the posterior-mean path, top first.
 
     Each unit's KL to its own prior is the terms' kl_units, on the sampled path: a plug-in KL on
-    this path would not add up to the kl term."""
+    this path would not add up to the kl term. With a flow: the marginal mean and variance of
+    each unit under q(z | x), estimated from flows.STATS_SAMPLES sampled top-down paths per
+    example drawn with key (flows.stats_noise: one key, keys [B], or None for a fixed one)."""
+    if self.flow:
+      feats, b = self.encode(params, x), x.shape[0]
+
+      def draw(offset):  # [chunk, B, U]: every group's z on sampled paths
+        kc = flows.STATS_CHUNK
+        eps = flows.stats_noise(key, b, self.num_units, kc, offset).reshape((-1, self.num_units))
+        _, groups = self._apply(params, 'top_down', self._tiled(feats, kc), self._split(eps),
+                                'sample')
+        return jnp.concatenate([g['z'] for g in groups], axis=-1).reshape((kc, b, -1))
+      return flows.sample_moments(draw, (b, self.num_units))
     _, groups = self._mean_path(params, x)
     cat = lambda f: jnp.concatenate([f(g) for g in groups], axis=-1)  # [B, U]
     return {'mean': cat(lambda g: g['posterior']['mean']),
@@ -191,6 +236,7 @@ def build_model(model_cfg, image_shape, x_dtype=None, caps=None):
   """The hierarchical family `config.model` describes (model.kind=hvae; models/hvae.py
   declares its fields and capabilities)."""
   f = model_cfg.hvae
+  iaf = model_cfg.get('posterior_flow', 'none') == 'iaf'
   network = HierarchicalNetwork(
       image_shape=tuple(image_shape),
       variant=model_cfg.encoder,
@@ -204,6 +250,8 @@ def build_model(model_cfg, image_shape, x_dtype=None, caps=None):
       spec=likelihood_spec(model_cfg, image_shape),
       dtype=jnp.dtype(model_cfg.dtype),
       remat=bool(model_cfg.remat),
+      flow_steps=model_cfg.flow_steps if iaf else 0,
+      flow_hidden=model_cfg.flow_hidden if iaf else 0,
   )
   return HierarchicalVAE(network=network, likelihood=model_cfg.likelihood,
                          x_dtype=jnp.float32 if x_dtype is None else x_dtype, capabilities=caps)

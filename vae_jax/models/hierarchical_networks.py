@@ -10,6 +10,11 @@ q(z_l | x, z_<l) are both read from the same state s, which carries every group 
   q(z_l | x, s) = N(mu_q, sigma_q^2) from (s, the bottom-up feature of group l); with
     `residual_posterior` (NVAE) mu_q = mu_p + d_mu and log sigma_q = log sigma_p + d_log;
   s <- Block(s + Proj(z_l)).
+With a posterior flow (flow_steps > 0) the Gaussian sample z_l^0 ~ q passes the group's own IAF
+(models/flows.py), conditioned on a context head read from q's input:
+  z_l = IAF_l(z_l^0, context),  log q(z_l | x, s) = log N(z_l^0; mu_q, sigma_q) - log|det|;
+the state, the groups below and p(z_l | s) see z_l. In the conv variant the flow runs over the
+latent_dim channels at every position (its context from a 3x3 conv, so it sees the neighbours).
 The last state is decoded to p(x | z) by the likelihood heads of `networks` (every likelihood).
 Each group's KL is analytic between the two diagonal Gaussians at the sampled groups above; the
 ELBO's KL is their sum. Log-scales pass through `soft_clamp` (a scaled tanh), and every head
@@ -30,7 +35,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vae_jax.models import networks
+from vae_jax.models import flows, networks
 
 VARIANTS = ('mlp', 'conv')
 # Log-scales of every prior and posterior lie in (-LOG_SCALE_BOUND, LOG_SCALE_BOUND): standard
@@ -150,8 +155,10 @@ class TopDownGroup(nn.Module):
 
   Modes: 'sample' (z ~ q with the given standard normal eps), 'mean' (z = the posterior mean),
   'prior' (z ~ p with eps times temperature), 'given' (z = eps, for decode_mean).
-  Returns (new state, {'z', 'prior', 'posterior'}): the Gaussians as {'mean', 'log_scale'} over
-  the group's latents flattened [N, U_l] (posterior None in the prior and given modes).
+    Returns (new state, {'z', 'prior', 'posterior'}): the Gaussians as {'mean', 'log_scale'} over
+  the group's latents flattened [N, U_l] (posterior None in the prior and given modes). With a
+  flow, in the sample and mean modes also 'base_z' [N, U_l] (the Gaussian's sample, or mean, z
+  came from) and 'log_det' [N] (log|det dz/dbase_z|); 'posterior' is the flow's base Gaussian.
   """
 
   variant: str
@@ -161,6 +168,8 @@ class TopDownGroup(nn.Module):
   residual_posterior: bool
   dtype: Any = jnp.float32
   remat: bool = False  # rematerialise the group's residual block
+  flow_steps: int = 0  # an IAF on the posterior sample (0 = none)
+  flow_hidden: int = 0  # its masked layers' width and the context head's
 
   def _gaussian(self, raw):
     mean, raw_log_scale = jnp.split(raw.astype(jnp.float32), 2, axis=-1)
@@ -180,7 +189,7 @@ class TopDownGroup(nn.Module):
       raw = _linear(v, 2 * self.latent_dim, f32, 'prior_head', init=nn.initializers.zeros)(h)
       mean, raw_ls = self._gaussian(raw)
       prior = {'mean': mean, 'log_scale': soft_clamp(raw_ls)}
-    posterior = None
+    posterior, flowed = None, {}
     if mode == 'prior':
       z = prior['mean'] + temperature * jnp.exp(prior['log_scale']) * eps
     elif mode == 'given':
@@ -197,10 +206,16 @@ class TopDownGroup(nn.Module):
         posterior = {'mean': d_mean, 'log_scale': soft_clamp(d_ls)}
       z = posterior['mean'] if mode == 'mean' else (
           posterior['mean'] + jnp.exp(posterior['log_scale']) * eps)
+      if self.flow_steps:
+        # The context head reads q's input, in float32 as the posterior head.
+        context = _linear(v, self.flow_hidden, f32, 'flow_context')(nn.swish(h))
+        base_z = z
+        z, log_det = flows.IAF(self.flow_steps, self.flow_hidden, name='flow')(z, context)
+        flowed = {'base_z': flat(base_z), 'log_det': jnp.sum(flat(log_det), axis=-1)}  # [N]
     s = s + _linear(v, self.channels, self.dtype, 'z_proj', kernel=(1, 1))(z)
     s = _block(v, self.channels, self.dtype, 'block', self.remat)(s)
     as_flat = lambda g: None if g is None else {k: flat(a) for k, a in g.items()}
-    return s, {'z': flat(z), 'prior': as_flat(prior), 'posterior': as_flat(posterior)}
+    return s, {'z': flat(z), 'prior': as_flat(prior), 'posterior': as_flat(posterior), **flowed}
 
 
 class TopDown(nn.Module):
@@ -221,6 +236,8 @@ class TopDown(nn.Module):
   residual_posterior: bool
   dtype: Any = jnp.float32
   remat: bool = False  # rematerialise every residual block
+  flow_steps: int = 0  # each group's posterior flow (TopDownGroup; 0 = none)
+  flow_hidden: int = 0
 
   @nn.compact
   def __call__(self, feats, eps, mode, temperature=1.0):
@@ -231,7 +248,8 @@ class TopDown(nn.Module):
 
     def run_group(s, g, channels):
       group = TopDownGroup(self.variant, self.latent_dim, channels, g == 0,
-                           self.residual_posterior, self.dtype, self.remat, name=f'group_{g}')
+                           self.residual_posterior, self.dtype, self.remat, self.flow_steps,
+                           self.flow_hidden, name=f'group_{g}')
       return group(s, None if feats is None else feats[g], eps[g], mode, temperature)
 
     if self.variant == 'mlp':
@@ -304,6 +322,8 @@ class HierarchicalNetwork(nn.Module):
   spec: networks.LikelihoodSpec = networks.LikelihoodSpec()
   dtype: Any = jnp.float32  # computation dtype; parameters, likelihood and KL stay float32
   remat: bool = False  # rematerialise every residual block (networks.remat_if)
+  flow_steps: int = 0  # an IAF on each group's posterior sample (0 = none)
+  flow_hidden: int = 0
 
   def setup(self):
     if self.variant not in VARIANTS:
@@ -313,7 +333,8 @@ class HierarchicalNetwork(nn.Module):
                   dtype=self.dtype, remat=self.remat)
     self.bu = BottomUp(hidden=tuple(self.hidden), **common)
     self.td = TopDown(image_shape=tuple(self.image_shape), latent_dim=self.latent_dim,
-                      residual_posterior=self.residual_posterior, **common)
+                      residual_posterior=self.residual_posterior, flow_steps=self.flow_steps,
+                      flow_hidden=self.flow_hidden, **common)
     self.out = OutputHead(self.variant, tuple(self.hidden), self.spec, self.dtype)
 
   def bottom_up(self, x):

@@ -4,7 +4,8 @@ imported by `build`).
 
 Groups of latents, top first, each with a learned prior given the groups above (Ladder VAE,
 NVAE, VDVAE); an mlp variant (latent vectors) and a conv variant (spatial latents at several
-resolutions).
+resolutions). With model.posterior_flow=iaf each group's posterior sample passes its own inverse
+autoregressive flow (conv: over the channels at every position).
 """
 
 import ml_collections
@@ -57,8 +58,9 @@ def validate(config):
     raise ConfigError('config.model.hvae.residual_posterior must be True or False.')
   if m.posterior != 'diag' or m.shared_covariance:
     raise ConfigError(
-        'model.kind=hvae has a diagonal Gaussian per group that depends on x: set '
-        'model.posterior=diag and model.shared_covariance=False.')
+        'model.kind=hvae has a diagonal Gaussian per group that depends on x (with '
+        'model.posterior_flow=iaf, the base of each group\'s flow): set model.posterior=diag and '
+        'model.shared_covariance=False.')
 
 
 def capabilities(model_cfg):
@@ -67,15 +69,21 @@ def capabilities(model_cfg):
   groups = tuple(model_cfg.hvae.groups)
   n = sum(groups)
   unit = 'channels per position' if model_cfg.encoder == 'conv' else 'units'
+  flow = model_cfg.get('posterior_flow', 'none') == 'iaf'
+  posterior = (f', each group\'s posterior through an IAF ({model_cfg.flow_steps} steps of '
+               f'{model_cfg.flow_hidden} hidden units)' if flow else '')
   return Capabilities(
-      kl_units=True,       # each unit's KL to its own prior given the groups above
+      # Each unit's KL to its own prior given the groups above; a flow's Monte-Carlo KL is not
+      # a sum over units.
+      kl_units=not flow,
       group_kl=n > 1,      # kl/<group> for every group
-      diagonal_posterior=n == 1,  # a single group is one diagonal Gaussian; more are not
+      # A single group is one diagonal Gaussian (without a flow); more are not.
+      diagonal_posterior=n == 1 and not flow,
       standard_prior=False,  # the top group's prior is N(0, I), the others are learned
       dreg=False,  # its posteriors share the decoder's top-down parameters
       description=(f'top-down hierarchical VAE ({model_cfg.encoder}): {n} groups of '
-                   f'{model_cfg.latent_dim} {unit}, learned priors given the groups above, '
-                   f'{model_cfg.likelihood} likelihood'),
+                   f'{model_cfg.latent_dim} {unit}, learned priors given the groups above'
+                   f'{posterior}, {model_cfg.likelihood} likelihood'),
       prior_description='top-down: each group z_l ~ p(z_l | z_above) with its scale times T')
 
 

@@ -4,7 +4,9 @@ The encoder maps x [B,H,W,C] to the parameters of q(h|x):
   diag: {'mean': [B,D], 'log_scale': [B,D]}
   full: {'mean': [B,D], 'scale_tril': [B,D,D]}  (lower-triangular, positive diagonal)
 With `shared_covariance` the scale parameters are free parameters that do not depend on x,
-broadcast to the batch.
+broadcast to the batch. With a posterior flow (`flow_steps` > 0) the encoder's output also has
+'context': [B, flow_hidden], the IAF's context vector (models/flows.py), and the VAE network
+applies the flow to the Gaussian sample.
 
 The decoder maps h [N,D] to the parameters of p(x|h), by likelihood:
   bernoulli, continuous_bernoulli: {'logits': [N,H,W,C]}
@@ -34,6 +36,7 @@ import numpy as np
 from vae_jax.config import names
 from vae_jax.maths.gaussians import gaussian_rsample, scale_tril_from_raw
 from vae_jax.maths.likelihoods import LIKELIHOODS, LOGISTIC_COUPLINGS
+from vae_jax.models import flows
 
 ENCODERS = names.ENCODERS
 DECODERS = names.DECODERS
@@ -138,12 +141,14 @@ class PosteriorHead(nn.Module):
   parameter tree) run as one matmul of their concatenated kernels: one [F, sum N] product
   instead of two or three thin ones, forward and backward (about 2% of an MLP step on CPU).
   It computes in float32 whatever the network's compute dtype: bfloat16 outputs would round
-  the posterior mean by a tenth to a half of a sharp posterior's std.
+  the posterior mean by a tenth to a half of a sharp posterior's std. With context_dim > 0 a
+  'context' head of that many units (the flow's context vector) joins the same matmul.
   """
 
   latent_dim: int
   posterior: str = 'diag'
   shared_covariance: bool = False
+  context_dim: int = 0  # units of the posterior flow's context head (0 = no flow)
 
   @nn.compact
   def __call__(self, feats: jax.Array) -> dict[str, jax.Array]:
@@ -161,6 +166,8 @@ class PosteriorHead(nn.Module):
       heads.append(('logvar', d, nn.initializers.lecun_normal()))
       if full:
         heads.append(('offdiag', n_off, nn.initializers.zeros))
+    if self.context_dim:
+      heads.append(('context', self.context_dim, nn.initializers.lecun_normal()))
     params = [DenseParams(n, init, name=name)(feats.shape[-1]) for name, n, init in heads]
     kernel = jnp.concatenate([k for k, _ in params], axis=1)  # [F, sum N]
     bias = jnp.concatenate([bb for _, bb in params])  # [sum N]
@@ -174,14 +181,16 @@ class PosteriorHead(nn.Module):
       logvar = jnp.broadcast_to(logvar, (b, d))
     else:
       logvar = outs['logvar']  # [B,D]
+    extra = {'context': outs['context']} if self.context_dim else {}  # [B, context_dim]
     if not full:
-      return {'mean': mean, 'log_scale': 0.5 * logvar}
+      return {'mean': mean, 'log_scale': 0.5 * logvar, **extra}
     if self.shared_covariance:
       offdiag = self.param('offdiag', nn.initializers.zeros, (n_off,), f32)  # [D(D-1)/2]
       offdiag = jnp.broadcast_to(offdiag, (b, n_off))
     else:
       offdiag = outs['offdiag']  # [B,D(D-1)/2]
-    return {'mean': mean, 'scale_tril': scale_tril_from_raw(0.5 * logvar, offdiag)}  # [B,D,D]
+    return {'mean': mean, 'scale_tril': scale_tril_from_raw(0.5 * logvar, offdiag),  # [B,D,D]
+            **extra}
 
 
 class LikelihoodHead(nn.Module):
@@ -242,6 +251,7 @@ class MLPEncoder(nn.Module):
   latent_dim: int = 20
   posterior: str = 'diag'
   shared_covariance: bool = False
+  context_dim: int = 0  # the posterior flow's context head (PosteriorHead)
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -250,7 +260,8 @@ class MLPEncoder(nn.Module):
     y = x.reshape((x.shape[0], -1))  # [B,H*W*C]
     for i, width in enumerate(self.hidden):
       y = nn.relu(nn.Dense(width, dtype=self.dtype, name=f'hidden_{i}')(y))
-    return PosteriorHead(self.latent_dim, self.posterior, self.shared_covariance, name='head')(y)
+    return PosteriorHead(self.latent_dim, self.posterior, self.shared_covariance,
+                         self.context_dim, name='head')(y)
 
 
 class MLPDecoder(nn.Module):
@@ -320,6 +331,7 @@ class ConvEncoder(nn.Module):
   latent_dim: int = 20
   posterior: str = 'diag'
   shared_covariance: bool = False
+  context_dim: int = 0  # the posterior flow's context head (PosteriorHead)
   dtype: Any = jnp.float32
   remat: bool = False  # rematerialise each residual block (remat_if)
 
@@ -332,7 +344,8 @@ class ConvEncoder(nn.Module):
         y = remat_if(ResBlock, self.remat)(ch, self.dtype, name=f'block_{i}_{j}')(y)
     y = nn.swish(nn.GroupNorm(_groups(y.shape[-1]), dtype=self.dtype, name='norm_out')(y))
     y = y.reshape((y.shape[0], -1))  # [B,h*w*c] at the lowest resolution
-    return PosteriorHead(self.latent_dim, self.posterior, self.shared_covariance, name='head')(y)
+    return PosteriorHead(self.latent_dim, self.posterior, self.shared_covariance,
+                         self.context_dim, name='head')(y)
 
 
 class ConvDecoder(nn.Module):
@@ -391,6 +404,10 @@ class VAE(nn.Module):
   logistic_coupling: str = 'none'
   # K learned pseudo-inputs, for a VampPrior (0 = none: the family's prior is N(0, I)).
   num_pseudo_inputs: int = 0
+  # An inverse autoregressive flow on the posterior sample (flows.IAF): its steps (0 = none) and
+  # the width of its masked layers and of the encoder's context head.
+  flow_steps: int = 0
+  flow_hidden: int = 0
   # Computation dtype; parameters, outputs and the heads' last layers stay float32.
   dtype: Any = jnp.float32
   remat: bool = False  # rematerialise the conv encoder's and decoder's residual blocks
@@ -399,7 +416,8 @@ class VAE(nn.Module):
     _check('encoder', self.encoder, ENCODERS)
     _check('decoder', self.decoder, DECODERS)
     post = dict(latent_dim=self.latent_dim, posterior=self.posterior,
-                shared_covariance=self.shared_covariance, dtype=self.dtype)
+                shared_covariance=self.shared_covariance, dtype=self.dtype,
+                context_dim=self.flow_hidden if self.flow_steps else 0)
     lik = dict(spec=LikelihoodSpec(
         image_shape=tuple(self.image_shape), likelihood=self.likelihood,
         learn_sigma=self.learn_sigma, gaussian_sigma=self.gaussian_sigma,
@@ -425,6 +443,8 @@ class VAE(nn.Module):
       self.pseudo_input_logits = self.param(
           'pseudo_input_logits', nn.initializers.normal(0.1),
           (self.num_pseudo_inputs, *self.image_shape), jnp.float32)  # [K,H,W,C]
+    if self.flow_steps:
+      self.flow = flows.IAF(self.flow_steps, self.flow_hidden)
 
   def pseudo_inputs(self) -> jax.Array:
     """The VampPrior's K pseudo-inputs, [K,H,W,C] floats in (0, 1), like encoder inputs."""
@@ -435,8 +455,16 @@ class VAE(nn.Module):
     return self.enc(self.pseudo_inputs())
 
   def encode(self, x: jax.Array) -> dict[str, jax.Array]:
-    """x [B,H,W,C] (floats in [0,1] or integers 0..255) -> posterior params."""
+    """x [B,H,W,C] (floats in [0,1] or integers 0..255) -> posterior params (and, with a flow,
+    its 'context' [B, flow_hidden])."""
     return self.enc(x)
+
+  def flow_forward(self, h0: jax.Array, context: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The posterior flow: base samples h0 [..., B, D] (leading sample axes allowed) and the
+    encoder's context [B, C] -> (h [..., B, D], log|det dh/dh0| [..., B])."""
+    context = jnp.broadcast_to(context, (*h0.shape[:-1], context.shape[-1]))
+    h, log_det = self.flow(h0, context)
+    return h, jnp.sum(log_det, axis=-1)
 
   def decode(self, h: jax.Array) -> dict[str, jax.Array]:
     """h [..., D] (e.g. [N,D] or [K,B,D]) -> likelihood params with the same leading dims."""
@@ -451,16 +479,27 @@ class VAE(nn.Module):
   def __call__(self, x: jax.Array, eps: jax.Array) -> dict[str, Any]:
     """x [B,H,W,C], eps [B,D] standard normal -> {'posterior', 'h': [B,D], 'likelihood'}.
 
-    eps may carry leading sample dims, [K,B,D]; then h and the likelihood params do too.
+    eps may carry leading sample dims, [K,B,D]; then h and the likelihood params do too. With
+    a flow, 'posterior' is the base Gaussian (its 'context' apart), 'h0' the Gaussian sample,
+    'h' the flow's output and 'log_det' [B] (or [K,B]) log|det dh/dh0|.
     """
     posterior = self.encode(x)
-    h = gaussian_rsample(posterior, eps)  # [B,D] or [K,B,D]
-    return {'posterior': posterior, 'h': h, 'likelihood': self.decode(h)}
+    if not self.flow_steps:
+      h = gaussian_rsample(posterior, eps)  # [B,D] or [K,B,D]
+      return {'posterior': posterior, 'h': h, 'likelihood': self.decode(h)}
+    posterior = dict(posterior)
+    context = posterior.pop('context')  # [B,C]
+    h0 = gaussian_rsample(posterior, eps)  # [B,D] or [K,B,D]
+    h, log_det = self.flow_forward(h0, context)
+    return {'posterior': posterior, 'context': context, 'h0': h0, 'h': h, 'log_det': log_det,
+            'likelihood': self.decode(h)}
 
 
 def build_network(model_cfg, image_shape: Sequence[int], num_pseudo_inputs: int = 0) -> VAE:
   """The Flax VAE network described by `config.model` for images of image_shape (with
-  num_pseudo_inputs learned pseudo-inputs for a VampPrior; 0 = none)."""
+  num_pseudo_inputs learned pseudo-inputs for a VampPrior; 0 = none; an IAF on the posterior
+  sample where model.posterior_flow=iaf)."""
+  iaf = model_cfg.get('posterior_flow', 'none') == 'iaf'
   return VAE(
       image_shape=tuple(image_shape),
       encoder=model_cfg.encoder,
@@ -477,6 +516,8 @@ def build_network(model_cfg, image_shape: Sequence[int], num_pseudo_inputs: int 
       logistic_mixtures=model_cfg.logistic_mixtures,
       logistic_coupling=model_cfg.logistic_coupling,
       num_pseudo_inputs=num_pseudo_inputs,
+      flow_steps=model_cfg.flow_steps if iaf else 0,
+      flow_hidden=model_cfg.flow_hidden if iaf else 0,
       dtype=jnp.dtype(model_cfg.dtype),
       remat=bool(model_cfg.remat),
   )
