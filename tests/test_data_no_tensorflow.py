@@ -149,6 +149,7 @@ def test_the_reader_gives_tf_data_arrays_without_tensorflow(sprites_cfg, fashion
                                    (info.metadata or {}).get('num_distinct'))
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_scripts_run_without_tensorflow(sprites_cfg, tmp_path):
   wrapper = tmp_path / 'no_tensorflow.py'
   wrapper.write_text(NO_TENSORFLOW + 'import runpy\nsys.argv = sys.argv[1:]\n'
