@@ -160,20 +160,27 @@ def test_one_group_without_residual_is_a_plain_gaussian_vae():
   x = inputs(family, (8, 8, 1))
   params = jax.jit(family.init)(jax.random.key(0, impl='rbg'), x)
   assert family.capabilities.diagonal_posterior and family.num_units == 3
-  stats = family.posterior_stats(params, x)
-  q = {'mean': stats['mean'], 'log_scale': 0.5 * jnp.log(stats['var'])}
   keys = jax.random.split(jax.random.key(5), B)
-  terms = family.terms(params, x, keys)
-  np.testing.assert_allclose(terms['kl'], gaussians.gaussian_kl_to_standard_normal(q), rtol=1e-5)
-  np.testing.assert_allclose(terms['kl/0'], terms['kl'])
   k = 6
-  eps = gaussians.standard_normal_noise(keys, B, 3, k, 2)  # [K, B, 3], samples 2 .. 7
-  z = q['mean'] + jnp.exp(q['log_scale']) * eps
-  mean = family.decode_mean(params, z.reshape(-1, 3)).reshape(k, B, -1)
-  xf = x.reshape(B, -1)
-  log_px = jnp.sum(xf * jnp.log(mean) + (1 - xf) * jnp.log1p(-mean), axis=-1)  # [K, B]
-  want = log_px + gaussians.standard_normal_log_prob(z) - gaussians.gaussian_log_prob(q, z)
-  np.testing.assert_allclose(family.log_weights(params, x, keys, k, 2), want, rtol=1e-4)
+
+  @jax.jit
+  def outputs(params, x):  # one compile, not op by op
+    stats = family.posterior_stats(params, x)
+    q = {'mean': stats['mean'], 'log_scale': 0.5 * jnp.log(stats['var'])}
+    terms = family.terms(params, x, keys)
+    eps = gaussians.standard_normal_noise(keys, B, 3, k, 2)  # [K, B, 3], samples 2 .. 7
+    z = q['mean'] + jnp.exp(q['log_scale']) * eps
+    mean = family.decode_mean(params, z.reshape(-1, 3)).reshape(k, B, -1)
+    xf = x.reshape(B, -1)
+    log_px = jnp.sum(xf * jnp.log(mean) + (1 - xf) * jnp.log1p(-mean), axis=-1)  # [K, B]
+    want = log_px + gaussians.standard_normal_log_prob(z) - gaussians.gaussian_log_prob(q, z)
+    return (terms, gaussians.gaussian_kl_to_standard_normal(q), want,
+            family.log_weights(params, x, keys, k, 2))
+
+  terms, kl_want, want, log_w = outputs(params, x)
+  np.testing.assert_allclose(terms['kl'], kl_want, rtol=1e-5)
+  np.testing.assert_allclose(terms['kl/0'], terms['kl'])
+  np.testing.assert_allclose(log_w, want, rtol=1e-4)
 
 
 @pytest.mark.parametrize('name', ['mlp', 'conv'])
@@ -219,7 +226,7 @@ def test_iwae_bound_is_below_the_elbo_after_a_little_training():
   nll = float(jnp.mean(objectives.iwae_terms(lw)))
   neg_elbo_mc = float(-jnp.mean(lw))
   elbo_keys = jax.random.split(jax.random.key(9), 50)
-  neg_elbo = float(jnp.mean(jax.vmap(lambda k: family.terms(params, x, k)['neg_elbo'])(
+  neg_elbo = float(jnp.mean(jax.jit(jax.vmap(lambda k: family.terms(params, x, k)['neg_elbo']))(
       elbo_keys)))
   assert nll < neg_elbo - 0.01, (nll, neg_elbo)
   assert abs(neg_elbo_mc - neg_elbo) < 0.05 * abs(neg_elbo), (neg_elbo_mc, neg_elbo)

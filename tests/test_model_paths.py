@@ -86,15 +86,17 @@ def test_iwae_with_one_sample_is_the_elbo_and_tightens_with_more():
   x = jnp.asarray(rng.random((8, *exp.image_shape)) < 0.2, jnp.float32)
   keys = jax.random.split(jax.random.key(5), 8)
   model, n = exp.model, 4000
-  lw = np.asarray(model.log_weights(params, x, keys, n, 0))  # [n, 8]
+  # Jitted: one program each, not op by op.
+  lw = np.asarray(jax.jit(model.log_weights, static_argnums=3)(params, x, keys, n, 0))  # [n, 8]
   # K = 1, sample by sample: -log w = recon + log q(h|x) - log p(h), the single-sample ELBO
   # with a Monte Carlo KL. Its mean over samples is the negative ELBO, which the model's terms
   # (analytic KL) estimate with other samples.
   # One program over the n samples, each its own K = 1 bound (not n dispatches).
   iwae1 = np.asarray(jax.jit(jax.vmap(lambda w: objectives.iwae_terms(w[None])))(lw))  # [n, 8]
   np.testing.assert_array_equal(iwae1, -lw)
-  other = jax.vmap(lambda k: model.terms(params, x, jax.vmap(jax.random.fold_in, (0, None))(
-      keys, k + n))['neg_elbo'])(jnp.arange(n))  # [n, 8]
+  other = jax.jit(jax.vmap(lambda k: model.terms(
+      params, x, jax.vmap(jax.random.fold_in, (0, None))(keys, k + n))['neg_elbo']))(
+          jnp.arange(n))  # [n, 8]
   other = np.asarray(other)
   stderr = np.sqrt(iwae1.var(0) / n + other.var(0) / n)
   np.testing.assert_array_less(np.abs(iwae1.mean(0) - other.mean(0)), 4 * stderr)

@@ -155,15 +155,28 @@ def test_members_that_differ_in_a_static_field_are_refused(tmp_path, overrides, 
   assert not os.path.exists(tmp_path / 'a' / 'checkpoints')
 
 
-@pytest.mark.parametrize('mode', ['loop', 'vmap'])
-def test_population_with_ema_and_skipping_equals_separate_runs(tmp_path, mode):
+def _stability_configs():
   stability = {'ema_decay': 0.9, 'optim.skip_factor': 1.05, 'optim.skip_window': 4,
                'max_consecutive_skipped': 10}
-  configs = [member_config({**stability, **o}) for o in MEMBERS[:2]]
+  return [member_config({**stability, **o}) for o in MEMBERS[:2]]
+
+
+@pytest.fixture(scope='module')
+def stability_alone(tmp_path_factory):
+  """The two members of the EMA and skipping population, each run alone: the same separate runs
+  for both modes, so they are trained once."""
+  root = tmp_path_factory.mktemp('stability_alone')
+  return [train.train_and_evaluate(config, str(root / f'alone{i}'))
+          for i, config in enumerate(_stability_configs())]
+
+
+@pytest.mark.parametrize('mode', ['loop', 'vmap'])
+def test_population_with_ema_and_skipping_equals_separate_runs(tmp_path, mode, stability_alone):
+  configs = _stability_configs()
   result = train.train_population(configs, [str(tmp_path / 'a'), str(tmp_path / 'b')],
                                        mode=mode)
   for i, config in enumerate(configs):
-    alone = train.train_and_evaluate(config, str(tmp_path / f'alone{i}'))
+    alone = stability_alone[i]
     got = population.member(result['states'], i)
     assert int(got.skip['total']) == int(alone['state'].skip['total']) > 0  # the guard acted
     for a, b in zip(leaves(got), leaves(alone['state']), strict=True):

@@ -29,22 +29,25 @@ def _assert_bitwise(a, b):
     np.testing.assert_array_equal(x, y)
 
 
-def _chunks(config, num_chunks, state=None, hparams_at=None):
-  """Runs fused chunks from step 0 (or `state`); hparams_at = (step, {name: value}) changes a
-  traced hyperparameter there. Returns (state, [chunk sums on the host])."""
+def _chunks(config, num_chunks, hparams_at=None, snapshot_at=None):
+  """Runs fused chunks from step 0; hparams_at = (step, {name: value}) changes a traced
+  hyperparameter there. Returns (state, [chunk sums on the host]), and with snapshot_at = n
+  also a host copy of the state after n chunks (the chunk donates the device state)."""
   exp = build(config)
-  state = experiment.init_state(exp) if state is None else state
+  state = experiment.init_state(exp)
   feeder = train.ChunkFeeder(exp, 0)
   fn = train.jit_train_chunk(exp, 'memory')
-  sums = []
+  sums, snapshot = [], None
   k = config.steps_per_call
   for i in range(num_chunks):
+    if i == snapshot_at:
+      snapshot = jax.device_get(state)
     if hparams_at and i * k == hparams_at[0]:
       state = state.replace(hparams={**state.hparams, **{
           n: jnp.asarray(v, jnp.float32) for n, v in hparams_at[1].items()}})
     state, m = fn(state, *feeder(i * k))
     sums.append(jax.device_get(m))
-  return state, sums
+  return (state, sums) if snapshot_at is None else (state, sums, snapshot)
 
 
 # -- 1. gradient skipping -----------------------------------------------------------------------
@@ -67,8 +70,8 @@ def skip_runs():
   for name, fields in (('fixed', {'skip_threshold': 500.0}),
                        ('adaptive', {'skip_factor': 5.0})):
     config = _skip_config(**fields)
-    before, _ = _chunks(config, 3)
-    after, sums = _chunks(config, 6, hparams_at=JUMP)
+    # `before`: the state at step 30, just before the jump, of the same run.
+    after, sums, before = _chunks(config, 6, hparams_at=JUMP, snapshot_at=3)
     out[name] = (before, after, sums)
   return out
 
@@ -208,8 +211,10 @@ def test_a_checkpoint_saved_before_the_optional_parts_existed_restores(tmp_path)
 
 
 def _ema_config(**overrides):
-  return tiny_config(ema_decay=0.8, **{'optim.skip_factor': 5.0, 'optim.skip_window': 4,
-                                       'max_consecutive_skipped': 10, **overrides})
+  # One device: the EMA, the guard and the budget, not the device count, are what these check.
+  return tiny_config(ema_decay=0.8, **{'mesh.data': 1, 'optim.skip_factor': 5.0,
+                                       'optim.skip_window': 4, 'max_consecutive_skipped': 10,
+                                       **overrides})
 
 
 @pytest.fixture(scope='module')
@@ -279,7 +284,7 @@ def test_resume_with_ema_and_skipping_is_exact(straight_ema, tmp_path):
 
 def test_ema_and_skipping_switched_on_at_resume_start_there(tmp_path):
   workdir = str(tmp_path)
-  train.train_and_evaluate(tiny_config(num_train_steps=10), workdir)
+  train.train_and_evaluate(tiny_config(num_train_steps=10, **{'mesh.data': 1}), workdir)
   resumed = train.train_and_evaluate(_ema_config(), workdir)['state']
   assert float(resumed.ema['init_weight']) == pytest.approx(0.8 ** 10, rel=1e-5)
   assert int(resumed.skip['count']) == 10  # the guard saw the resumed run's 10 steps

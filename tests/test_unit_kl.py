@@ -59,16 +59,23 @@ HVAE = {'model.kind': 'hvae', 'model.hidden': (32,), 'model.hvae.width': 16,
         'model.latent_dim': 3, 'model.hvae.groups': (3, 3, 3)}
 
 
-@pytest.mark.parametrize('num_samples', [None, 2])
-def test_hierarchy_kl_per_unit_adds_up_to_its_kl_term(num_samples):
-  """Priors that depend on the groups above (perturbed parameters, as training makes them): the
-  per-unit KL on the sampled path of the evaluation keys sums to the reported kl, group by
-  group, where the posterior-mean path does not."""
-  config, exp, arrays, params = _setup(**HVAE)
+@pytest.fixture(scope='module')
+def hierarchy():
+  """The hierarchy, its split and perturbed parameters, built once: both cases only read them."""
+  _, exp, arrays, params = _setup(**HVAE)
   leaves, tree = jax.tree.flatten(params)
   rng = np.random.default_rng(5)
   params = tree.unflatten([np.asarray(a) + 0.05 * rng.normal(size=a.shape).astype(np.float32)
                            for a in leaves])
+  return exp, arrays, params
+
+
+@pytest.mark.parametrize('num_samples', [None, 2])
+def test_hierarchy_kl_per_unit_adds_up_to_its_kl_term(hierarchy, num_samples):
+  """Priors that depend on the groups above (perturbed parameters, as training makes them): the
+  per-unit KL on the sampled path of the evaluation keys sums to the reported kl, group by
+  group, where the posterior-mean path does not."""
+  exp, arrays, params = hierarchy
   report = eval_lib.estimate(exp, params, SPLIT, num_samples or 0, arrays=arrays)
   units = (eval_lib.unit_statistics(exp, params, SPLIT, arrays=arrays) if num_samples is None
            else report)
