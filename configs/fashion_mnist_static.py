@@ -46,10 +46,11 @@ scripts/evaluate.py --num_samples=1000 on the test split (738 s on one core):
   paired nll difference selected - newest: -0.0002 +- 0.0016 (z = -0.1)
 So selection (early stopping) changes nothing measurable here.
 
-Remedies: only the selection above is measured so far; weight decay (--config.optim.name=adamw --config.optim.weight_decay=...), a smaller
-width (--config.model.hvae.width=128), IWAE training with a few samples and a learning-rate
-schedule, each under the same budget and chosen on validation, are the next measurements, and
-none is shipped before it is measured. The shipped config is the unremedied hierarchy.
+Remedies: only the selection above is measured so far. Weight decay (optim.name=adamw with
+optim.weight_decay), a smaller width (model.hvae.width=128), IWAE training with a few samples
+and a learning-rate schedule, each under the same budget and chosen on validation, are the next
+measurements; none is shipped before it is measured. The shipped config is the unremedied
+hierarchy.
 """
 
 from configs import fashion_mnist_hvae
