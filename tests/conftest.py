@@ -15,6 +15,13 @@ if os.environ.get('PYTEST_XDIST_WORKER') and os.environ.get('VAE_JAX_TEST_THREAD
     os.environ['XLA_FLAGS'] += ' --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1'
   for var in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS'):
     os.environ.setdefault(var, '1')
+# XLA's backend at its lowest optimisation level, for the session and the processes it starts:
+# the tests' programs are small and run a few steps, so compiling is most of their time, and
+# the unoptimised compile is several times quicker (test_iaf.py 123 -> 54 s). The programs
+# compute the same maths (compared runs share the setting; recorded references hold to float32
+# round-off). A test about what the optimiser does (remat's recomputation) marks itself
+# @pytest.mark.xla_optimized; the benchmark scripts, the configs and users' runs are unaffected.
+os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # One prepared copy of the generated sprites (and other test datasets) for the whole session,
 # shared with the subprocesses tests start; never the user's ~/tensorflow_datasets.
@@ -29,3 +36,20 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 import jax  # noqa: E402
 
 jax.config.update('jax_threefry_partitionable', True)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _xla_optimized(request):
+  """Full XLA optimisation for a test marked xla_optimized (see above), restored after it."""
+  if request.node.get_closest_marker('xla_optimized') is None:
+    yield
+    return
+  before = jax.config.values['jax_disable_most_optimizations']
+  jax.config.update('jax_disable_most_optimizations', False)
+  try:
+    yield
+  finally:
+    jax.config.update('jax_disable_most_optimizations', before)

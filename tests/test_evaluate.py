@@ -413,7 +413,10 @@ def test_mutual_information_limits_and_a_brute_force_estimate():
   assert abs(terms.mean() - brute.mean()) < 4 * stderr, (terms.mean(), brute.mean())
   # Only the draws are subsampled, evenly: the mixture keeps every example.
   sub = evaluate.mutual_information(mesh, mean, var, index, 0, max_samples=20)
-  assert sub.shape == (20,) and np.all(np.isin(sub, terms))
+  # Each is one of the full call's terms, to float32 round-off (the two calls are different
+  # programs); a mixture of the 20 drawn examples only would move them by far more.
+  assert sub.shape == (20,)
+  assert np.all(np.isclose(sub[:, None], terms[None, :], rtol=1e-5, atol=1e-5).any(1))
 
 
 def test_full_covariance_posterior_gets_no_mutual_information():
