@@ -154,10 +154,8 @@ def test_train_and_evaluate_scripts_run_without_tensorflow(sprites_cfg, tmp_path
   wrapper = tmp_path / 'no_tensorflow.py'
   wrapper.write_text(NO_TENSORFLOW + 'import runpy\nsys.argv = sys.argv[1:]\n'
                      "runpy.run_path(sys.argv[0], run_name='__main__')\n")
-  # One device; XLA's backend at its lowest optimisation: the small programs of this run
-  # compile 2-5x faster and are the same float operations (the process boundary is the point).
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
-             JAX_DISABLE_MOST_OPTIMIZATIONS='1')
+  # One device (the process boundary is the point; conftest's XLA settings are inherited).
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
   workdir = str(tmp_path / 'run')
   flags = ['--config=configs/default.py', f'--workdir={workdir}',
            '--config.data.name=sprites/small', '--config.num_train_steps=2',

@@ -20,17 +20,6 @@ from vae_jax.maths import objectives
 SHAPE = (4, 4, 1)  # tiny images: 16 pixels
 
 
-@pytest.fixture(autouse=True)
-def quick_compiles():
-  """XLA's backend at its lowest optimisation (jax_disable_most_optimizations) for this
-  module's tests: the same programs, the same float operations, compiled 2-5x faster; these
-  small programs spend far longer compiling than running."""
-  before = jax.config.values['jax_disable_most_optimizations']
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', before)
-
-
 def _model(likelihood='bernoulli', hidden=(8,), latent_dim=2, posterior='diag'):
   cfg = load_config()
   cfg.model.update(hidden=hidden, latent_dim=latent_dim, likelihood=likelihood,

@@ -22,17 +22,6 @@ from vae_jax.storage import writers as metrics_lib
 SHAPE = (8, 8, 1)
 
 
-@pytest.fixture(autouse=True)
-def quick_compiles():
-  """XLA's backend at its lowest optimisation (jax_disable_most_optimizations) for this
-  module's tests: the same programs, the same float operations, compiled 2-5x faster; these
-  small programs spend far longer compiling than running."""
-  before = jax.config.values['jax_disable_most_optimizations']
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', before)
-
-
 def _x(batch, seed=0):
   return jnp.asarray(np.random.default_rng(seed).random((batch, *SHAPE)) < 0.4, jnp.float32)
 

@@ -22,17 +22,6 @@ STATIC = 'static_binarize'
 N_TRAIN, N_TEST = 200, 40
 
 
-@pytest.fixture(autouse=True)
-def quick_compiles():
-  """XLA's backend at its lowest optimisation (jax_disable_most_optimizations) for this
-  module's tests: the same programs, the same float operations, compiled 2-5x faster; these
-  small programs spend far longer compiling than running."""
-  before = jax.config.values['jax_disable_most_optimizations']
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', before)
-
-
 def split_id(split):
   return preprocess_lib.split_id(split)
 
