@@ -94,8 +94,13 @@ def get_config():
   d.data_dir = ''
   # False: never touch the network; a dataset that is not prepared is an immediate error.
   d.download = False
-  # memory: whole split as uint8 on device (MNIST-sized); stream: tf.data over TFDS records.
+  # memory: whole split as uint8 on device (MNIST-sized); stream: tf.data over TFDS records;
+  # grain: grain over the split in ArrayRecord format (data beyond memory, no TensorFlow in the
+  # training process; the batch of a step is a pure function of the step, as for memory).
   d.backend = 'memory'
+  # grain back end: worker processes decoding records beside the train step (0 = decode in the
+  # training process).
+  d.workers = 0
   # Stream back end: shuffle window (examples held in host memory).
   d.shuffle_buffer = 10_000
   # Splits (a TFDS split name or a slice of one: 'train[:90%]', 'train[55000:]'). Training

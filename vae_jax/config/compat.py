@@ -174,6 +174,7 @@ RESUME_NEUTRAL = (
     'max_train_seconds',  # a budget per invocation: raising it and rerunning continues
     'data.data_dir', 'data.manual_dir', 'data.download',
     'data.eval_split',  # evaluated for reporting only (model selection reads valid_split)
+    'data.workers',  # grain: how many processes decode, never which batch a step gets
     'early_stopping',  # when to stop, never what a step computes (the count is in the meta)
 )
 

@@ -26,4 +26,4 @@ OPTIMIZERS = ('adam', 'adamw')
 SCHEDULES = ('constant', 'warmup_cosine')
 
 PREPROCESS = ('grey', 'dynamic_binarize', 'static_binarize', 'threshold', 'uint8')
-BACKENDS = ('memory', 'stream')
+BACKENDS = ('memory', 'stream', 'grain')
