@@ -70,7 +70,8 @@ def _run_locked(config_path, overrides, workdir, planned, executor, parallel, en
   todo = []
   for p in planned:
     status = point_status(p['workdir'], p['config'])
-    why = failure_reason(p['workdir']) if status == 'failed' else None
+    why = failure_reason(p['workdir']) if status == 'failed' else (
+        '(DIR/STOP_REQUEST: delete it to run the point on)' if status == 'stopped' else None)
     stamp(log, f'{p["name"]}: {status}' + (f' {why}' if why else ''))
     if status in ('new', 'partial'):
       todo.append(p)

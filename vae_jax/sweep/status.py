@@ -1,4 +1,5 @@
-"""A sweep point's state read from its workdir alone: done, running, failed, partial or new.
+"""A sweep point's state read from its workdir alone: done, running, failed, stopped, partial or
+new.
 
 Before launching, every point's state is read here, so a sweep killed in any way is finished by
 running the same command again: done points are skipped and interrupted runs resume from their
@@ -10,6 +11,7 @@ import os
 
 from vae_jax.config import failure
 from vae_jax.storage import lock as workdir_lock
+from vae_jax.storage import requests
 from vae_jax.sweep import hyper
 
 # The lock a live run holds (vae_jax.storage.lock.lock_path, process 0).
@@ -45,13 +47,15 @@ def read_failed(point_dir):
 
 
 def point_status(point_dir, config=None):
-  """done | running | failed | partial | new.
+  """done | running | failed | stopped | partial | new.
 
   done: DIR/DONE names the digest of `config` (any finished run when config is None);
   a DONE of another config (num_train_steps raised since, say) is not done. failed: DIR/FAILED
   (the loop's mark of a run that failed, with its reason) names this config, or one that
   differs only in fields that cannot undo the failure (config.failure, the rule the loop uses
   to leave the member out); another change makes it partial or new again, and it is retried.
+  stopped: DIR/STOP_REQUEST is there (vae_jax.storage.requests): the run stopped, or will stop
+  at its next start, until the file is deleted; it is not launched.
   """
   if is_running(point_dir):
     return 'running'
@@ -63,6 +67,8 @@ def point_status(point_dir, config=None):
   if failed is not None and (digest is None or failed.get('config_sha256') == digest
                              or failed.get('failure_sha256') == failure.failure_digest(config)):
     return 'failed'
+  if requests.read_stop_request(point_dir) is not None:
+    return 'stopped'
   ckpts = os.path.join(point_dir, 'checkpoints')
   if os.path.isdir(ckpts) and any(n.isdigit() for n in os.listdir(ckpts)):
     return 'partial'

@@ -18,9 +18,13 @@ rerun of the same config does nothing, one with more patience continues from the
 
 A stop request (SIGTERM / SIGINT, or the budget) is honoured at the first boundary after it: the
 members are saved there and a `stop` record says why; no DONE, and the same command resumes
-exactly. A rerun of a finished run does nothing when DIR/DONE names its config; when only an
-evaluation field changed (eval_num_samples, data.eval_split, ...), it runs the final evaluation
-of the saved step before stamping DONE for the new config.
+exactly. A member's DIR/STOP_REQUEST (vae_jax.storage.requests: a search's pruner writes it) is
+honoured at its next evaluation: that member is saved, its `stop` record gives the file's reason
+(`pruned`), no DONE, and the others of a population train on; while the file stays, a rerun
+leaves the member as it is (deleting the file resumes it exactly). A rerun of a finished run
+does nothing when DIR/DONE names its config; when only an evaluation field changed
+(eval_num_samples, data.eval_split, ...), it runs the final evaluation of the saved step before
+stamping DONE for the new config.
 """
 
 import contextlib
@@ -41,6 +45,7 @@ from vae_jax.evaluate import periodic
 from vae_jax.evaluate import selection as selection_lib
 from vae_jax.storage import checkpoint as ckpt_lib
 from vae_jax.storage import lock as workdir_lock
+from vae_jax.storage import requests
 from vae_jax.storage import writers as metrics_lib
 from vae_jax.train import members as members_lib
 from vae_jax.train import population as pop_lib
@@ -199,8 +204,10 @@ def train_and_evaluate(config, workdir):
   TensorBoard events, DIR/images/*.png, DIR/checkpoints/ and DIR/DONE. The workdir is locked
   for the run's life: a second run on it is refused.
 
-  A run stopped early (a signal, or config.max_train_seconds spent) saves a checkpoint, writes
-  a `stop` record saying why, and no DONE: the same command resumes it exactly. The budget
+  A run stopped early (a signal, config.max_train_seconds spent, or DIR/STOP_REQUEST found at an
+  evaluation) saves a checkpoint, writes a `stop` record saying why, and no DONE: the same
+  command resumes it exactly (once DIR/STOP_REQUEST is deleted: while it stays, a rerun trains
+  nothing). The budget
   stop also evaluates, as at the end; the signal stop does not (it must be quick). A run that
   diverges writes a `failed` record and DIR/FAILED, then raises.
 
@@ -208,7 +215,8 @@ def train_and_evaluate(config, workdir):
     {'step': final step, 'compile_s': seconds to compile the fused chunk, 'eval': the last
     eval records by split ({} if none ran), 'num_devices': devices on the data axis,
     'state': the final TrainState, 'experiment': the Experiment, 'preempted': whether a
-    signal stopped the run, 'stopped': None, 'signal', 'max_train_seconds' or 'early_stopping'}.
+    signal stopped the run, 'stopped': None, 'signal', 'max_train_seconds', 'early_stopping' or
+    'stop_request' (DIR/STOP_REQUEST; 'state' None where it was there before the run began)}.
 
   Raises:
     FloatingPointError, SkippedUpdatesError: the run diverged (after DIR/FAILED is written).
@@ -225,7 +233,7 @@ def train_and_evaluate(config, workdir):
     out = run(exp, [members_lib.Member(0, exp, workdir, print_fn=log)], 'loop', t_start)
   m = out['members'][0]
   return {'step': out['step'], 'compile_s': out['compile_s'], 'eval': m['eval'],
-          'num_devices': out['num_devices'], 'state': out['state_list'][0],
+          'num_devices': out['num_devices'], 'state': (out['state_list'] or [None])[0],
           'experiment': exp, 'preempted': out['stopped'] == 'signal', 'stopped': out['stopped']}
 
 
@@ -240,8 +248,9 @@ def train_population(configs, workdirs, mode='auto', log=print):
 
   Returns:
     {'step', 'compile_s', 'mode', 'members': [{'workdir', 'status' ('done' | 'failed' |
-    'preempted' (a signal) | 'stopped' (config.max_train_seconds spent)), 'step', 'eval',
-    'reason'}], 'states': the stacked final states of the members that trained, 'preempted':
+    'preempted' (a signal) | 'stopped' (config.max_train_seconds spent) | 'stop_request' (its
+    DIR/STOP_REQUEST: it left the population at that evaluation, or never joined)), 'step',
+    'eval', 'reason'}], 'states': the stacked final states of the members that trained, 'preempted':
     whether a signal or the budget stopped it, 'stopped'}. Early stopping ends a population
     when every member has run out of patience (until then the others train on, and a member
     out of patience keeps its selected step: the numbers reported are that step's).
@@ -295,8 +304,18 @@ def run(base, members, mode, t_start, log=print):
         m.log(f'failed before {why}: left out (change its config, or delete its FAILED file to '
               'retry).')
         left_out.append(m)
-    live = [m for m in members if not m.failed]
+    for m in members:
+      if not m.failed:
+        m.stopped = _stop_request(m)
+      if m.stopped:
+        m.log(f'{requests.stop_request_path(m.workdir)} asks this run to stop ({m.stopped}): '
+              'nothing is trained. Delete that file and run again to resume from the newest '
+              'checkpoint.')
+    live = [m for m in members if not (m.failed or m.stopped)]
     if not live:
+      if any(m.stopped for m in members):
+        newest = max((m.checkpointer.latest_step() or 0 for m in members), default=0)
+        return _finish(members, [], newest, result, 'stop_request')
       log('Every member of the population failed before; nothing to train.')
       return _finish(members, [], 0, result, None)
     for slot, m in enumerate(live):
@@ -428,6 +447,12 @@ def _train(base, live, members, states, step, mode, single, t_start, result, log
         if selection_lib.METRIC in valid and m.tracker.update(
             step, valid[selection_lib.METRIC], m.config.early_stopping.min_delta):
           best_now.add(m.index)
+      for m in _live(live) if did_eval else ():  # after its evaluation: the value it stops on
+        m.stopped = _stop_request(m)
+        if m.stopped:
+          _stop_member(m, step, pop, t_start, did_eval)
+          if not _live(live):
+            stopped = 'stop_request'
       if did_eval and not (final or stopped) and _live(live) and all(
           m.tracker.exhausted(m.config.early_stopping.patience) for m in _live(live)):
         stopped, save_now = 'early_stopping', True
@@ -440,7 +465,8 @@ def _train(base, live, members, states, step, mode, single, t_start, result, log
           if not (save_now or m.index in best_now):
             _save(m, step, pop.member(m.slot), did_eval)
       if not _live(live):
-        log('Every member of the population failed; stopping.')
+        if stopped != 'stop_request':
+          log('Every member of the population failed; stopping.')
         break
       if stopped:
         break
@@ -450,7 +476,7 @@ def _train(base, live, members, states, step, mode, single, t_start, result, log
         t_log += time.perf_counter() - t_pause
   progress.close()
   if stopped:
-    for m in _live(live):
+    for m in _live(live):  # a member stopped by its request wrote its own record
       record = {'reason': stopped, 'seconds': time.perf_counter() - t_start,
                 'max_train_seconds': config.max_train_seconds,
                 'num_train_steps': config.num_train_steps}
@@ -461,7 +487,32 @@ def _train(base, live, members, states, step, mode, single, t_start, result, log
 
 
 def _live(members):
-  return [m for m in members if not m.failed]
+  """The members still training: neither failed nor stopped by their DIR/STOP_REQUEST."""
+  return [m for m in members if not (m.failed or m.stopped)]
+
+
+def _stop_request(m):
+  """The reason of the member's DIR/STOP_REQUEST, or '': the same answer on every process."""
+  reason = requests.read_stop_request(m.workdir)
+  if any_process(reason is not None):
+    return reason or requests.DEFAULT_REASON  # another process's file (a workdir not shared)
+  return ''
+
+
+def _stop_member(m, step, pop, t_start, did_eval):
+  """Honours the member's stop request at this evaluation: its checkpoint of the step, its `stop`
+  record, no DONE; it leaves the population (in loop mode its chunk is no longer applied)."""
+  _save(m, step, pop.member(m.slot), did_eval)
+  t = m.tracker
+  m.writer.write(step, 'stop', {
+      'reason': m.stopped, 'request': requests.STOP_REQUEST_FILE,
+      'seconds': time.perf_counter() - t_start, 'num_train_steps': m.config.num_train_steps,
+      'selected_step': t.best_step,
+      'selected': selection_lib.describe(t.best_value, t.best_step, m.config.data.valid_split)})
+  pop.retire(m.slot)
+  m.log(f'Stopped at step {step} by {requests.stop_request_path(m.workdir)} ({m.stopped}): '
+        'checkpoint saved, no DONE. Delete that file and run the same command again to resume '
+        'exactly from here.')
 
 
 def _fail(m, step, why, single, log):
@@ -500,12 +551,13 @@ def _finish(members, states, step, result, stopped):
     m.checkpointer.wait()
   out = []
   for m in members:
-    status = ('failed' if m.failed else 'preempted' if stopped == 'signal'
+    status = ('failed' if m.failed else 'stop_request' if m.stopped
+              else 'preempted' if stopped == 'signal'
               else 'stopped' if stopped and stopped != 'early_stopping' else 'done')
     if status == 'done' and not members_lib.is_done(m.workdir, m.config, step):
       members_lib.write_done(m.workdir, m.config, step)
     out.append({'workdir': m.workdir, 'status': status, 'step': int(step),
-                'eval': m.last_eval, 'reason': m.failed})
+                'eval': m.last_eval, 'reason': m.failed or m.stopped})
   if stopped == 'signal':
     what = 'checkpoint saved' if single else 'checkpoints saved, no DONE'
     members[0].print_fn(f'Stopped by a signal at step {step}: {what}. Run the same command '
@@ -517,6 +569,8 @@ def _finish(members, states, step, result, stopped):
               'a validation improvement of at least early_stopping.min_delta='
               f'{m.config.early_stopping.min_delta:g}; selected: '
               f'{_early_stop_record(m)["selected"]}. DONE.')
+  elif stopped == 'stop_request':
+    pass  # each member said so where it stopped (or found its request at the start)
   elif stopped:
     c = members[0].config
     members[0].print_fn(

@@ -47,6 +47,7 @@ class Member:
   evaluator: object = None  # its vae_jax.evaluate.periodic.PeriodicEval
   meta: dict = None       # the meta of the checkpoint it restored (None: initialised)
   failed: str = ''        # why it failed, once it has
+  stopped: str = ''       # the reason of the stop request it honoured (DIR/STOP_REQUEST)
   last_eval: dict = dataclasses.field(default_factory=dict)
   tracker: object = None  # its vae_jax.evaluate.selection.Tracker (set when it resumes)
   print_fn: object = print

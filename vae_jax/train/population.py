@@ -75,19 +75,27 @@ class Looped:
 
   def __init__(self, chunk, states):
     self.chunk, self.states = chunk, list(states)
+    self.last_outs = [None] * len(self.states)
+    self.retired = set()
 
   def apply(self, source, index):
-    """One fused call for every member; the chunk sums, each [P] (`steps` a scalar)."""
+    """One fused call for every member; the chunk sums, each [P] (`steps` a scalar). A retired
+    member is not trained: its entries repeat its last call's sums, which nothing reads."""
     outs = []
     for i, s in enumerate(self.states):
-      self.states[i], out = self.chunk(s, source, index)
-      outs.append(out)
+      if i not in self.retired:
+        self.states[i], self.last_outs[i] = self.chunk(s, source, index)
+      outs.append(self.last_outs[i])
     sums = {k: jnp.stack([o[k] for o in outs]) for k in outs[0] if k != 'steps'}
     sums['steps'] = outs[0]['steps']
     return sums
 
   def member(self, i):
     return self.states[i]
+
+  def retire(self, i):
+    """Member i trains no more (it stopped on request): its state stays as it is now."""
+    self.retired.add(i)
 
   def block(self):
     jax.block_until_ready(self.states)
@@ -98,13 +106,19 @@ class Vmapped:
 
   def __init__(self, chunk, states):
     self.chunk, self.states = chunk, states
+    self.retired = {}  # member -> its state when it retired
 
   def apply(self, source, index):
     self.states, sums = self.chunk(self.states, source, index)
     return sums
 
   def member(self, i):
-    return member(self.states, i)
+    return self.retired[i] if i in self.retired else member(self.states, i)
+
+  def retire(self, i):
+    """Member i trains no more (it stopped on request): its state as it is now is kept. The one
+    vmapped program still computes its slice, which nothing reads."""
+    self.retired[i] = member(self.states, i)
 
   def block(self):
     jax.block_until_ready(self.states)
