@@ -4,10 +4,13 @@ r"""Prepares a dataset into a TFDS data_dir, offline where a manual_dir is given
       --manual_dir=/usr/share/datasets/fashion-mnist [--data_dir=DIR]
   python scripts/prepare_data.py --dataset=sprites           # generated, never downloads
   python scripts/prepare_data.py --dataset=mnist --download  # TFDS download (network)
+  python scripts/prepare_data.py --dataset=folder:DIR        # your own images (or npz:FILE)
 
 Files byte-identical to the official download go through TFDS's own manual_dir path; other
 copies (e.g. Debian's dataset-fashion-mnist) are decoded and written under the official name
-(see vae_jax/data/offline.py). Prints one JSON line: dataset, data_dir, how, splits, seconds.
+(see vae_jax/data/offline.py). Own images and arrays are prepared from their folder or file
+(see vae_jax/data/own_data.py); a prepared copy whose source changed is replaced. Prints one
+JSON line: dataset, data_dir, how, splits, seconds.
 """
 
 import json
@@ -23,8 +26,8 @@ from absl import app, flags  # noqa: E402
 from configs import default  # noqa: E402
 from vae_jax import cli  # noqa: E402
 
-_DATASET = flags.DEFINE_string('dataset', None, "'sprites[/small]' or a TFDS name, e.g. mnist.",
-                               required=True)
+_DATASET = flags.DEFINE_string('dataset', None, "'sprites[/small]', a TFDS name, e.g. mnist, "
+                               "or your own images: 'folder:DIR' or 'npz:FILE'.", required=True)
 _MANUAL_DIR = flags.DEFINE_string('manual_dir', '', 'Folder with the original files.')
 _DATA_DIR = flags.DEFINE_string('data_dir', '', "TFDS data_dir ('' = $TFDS_DATA_DIR or "
                                 '~/tensorflow_datasets).')
@@ -41,10 +44,19 @@ def main(argv):
              download=_DOWNLOAD.value)
   # Before TensorFlow, a wrong name or folder fails in a second; a failed download too is one
   # paragraph, exit status 2.
-  cli.run_reporting_user_errors(lambda: cli.check_data_available(cfg))
+  from vae_jax.data import own_data
+
+  def check():
+    try:
+      cli.check_data_available(cfg)
+    except own_data.StaleSourceError:
+      pass  # own data whose source changed: prepared again below, what this command is for
+
+  cli.run_reporting_user_errors(check)
   from vae_jax.data import datasets, offline
 
-  builder, how = cli.run_reporting_user_errors(lambda: datasets.ensure_prepared(cfg))
+  builder, how = cli.run_reporting_user_errors(
+      lambda: datasets.ensure_prepared(cfg, refresh=True))
   result = {
       'dataset': builder.info.full_name, 'data_dir': str(builder.data_dir), 'how': how,
       'splits': {k: v.num_examples for k, v in builder.info.splits.items()},

@@ -32,7 +32,8 @@ def validate_data_config(data_cfg):
   _one_of('data.preprocess', data_cfg.preprocess, KNOWN_PREPROCESS)
   _one_of('data.backend', data_cfg.backend, KNOWN_BACKENDS)
   if not data_cfg.name:
-    raise ValueError("data.name is empty: use 'sprites' or a TFDS dataset name, e.g. 'mnist'.")
+    raise ValueError("data.name is empty: use 'sprites', a TFDS dataset name, e.g. 'mnist', or "
+                     "your own images, 'folder:DIR' or 'npz:FILE'.")
   base, config, _ = split_name(data_cfg.name)
   if base == SPRITES and config is not None:
     _one_of('sprites config', config, tuple(sprites.SPRITE_SPECS))
@@ -103,14 +104,27 @@ def _one_of(what, value, valid):
 
 
 def split_name(name):
-  """'name[/config][:version]' -> (name, config or None, version or None)."""
+  """'name[/config][:version]' -> (name, config or None, version or None).
+
+  Own data ('folder:DIR', 'npz:FILE', whose paths may hold '/' and ':') gives its prepared
+  name, (prepared_name, None, None): see own_data.
+  """
+  from vae_jax.data import own_data  # it imports this module
+
+  source = own_data.parse(name)
+  if source is not None:
+    return source.prepared_name, None, None
   name, _, version = name.partition(':')
   base, _, config = name.partition('/')
   return base, config or None, version or None
 
 
 def canonical_name(name):
-  """Names the sprites config explicitly ('sprites' -> 'sprites/default')."""
+  """Names the sprites config explicitly ('sprites' -> 'sprites/default'); own data as is."""
+  from vae_jax.data import own_data
+
+  if own_data.parse(name) is not None:
+    return name
   base, config, version = split_name(name)
   if base == SPRITES and config is None:
     config = sprites.DEFAULT_CONFIG
@@ -186,15 +200,24 @@ def check_available(data_cfg):
   """Raises unless the dataset is prepared or can be prepared as configured.
 
   Never imports TensorFlow: looks for {data_dir}/{name}/*/dataset_info.json, then at the
-  manual_dir's files. Sprites are always available (generated on demand).
+  manual_dir's files. Sprites are always available (generated on demand). Own data
+  ('folder:DIR', 'npz:FILE') is available when its prepared copy matches the source, or when
+  the source fits the layout (own_data.check).
 
   Raises:
     ValueError: an unknown setting or dataset name.
     DatasetMissingError: not prepared, data.download=False and no usable manual_dir; the
-      message gives the command and the files that prepare it.
+      message gives the command and the files that prepare it. Own data: own_data.SourceError
+      (a source that does not fit the layout) or own_data.StaleSourceError (it changed since
+      it was prepared), both DatasetMissingErrors.
   """
+  from vae_jax.data import own_data
+
   validate_data_config(data_cfg)
   name = data_cfg.name
+  if own_data.parse(name) is not None:
+    own_data.check(data_cfg)
+    return
   if split_name(name)[0] == SPRITES or prepared_dirs(name, data_cfg.data_dir):
     return
   check_tfds_name(name)

@@ -9,9 +9,12 @@ A prepared dataset is found and read without TensorFlow (`prepared_records`, `da
 `load_arrays`: the memory back end); TensorFlow is imported only to prepare one (sprites
 generation, offline preparation, downloads) and by the stream back end.
 
-Imports go one way: datasets imports offline and sprites_builder (inside the functions that
-need them: both import TFDS at their top), and all three import records (TFRecord reading and
-image encoding), which imports neither.
+Own images and arrays ('folder:DIR', 'npz:FILE') are prepared by own_builder into the same
+layout and then found and read like any dataset (`own_data` checks them without TensorFlow).
+
+Imports go one way: datasets imports offline, sprites_builder and own_builder (inside the
+functions that need them: they import TFDS at their top), and all of them import records
+(TFRecord reading and image encoding), which imports none of them.
 """
 
 import dataclasses
@@ -19,7 +22,7 @@ import json
 import os
 import re
 
-from vae_jax.data import checks, records, splits
+from vae_jax.data import checks, own_data, records, splits
 
 _VERSION = re.compile(r'^\d+\.\d+\.\d+$')
 
@@ -68,12 +71,16 @@ def _is_prepared(builder):
   return os.path.exists(os.path.join(os.fspath(builder.data_dir), 'dataset_info.json'))
 
 
-def ensure_prepared(data_cfg):
+def ensure_prepared(data_cfg, *, refresh=False):
   """Prepares the dataset if it is missing.
+
+  refresh: own data only ('folder:DIR', 'npz:FILE'): a prepared copy whose source changed is
+  prepared again (replaced) instead of raising own_data.StaleSourceError.
 
   Returns:
     (tfds builder of the prepared dataset, how): how is 'prepared' (found), 'generated'
-    (sprites), 'tfds-manual-dir' / 'decoded-local-files' (offline) or 'downloaded'.
+    (sprites), 'tfds-manual-dir' / 'decoded-local-files' (offline), 'downloaded', or for own
+    data 'from-folder' / 'from-npz' ('replaced-from-...' where refresh replaced a stale copy).
 
   Raises:
     DatasetMissingError: not prepared and not preparable as configured; with data.download
@@ -139,6 +146,10 @@ def ensure_prepared(data_cfg):
     except (requests.RequestException, tfds.download.DownloadError) as e:
       raise failed(one_line(e)) from None
 
+  if own_data.parse(data_cfg.name) is not None:
+    from vae_jax.data import own_builder
+
+    return own_builder.ensure_prepared(data_cfg, refresh=refresh)
   checks.check_available(data_cfg)  # fails fast, before TensorFlow, with the prepare command
   import tensorflow_datasets as tfds
 
