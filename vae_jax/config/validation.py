@@ -6,6 +6,7 @@ Importing this module loads neither JAX, Flax nor TensorFlow: the sweep runner v
 point in its own JAX-free process.
 """
 
+import importlib.util
 import os
 
 from vae_jax.config.names import (
@@ -95,6 +96,16 @@ def validate_config(config, num_devices=None):
     validate_data_config(d)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  workers = d.get('workers', 0)
+  if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+    raise ConfigError(f'config.data.workers={workers!r} must be an int >= 0 (grain worker '
+                      'processes; 0 reads in the training process).')
+  if d.backend == 'grain':
+    missing = [m for m in ('grain', 'array_record') if importlib.util.find_spec(m) is None]
+    if missing:
+      raise ConfigError(f"data.backend=grain needs {' and '.join(missing)} (not installed "
+                        "here): pip install -e '.[grain]', or use data.backend=memory or "
+                        'stream.')
 
   m = config.model
   _choice(m.encoder, ENCODERS, 'model.encoder')

@@ -1,4 +1,4 @@
-"""Training and evaluation batches for each process, from either back end.
+"""Training and evaluation batches for each process, from any of the three back ends.
 
 Batches are global (batch_size over all processes); process p gets rows
 [p * B / P, (p + 1) * B / P) of each. Each batch carries 'index' (the example's index in the
@@ -7,6 +7,9 @@ training, 'epoch', the inputs of the binarization keys.
 """
 
 import itertools
+import os
+import threading
+import time
 
 import numpy as np
 
@@ -41,12 +44,16 @@ def make_train_iterator(data_cfg, *, batch_size, data_seed, start_step, process_
     return _memory_train(arrays, batch_size=batch_size, data_seed=data_seed,
                          start_step=start_step, process_index=process_index,
                          process_count=process_count)
+  if data_cfg.backend == 'grain':
+    return _grain_train(datasets.prepared_records(data_cfg), data_cfg.train_split,
+                        batch_size=batch_size, data_seed=data_seed, start_step=start_step,
+                        lo=lo, local=local, workers=data_cfg.workers)
   if data_cfg.backend == 'stream':
     ds = _stream_train(datasets.prepared_records(data_cfg), data_cfg.train_split,
                        batch_size=batch_size, data_seed=data_seed, start_step=start_step, lo=lo,
                        local=local, block_size=data_cfg.shuffle_buffer)
     return ds.as_numpy_iterator()
-  raise ValueError(f'Unknown data.backend {data_cfg.backend!r}; valid: memory, stream.')
+  raise ValueError(f'Unknown data.backend {data_cfg.backend!r}; valid: memory, stream, grain.')
 
 
 def memory_train_indices(base_index, *, data_seed, start_step, num_steps, batch_size,
@@ -82,6 +89,78 @@ def _memory_train(arrays, *, batch_size, data_seed, start_step, process_index, p
     for step, (pos, idx) in enumerate(zip(positions, index, strict=True), chunk_start):
       yield {'image': images[pos], 'index': idx,
              'epoch': np.full(len(idx), order.epoch_of(step, n, batch_size), np.int32)}
+
+
+# grain back end: an endless iterator's last step (grain's ranges are finite) and its host
+# pipeline: threads reading batches ahead in each process that reads (see _grain_train).
+_GRAIN_LAST_STEP = 2**31 - 1
+_GRAIN_THREADS = 2
+_GRAIN_PREFETCH = 8
+
+
+class _GrainTrainBatch:
+  """Step -> this process's rows of that step's batch (the memory back end's order), read from
+  the base split's ArrayRecord copy. Picklable: grain's worker processes each get one."""
+
+  def __init__(self, rows, *, first, n, batch_size, data_seed, lo, local):
+    self.rows, self.first, self.n = rows, first, n
+    self.batch_size, self.data_seed, self.lo, self.local = batch_size, data_seed, lo, local
+
+  def __call__(self, step):
+    # order.train_indices is memory_train_indices's order: the batches are the same bitwise.
+    positions = order.train_indices(self.data_seed, step, 1, self.batch_size, self.n)[0]
+    index = (self.first + positions[self.lo:self.lo + self.local]).astype(np.int32)
+    return {'image': self.rows.read(index), 'index': index,
+            'epoch': np.full(self.local, order.epoch_of(step, self.n, self.batch_size),
+                             np.int32)}
+
+
+def _grain_train(prepared, split, *, batch_size, data_seed, start_step, lo, local, workers):
+  """grain iterator of this process's rows of the batches of steps start_step, start_step + 1...
+
+  Each step's batch is a pure function of the step (no iterator state: resuming at step s
+  builds this from s). Batches are read ahead by threads in the training process, or with
+  workers > 0 by that many worker processes (grain's mp_prefetch: worker w reads steps
+  start_step + w, + w + workers, ...; grain interleaves them back in step order).
+  """
+  import grain
+
+  from vae_jax.data import arrayrecords
+
+  base, first, stop = records.resolve(prepared, split)
+  order.steps_per_epoch(stop - first, batch_size)  # a split smaller than a batch fails here
+  read = _GrainTrainBatch(arrayrecords.split_rows(prepared, base), first=first, n=stop - first,
+                          batch_size=batch_size, data_seed=data_seed, lo=lo, local=local)
+  ds = grain.MapDataset.range(start_step, _GRAIN_LAST_STEP).map(read).to_iter_dataset(
+      grain.ReadOptions(num_threads=_GRAIN_THREADS, prefetch_buffer_size=_GRAIN_PREFETCH))
+  if workers:
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+      # grain reads its absl flags (worker profiling) when it starts workers, which raises
+      # before flags are parsed: a library call or a test. The scripts parse them in app.run.
+      flags.FLAGS.mark_as_parsed()
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
+                                                     per_worker_buffer_size=_GRAIN_PREFETCH),
+                        worker_init_fn=_end_with_parent)
+  return iter(ds)
+
+
+def _end_with_parent(worker_index, worker_count):
+  """grain worker set-up: the worker exits once the process that started it is gone.
+
+  grain's workers stop when their iterator is closed; a training process killed outright
+  (SIGKILL, the OOM killer) closes nothing, and they would wait for that forever.
+  """
+  del worker_index, worker_count
+  parent = os.getppid()
+
+  def watch():
+    while os.getppid() == parent:
+      time.sleep(1)
+    os._exit(0)
+
+  threading.Thread(target=watch, name='end-with-parent', daemon=True).start()
 
 
 def _stream_train(prepared, split, *, batch_size, data_seed, start_step, lo, local, block_size):
@@ -162,7 +241,8 @@ def eval_batches(data_cfg, split, *, batch_size, process_index=0, process_count=
   The last global batch is padded (mask False, image zeros, index 0), never dropped, so every
   example is seen exactly once over all processes. 'index' is the example's index in the base
   split. Pass `arrays` (load_arrays(data_cfg, split), with its 'index') to reuse them across
-  evaluations; otherwise the memory back end loads the split and the stream back end reads it.
+  evaluations; otherwise the memory back end loads the split and the stream and grain back
+  ends read it.
 
   Yields:
     {'image': uint8 [B/P, H, W, C], 'index': int32 [B/P], 'mask': bool [B/P]}.
@@ -180,6 +260,10 @@ def eval_batches(data_cfg, split, *, batch_size, process_index=0, process_count=
       pos, mask = _eval_rows(start, lo, local, n)
       yield {'image': np.where(mask[:, None, None, None], images[pos], 0).astype(np.uint8),
              'index': np.where(mask, base_index[pos], 0).astype(np.int32), 'mask': mask}
+    return
+  if data_cfg.backend == 'grain':
+    yield from _grain_eval(datasets.prepared_records(data_cfg), split, batch_size=batch_size,
+                           lo=lo, local=local)
     return
   yield from _stream_eval(datasets.prepared_records(data_cfg), split, batch_size=batch_size,
                           lo=lo, local=local)
@@ -209,3 +293,31 @@ def _stream_eval(prepared, split, *, batch_size, lo, local):
     padded[:len(images)] = images
     yield {'image': padded, 'index': np.where(mask, first + pos, 0).astype(np.int32),
            'mask': mask}
+
+
+class _GrainEvalBatch:
+  """First position of a global batch -> this process's rows of it, padded (see eval_batches)."""
+
+  def __init__(self, rows, *, first, n, lo, local):
+    self.rows, self.first, self.n, self.lo, self.local = rows, first, n, lo, local
+
+  def __call__(self, start):
+    pos, mask = _eval_rows(start, self.lo, self.local, self.n)
+    index = np.where(mask, self.first + pos, 0).astype(np.int32)
+    image = np.zeros((self.local,) + self.rows.shape, np.uint8)
+    image[mask] = self.rows.read(index[mask])  # the real rows come first
+    return {'image': image, 'index': index, 'mask': mask}
+
+
+def _grain_eval(prepared, split, *, batch_size, lo, local):
+  # Read ahead by threads only: raw records need no decoding, and worker processes would be
+  # started again for every evaluation.
+  import grain
+
+  from vae_jax.data import arrayrecords
+
+  base, first, stop = records.resolve(prepared, split)
+  read = _GrainEvalBatch(arrayrecords.split_rows(prepared, base), first=first, n=stop - first,
+                         lo=lo, local=local)
+  yield from grain.MapDataset.range(0, stop - first, batch_size).map(read).to_iter_dataset(
+      grain.ReadOptions(num_threads=_GRAIN_THREADS, prefetch_buffer_size=_GRAIN_PREFETCH))
