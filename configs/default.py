@@ -81,7 +81,9 @@ def get_config():
   c.init_from = ''
 
   c.data = d = ml_collections.ConfigDict()
-  # 'sprites' (embedded, generated, known factors and entropy) or any TFDS image dataset name.
+  # 'sprites' (embedded, generated, known factors and entropy), any TFDS image dataset name, or
+  # your own images: 'folder:DIR' (DIR/train/, DIR/test/, optional DIR/validation/) or
+  # 'npz:FILE' (arrays train, test[, validation]); README.md, "Training on your own images".
   d.name = 'sprites'
   # grey ([0,1] floats) | dynamic_binarize (a fresh Bernoulli draw per example and epoch) |
   # static_binarize (one draw per example, fixed for the whole run: the fixed-binarization

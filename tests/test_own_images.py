@@ -3,6 +3,7 @@ freshness, bad input as one paragraph with exit status 2, and end-to-end runs of
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -141,6 +142,14 @@ def test_npz_reads_back_every_row_in_order_with_its_label(tmp_path):
   sliced = data.load_arrays(cfg, 'train[90%:]')  # a slice is a range of rows
   np.testing.assert_array_equal(sliced['image'], arrays['train'][27:])
   np.testing.assert_array_equal(sliced['index'], np.arange(27, 30))
+  # The stream back end (tf.data) reads the same rows.
+  cfg.backend = 'stream'
+  batches = list(data.eval_batches(cfg, 'train[80%:]', batch_size=4))
+  mask = np.concatenate([b['mask'] for b in batches])
+  np.testing.assert_array_equal(np.concatenate([b['image'] for b in batches])[mask],
+                                arrays['train'][24:])
+  np.testing.assert_array_equal(np.concatenate([b['index'] for b in batches])[mask],
+                                np.arange(24, 30))
   # [N, H, W] without labels: one channel, no label feature.
   grey = make_npz(tmp_path / 'grey.npz', sizes=(('train', 5), ('test', 2)), shape=(6, 7),
                   labels=False)
@@ -192,6 +201,9 @@ def test_changed_folder_is_never_read_stale(tmp_path):
   assert datasets.ensure_prepared(cfg, refresh=True)[1] == 'replaced-from-folder'
   images = data.load_arrays(cfg, 'test')['image']
   assert sum(np.array_equal(image, new) for image in images) == 1
+  # A copy whose source is gone is all there is: still read (old runs stay evaluable).
+  os.rename(root, tmp_path / 'moved')
+  np.testing.assert_array_equal(data.load_arrays(cfg, 'test')['image'], images)
 
 
 def test_changed_npz_is_never_read_stale_and_touched_one_is_fresh(tmp_path):
@@ -333,15 +345,26 @@ def _evaluate_and_analyze(workdir, num_test):
   assert os.path.exists(summary['index_html']) and np.isfinite(summary['neg_elbo'])
 
 
+def _readme_train_args(root, workdir):
+  """The arguments of the README's train command on own images, for root and workdir."""
+  with open(os.path.join(ROOT, 'README.md')) as f:
+    section = f.read().split('## Training on your own images')[1].split('\n## ')[0]
+  block = section.split('```bash\n')[1].split('```')[0].replace('\\\n', ' ')
+  train, = [line for line in block.splitlines() if line.startswith('python scripts/train.py')]
+  train = train.replace('/data/faces', str(root)).replace('/tmp/faces', str(workdir))
+  return shlex.split(train)[2:]
+
+
 @pytest.mark.slow
 def test_folder_trains_evaluates_and_analyzes_end_to_end(tmp_path):
-  """Training prepares the folder at start; the validation folder selects."""
+  """The README's command (made tiny): training prepares the folder at start and selects on
+  its validation folder."""
   root = tmp_path / 'imgs'
   make_folder(root, counts=(('train', 8), ('test', 3), ('validation', 2)))
   workdir = tmp_path / 'run'
-  result = _run('train.py', *TINY, f'--workdir={workdir}', f'--config.data.name=folder:{root}',
-                f'--config.data.data_dir={tmp_path}/tfds', '--config.data.train_split=train',
-                '--config.data.valid_split=validation')
+  args = _readme_train_args(root, workdir)
+  assert f'--config.data.name=folder:{root}' in args
+  result = _run('train.py', *args, *TINY[1:], f'--config.data.data_dir={tmp_path}/tfds')
   assert result['step'] == 4 and np.isfinite(result['neg_elbo'])
   assert result['valid']['num_examples'] == 6
   _evaluate_and_analyze(workdir, 9)
@@ -349,7 +372,7 @@ def test_folder_trains_evaluates_and_analyzes_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_npz_prepares_trains_evaluates_and_analyzes_end_to_end(tmp_path):
-  """scripts/prepare_data.py replaces a stale copy; then stream training on binarized rows."""
+  """scripts/prepare_data.py replaces a stale copy; then training on binarized rows."""
   path = tmp_path / 'arrays.npz'
   make_npz(path, labels=False, seed=1)
   cfg = own_cfg(f'npz:{path}', tmp_path)
@@ -360,7 +383,7 @@ def test_npz_prepares_trains_evaluates_and_analyzes_end_to_end(tmp_path):
   assert prepared['splits'] == {'train': 40, 'test': 10}
   workdir = tmp_path / 'run'
   result = _run('train.py', *TINY, f'--workdir={workdir}', f'--config.data.name=npz:{path}',
-                f'--config.data.data_dir={tmp_path}/tfds', '--config.data.backend=stream',
+                f'--config.data.data_dir={tmp_path}/tfds',
                 '--config.data.preprocess=dynamic_binarize')
   assert result['step'] == 4 and result['valid']['num_examples'] == 4
   _evaluate_and_analyze(workdir, 10)
