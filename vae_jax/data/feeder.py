@@ -14,7 +14,8 @@ class ChunkFeeder:
   memory: the split's uint8 array lives on device once (replicated); each call gets the
   [k, B] positions of its steps' examples in that array and their indices in the base split
   (the binarization keys); each process builds only its own columns.
-  stream: each process reads its rows of each global batch from the TFDS stream.
+  stream, grain: each process reads its rows of each global batch (tf.data over the TFDS
+  records; grain over the split's ArrayRecord copy) and they are stacked [k, B/P, ...].
   arrays: the training split's arrays ({'image', 'index'} as data.load_arrays gives them) to
   hold instead of reading the dataset (memory back end only; the benchmark's synthetic data).
   """
