@@ -1,10 +1,11 @@
 """Train sweep points as one vectorised population (what `scripts/sweep.py --vectorize` runs).
 
   python scripts/train_population.py --config=configs/NAME.py --workdir=SWEEP_DIR \
-      [--points=NAME,NAME,...] [--mode=auto|vmap|loop] [--config.a.b=v ...]
+      [--points=NAME,NAME,... | --points_json=FILE] [--mode=auto|vmap|loop] [--config.a.b=v ...]
 
-The points are the config file's get_sweep(h) (all of them, or the named ones); each trains
-into SWEEP_DIR/<point name>/ exactly as `scripts/train.py` would leave it. They must differ
+The points are the config file's get_sweep(h) (all of them, or the named ones), or those of
+--points_json (a JSON list of {"name", "overrides"}: how a search runs a batch of trials); each
+trains into SWEEP_DIR/<point name>/ exactly as `scripts/train.py` would leave it. They must differ
 only in seed, objective.beta, objective.kl_warmup_steps, objective.free_bits and
 optim.learning_rate; anything else is refused with the field and the reason. Resumable: run
 the same command again.
@@ -26,6 +27,8 @@ config_flags.DEFINE_config_file('config', None, 'Sweep config file (get_config, 
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Sweep folder: the members train into its subfolders.')
 flags.DEFINE_list('points', [], 'Point names to train (default: every point of the sweep).')
+flags.DEFINE_string('points_json', None, 'A JSON file listing the points to train, '
+                    '[{"name": ..., "overrides": {KEY: VALUE}}], instead of get_sweep\'s.')
 flags.DEFINE_enum('mode', 'auto', ['auto', 'vmap', 'loop'],
                   'vmap: one vmapped step over all members; loop: the compiled chunk applied '
                   'to each member in turn; auto: vmap on an accelerator, loop on a CPU.')
@@ -43,7 +46,13 @@ def main(argv):
       raise validation.ConfigError('--workdir=SWEEP_DIR is required.')
     overrides = [a for a in sys.argv[1:] if a.startswith('--config.')]
     try:
-      planned = sweep_lib.plan(cli.config_path(sys.argv), config, overrides, FLAGS.workdir)
+      if FLAGS.points_json:
+        listed = _read_points(FLAGS.points_json)
+        planned = sweep_lib.plan_points(cli.config_path(sys.argv), config, overrides,
+                                        FLAGS.workdir, [p['name'] for p in listed],
+                                        [p['overrides'] for p in listed])
+      else:
+        planned = sweep_lib.plan(cli.config_path(sys.argv), config, overrides, FLAGS.workdir)
     except sweep_lib.SweepError as e:
       raise validation.ConfigError(str(e)) from None
     names = [p['name'] for p in planned]
@@ -73,6 +82,24 @@ def main(argv):
   cli.print_json({'step': result['step'], 'compile_s': result['compile_s'],
                   'mode': result['mode'], 'members': members})
   sys.exit(0 if all(m['status'] == 'done' for m in members) else 1)
+
+
+def _read_points(path):
+  """The --points_json list: [{'name': str, 'overrides': {key: value}}]."""
+  import json
+
+  from vae_jax.config import validation
+  try:
+    with open(path) as f:
+      listed = json.load(f)
+  except (OSError, ValueError) as e:
+    raise validation.ConfigError(f'--points_json={path} cannot be read: {e}') from None
+  if not isinstance(listed, list) or not listed or not all(
+      isinstance(p, dict) and isinstance(p.get('name'), str)
+      and isinstance(p.get('overrides'), dict) for p in listed):
+    raise validation.ConfigError(f'--points_json={path} must hold a non-empty list of '
+                                 '{"name": ..., "overrides": {...}}.')
+  return listed
 
 
 if __name__ == '__main__':

@@ -6,12 +6,15 @@ resumably, and the results read back from the workdirs.
 - status: a point's state from its workdir (done / running / failed / partial / new);
 - executors: the local pool (with its GPU split) and SLURM through submitit;
 - runner: run_sweep, the order of all of the above;
-- results: DIR/results.csv, DIR/results.md and the plots, from the workdirs alone.
+- results: DIR/results.csv, DIR/results.md and the plots, from the workdirs alone;
+- space: searches as data (the `s` of a config's get_search(s)), checked against the config;
+- study, search, search_results: the Optuna study over the same executors (ask-and-tell,
+  pruning through DIR/<trial>/STOP_REQUEST), its storage, and its results.
 
 The names below are the ones scripts and tests use as `sweep.NAME`.
 """
 
-from vae_jax.sweep import hyper
+from vae_jax.sweep import hyper, space
 from vae_jax.sweep.executors import (
     LOG_FILE,
     POPULATION_SCRIPT,
@@ -30,6 +33,7 @@ from vae_jax.sweep.planning import (
     load_config_file,
     override_keys,
     plan,
+    plan_points,
     read_sweep,
     record_sweep,
     sweep_points,
@@ -38,6 +42,8 @@ from vae_jax.sweep.planning import (
 )
 from vae_jax.sweep.results import METRICS, point_row, report
 from vae_jax.sweep.runner import run_sweep
+from vae_jax.sweep.search import run_search
+from vae_jax.sweep.search_results import search_report
 from vae_jax.sweep.status import (
     FAILED_FILE,
     LOCK_FILE,
@@ -51,8 +57,9 @@ from vae_jax.sweep.status import (
 __all__ = [
     'FAILED_FILE', 'LOCK_FILE', 'LOG_FILE', 'METRICS', 'POPULATION_SCRIPT', 'SWEEP_FILE',
     'TRAIN_SCRIPT', 'PointCommand', 'SweepError', 'check_slurm', 'gpu_count', 'hyper',
-    'is_running', 'load_config_file', 'override_keys', 'plan', 'point_row', 'point_status',
+    'is_running', 'load_config_file', 'override_keys', 'plan', 'plan_points',
+    'point_row', 'point_status',
     'population_job', 'read_done', 'read_failed', 'read_sweep', 'record_sweep', 'report',
-    'run_local', 'run_slurm', 'run_sweep', 'runner_lock', 'sweep_points', 'sweep_record',
-    'validate_points', 'worker_envs',
+    'run_local', 'run_search', 'run_slurm', 'run_sweep', 'runner_lock', 'search_report', 'space',
+    'sweep_points', 'sweep_record', 'validate_points', 'worker_envs',
 ]

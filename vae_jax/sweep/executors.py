@@ -55,7 +55,7 @@ def worker_envs(parallel, num_gpus, base_env):
   return envs
 
 
-def _log_tail(point_dir, lines=20):
+def log_tail(point_dir, lines=20):
   """The last lines of the point's latest attempt in its log, a traceback cut to its message.
 
   A run that stops for the user's setting (a divergence, a bad init_from) ends in a clear
@@ -94,7 +94,7 @@ def _report_end(p, code, seconds, log):
           os.path.join(p['workdir'], FAILED_FILE)) else None
       head = f'FAILED {p["name"]} {why}' if why else f'FAILED {p["name"]} (exit {code})'
       stamp(log, f'{head}; the end of {os.path.join(p["workdir"], LOG_FILE)}:\n'
-             f'{_log_tail(p["workdir"])}')
+             f'{log_tail(p["workdir"])}')
     return {p['name']: code}
   codes, unexplained = {}, False
   for m in members:
@@ -110,7 +110,7 @@ def _report_end(p, code, seconds, log):
       unexplained = True
       stamp(log, f'FAILED {m["name"]}: {status} when the {p["name"]} ended (exit {code})')
   if unexplained:  # the population's own log says why
-    stamp(log, f'the end of {os.path.join(p["workdir"], LOG_FILE)}:\n{_log_tail(p["workdir"])}')
+    stamp(log, f'the end of {os.path.join(p["workdir"], LOG_FILE)}:\n{log_tail(p["workdir"])}')
   return codes
 
 

@@ -79,7 +79,15 @@ def plan(config_path, config, overrides, workdir):
   """
   module = load_config_file(config_path)
   points = sweep_points(module, config_path)
-  names = hyper.point_names(points)
+  return plan_points(config_path, config, overrides, workdir, hyper.point_names(points), points)
+
+
+def plan_points(config_path, config, overrides, workdir, names, points,
+                train_script=TRAIN_SCRIPT, what='sweep point'):
+  """plan's dict of each named point (a sweep's, or a search's trials); checked, nothing run.
+
+  train_script: the program each command runs (tests put a stand-in here).
+  """
   fixed = set(override_keys(overrides))
   planned = []
   seen = {}  # resolved config digest -> the point that resolved to it
@@ -88,7 +96,7 @@ def plan(config_path, config, overrides, workdir):
     if both:
       raise SweepError(f'Sweep point {point!r} sets {sorted(both)}, which the command line '
                        'sets too: drop the --config flag or the swept key.')
-    resolved = hyper.apply_point(config, point)
+    resolved = hyper.apply_point(config, point, what=what)
     digest = hyper.config_digest(resolved)
     if digest in seen:
       raise SweepError(f'The sweep points {seen[digest]!r} and {point!r} set the same config '
@@ -96,7 +104,7 @@ def plan(config_path, config, overrides, workdir):
                        'Drop one of them.')
     seen[digest] = point
     point_dir = os.path.join(os.path.abspath(workdir), name)
-    command = [sys.executable, TRAIN_SCRIPT, f'--config={os.path.abspath(config_path)}',
+    command = [sys.executable, train_script, f'--config={os.path.abspath(config_path)}',
                f'--workdir={point_dir}', *overrides, *hyper.config_flags(point)]
     planned.append({'name': name, 'point': point, 'config': resolved, 'workdir': point_dir,
                     'command': command})
