@@ -20,7 +20,7 @@ from tests.test_config import ROOT
 from tests.test_data_checks import data_config
 from tests.test_data_no_tensorflow import NO_TENSORFLOW
 from vae_jax import data
-from vae_jax.data import arrayrecords, formats, preprocess
+from vae_jax.data import arrayrecords, datasets, formats, preprocess
 
 N_TRAIN, N_TEST = 300, 70
 BATCH = 32
@@ -130,6 +130,12 @@ def test_the_copy_is_written_once_and_a_mismatching_one_is_an_error(data_dir, tm
   stamp = os.stat(target / 'images.array_record').st_mtime_ns
   assert_batches_equal(train_batches(c, 2), first)
   assert os.stat(target / 'images.array_record').st_mtime_ns == stamp  # read, not rewritten
+  # Another process's copy landing first: this one's rename fails, and the first is kept.
+  prepared = datasets.prepared_records(c)
+  arrayrecords._write(prepared, 'train', str(target), arrayrecords._expected_info(prepared,
+                                                                                  'train'))
+  assert sorted(os.listdir(copy / 'array_record')) == ['train']
+  assert os.stat(target / 'images.array_record').st_mtime_ns == stamp
   info = json.loads((target / 'info.json').read_text())
   (target / 'info.json').write_text(json.dumps(dict(info, num_records=299)))
   with pytest.raises(data.DatasetMissingError, match=rf'{target} is not an ArrayRecord copy'):
