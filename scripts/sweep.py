@@ -1,8 +1,12 @@
 """Run a sweep: every point of a config file's get_sweep(h) as a full run in DIR/<point name>/.
 
   python scripts/sweep.py --config=configs/NAME.py --workdir=DIR [--executor=local|slurm] \
-      [--parallel=P] [--vectorize] [--config.a.b=v ...]
+      [--parallel=P] [--vectorize] [--points=NAME,...] [--config.a.b=v ...]
   python scripts/sweep.py --workdir=DIR --report
+
+--points runs only the named points (DIR/sweep.json records the whole sweep: the same command
+without --points later runs the rest in the same folder). A search (Optuna, pruning) is
+scripts/search.py.
 
 Resumable: run the same command again after any interruption; finished points are skipped
 and interrupted ones resume from their checkpoints. Results: DIR/results.csv, DIR/results.md
@@ -26,6 +30,8 @@ config_flags.DEFINE_config_file('config', None, 'Sweep config file (get_config, 
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Sweep folder: one workdir per point, and the results.')
 flags.DEFINE_bool('report', False, 'Only rebuild the results from the workdirs.')
+flags.DEFINE_list('points', [], 'Run only these points of the sweep (their names, as in '
+                  'DIR/sweep.json); the folder keeps the whole sweep.')
 flags.DEFINE_enum('executor', 'local', ['local', 'slurm'], 'Where the points run.')
 flags.DEFINE_integer('parallel', 1, 'local: points run at once (GPUs are split among them).')
 flags.DEFINE_bool('vectorize', False, 'Train the points as one vmapped population (they may '
@@ -73,7 +79,8 @@ def main(argv):
     code = sweep_lib.run_sweep(config_path, FLAGS.config, overrides, FLAGS.workdir,
                                executor=FLAGS.executor, parallel=FLAGS.parallel, env=env,
                                slurm=slurm, vectorize=FLAGS.vectorize,
-                               population_mode=FLAGS.population_mode)
+                               population_mode=FLAGS.population_mode,
+                               points=FLAGS.points or None)
   except sweep_lib.SweepError as e:
     _fail(str(e))
   sys.exit(code)

@@ -61,7 +61,7 @@ def override_keys(overrides):
   return [o.split('=', 1)[0][len('--config.'):] for o in overrides]
 
 
-def plan(config_path, config, overrides, workdir):
+def plan(config_path, config, overrides, workdir, train_script=None):
   """The sweep's points: name, overrides, resolved config, command; checked, nothing run.
 
   Args:
@@ -69,6 +69,7 @@ def plan(config_path, config, overrides, workdir):
     config: its config with the command line's overrides applied (locked ConfigDict).
     overrides: those overrides as '--config.KEY=VALUE' flags, passed on to every point.
     workdir: the sweep's folder.
+    train_script: the program each point's command runs (None: scripts/train.py).
 
   Returns:
     A list of dicts {'name', 'point', 'config', 'workdir', 'command'}.
@@ -79,7 +80,8 @@ def plan(config_path, config, overrides, workdir):
   """
   module = load_config_file(config_path)
   points = sweep_points(module, config_path)
-  return plan_points(config_path, config, overrides, workdir, hyper.point_names(points), points)
+  return plan_points(config_path, config, overrides, workdir, hyper.point_names(points), points,
+                     train_script=train_script or TRAIN_SCRIPT)
 
 
 def plan_points(config_path, config, overrides, workdir, names, points,
@@ -129,22 +131,30 @@ def sweep_record(config_path, overrides, planned):
           'points': [{'name': p['name'], 'overrides': p['point']} for p in planned]}
 
 
-def record_sweep(workdir, record):
+def record_sweep(workdir, record, subset=None):
   """Writes DIR/sweep.json; refuses a DIR that holds a sweep of different points.
 
   The command line's overrides may change between invocations (raising num_train_steps
-  extends every point: finished ones no longer match their DONE and resume).
+  extends every point: finished ones no longer match their DONE and resume). A sweep that keeps
+  every recorded point and adds others grows the folder in place. subset: the names a
+  `--points` run chose, appended to the record's `subsets`.
   """
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, SWEEP_FILE)
+  record = dict(record)
   if os.path.exists(path):
     old = _load_sweep_file(path)
-    if json.loads(json.dumps(record['points'])) != old.get('points'):
+    new = json.loads(json.dumps(record['points']))
+    if any(p not in new for p in old.get('points')):
       names = [p['name'] for p in old.get('points', [])]
       raise SweepError(
           f'{path} holds a different sweep (config {old.get("config")}, points '
           f'{", ".join(names)}). Use a new --workdir for a different sweep, or delete that '
-          'one.')
+          'one. (A sweep that keeps every one of those points and adds others may grow this '
+          'folder.)')
+    record['subsets'] = list(old.get('subsets', []))
+  if subset:
+    record['subsets'] = [*record.get('subsets', []), list(subset)]
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
     json.dump(record, f, indent=2, sort_keys=True)

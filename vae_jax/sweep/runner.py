@@ -18,7 +18,8 @@ from vae_jax.sweep.status import failure_reason, point_status, runner_lock
 
 
 def run_sweep(config_path, config, overrides, workdir, executor='local', parallel=1, env=None,
-              slurm=None, vectorize=False, population_mode='auto', log=print):
+              slurm=None, vectorize=False, population_mode='auto', points=None,
+              train_script=None, log=print):
   """Plans, checks, records and runs a sweep, then writes its report.
 
   Args:
@@ -34,16 +35,28 @@ def run_sweep(config_path, config, overrides, workdir, executor='local', paralle
     population_mode: with vectorize, auto | vmap | loop (see vae_jax.train.population).
     env: the points' environment (default: this process's).
     slurm: keyword arguments of run_slurm.
+    points: names of the points to run (None: all): the others are left as they are, and
+      DIR/sweep.json records the whole sweep, so that running it later without `points` (or
+      with others) grows the same folder.
+    train_script: the program each point runs (tests put a stand-in here).
     log: where progress lines go.
 
   Returns:
-    0 if every point is done, else 1.
+    0 if every point run (or chosen) is done, else 1.
   """
   workdir = os.path.abspath(workdir)
-  planned = plan(config_path, config, overrides, workdir)
+  planned = plan(config_path, config, overrides, workdir, train_script=train_script)
+  chosen = planned
+  if points:
+    names = [p['name'] for p in planned]
+    unknown = [n for n in points if n not in names]
+    if unknown:
+      raise SweepError(f'--points names {", ".join(unknown)}, which the sweep does not have; '
+                       f'its points are {", ".join(names)}.')
+    chosen = [p for p in planned if p['name'] in points]
   env = dict(os.environ if env is None else env)
   if vectorize:
-    problem = vectorize_problem([(p['name'], p['config']) for p in planned])
+    problem = vectorize_problem([(p['name'], p['config']) for p in chosen])
     if problem:
       raise SweepError(problem)
   validate_points(planned)
@@ -58,24 +71,26 @@ def run_sweep(config_path, config, overrides, workdir, executor='local', paralle
   except workdir_lock.WorkdirLockedError as e:
     raise SweepError(str(e)) from None
   try:
-    return _run_locked(config_path, overrides, workdir, planned, executor, parallel, env,
-                       slurm, vectorize, population_mode, log)
+    return _run_locked(config_path, overrides, workdir, planned, chosen, points, executor,
+                       parallel, env, slurm, vectorize, population_mode, log)
   finally:
     lock.release()
 
 
-def _run_locked(config_path, overrides, workdir, planned, executor, parallel, env, slurm,
-                vectorize, population_mode, log):
-  record_sweep(workdir, sweep_record(config_path, overrides, planned))
+def _run_locked(config_path, overrides, workdir, planned, chosen, points, executor, parallel,
+                env, slurm, vectorize, population_mode, log):
+  record_sweep(workdir, sweep_record(config_path, overrides, planned), subset=points)
+  if points:
+    stamp(log, f'--points: {len(chosen)} of the sweep\'s {len(planned)} points')
   todo = []
-  for p in planned:
+  for p in chosen:
     status = point_status(p['workdir'], p['config'])
     why = failure_reason(p['workdir']) if status == 'failed' else (
         '(DIR/STOP_REQUEST: delete it to run the point on)' if status == 'stopped' else None)
     stamp(log, f'{p["name"]}: {status}' + (f' {why}' if why else ''))
     if status in ('new', 'partial'):
       todo.append(p)
-  stamp(log, f'{len(planned)} points, {len(todo)} to run')
+  stamp(log, f'{len(chosen)} points, {len(todo)} to run')
   if vectorize and len(todo) > 1:
     todo = [population_job(config_path, overrides, workdir, todo, population_mode)]
     stamp(log, f'vectorised: {todo[0]["name"]} points in one process')
@@ -85,8 +100,9 @@ def _run_locked(config_path, overrides, workdir, planned, executor, parallel, en
     else:
       run_slurm(todo, workdir, env, log=log, **(slurm or {}))
   rows = report(workdir, planned, log=log)
-  failed = [r['name'] for r in rows if r['status'] == 'failed']
-  bad = [r['name'] for r in rows if r['status'] not in ('done', 'failed')]
+  names = {p['name'] for p in chosen}
+  failed = [r['name'] for r in rows if r['name'] in names and r['status'] == 'failed']
+  bad = [r['name'] for r in rows if r['name'] in names and r['status'] not in ('done', 'failed')]
   if failed:
     stamp(log, f'failed: {", ".join(failed)} (see the reasons above; a point with the same '
            'config is not run again: change its config, or delete its FAILED file to retry)')
