@@ -32,7 +32,7 @@ def optuna_module():
     import optuna
   except ImportError:
     raise SweepError("A search needs Optuna, an optional extra: pip install -e '.[search]' "
-                     '(add psycopg2-binary for a PostgreSQL --storage; it is in the extra).'
+                     '(it brings psycopg, the driver of a PostgreSQL --storage).'
                      ) from None
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   return optuna
@@ -63,7 +63,7 @@ def open_storage(url):
     return optuna.storages.RDBStorage(url)
   except ImportError as e:
     raise SweepError(f'--storage={masked(url)}: the database driver is not installed ({e}). '
-                     "For PostgreSQL: pip install -e '.[search]' (psycopg2-binary).") from None
+                     "For PostgreSQL: pip install -e '.[search]' (psycopg).") from None
   except Exception as e:  # noqa: BLE001 - a server down, a wrong password: one line
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise SweepError(f'--storage={masked(url)}: the study\'s database cannot be opened: '
