@@ -44,7 +44,7 @@ def test_unknown_setting_lists_valid_values(tmp_path, field, value, valid):
 def test_known_tuples():
   assert data.KNOWN_PREPROCESS == ('grey', 'dynamic_binarize', 'static_binarize', 'threshold',
                                    'uint8')
-  assert data.KNOWN_BACKENDS == ('memory', 'stream')
+  assert data.KNOWN_BACKENDS == ('memory', 'stream', 'grain')
 
 
 def test_missing_dataset_says_how_to_prepare(tmp_path):
