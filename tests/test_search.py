@@ -339,3 +339,17 @@ def test_a_vectorised_batch_of_trials_equals_the_trials_run_one_by_one(tmp_path)
     assert x['name'] == y['name']  # the same trials asked
     for key in ('value', 'valid_neg_elbo', 'test_neg_elbo', 'test_kl', 'valid_recon_stderr'):
       assert float(x[key]) == float(y[key]), key  # loop mode: the same compiled chunk, bitwise
+
+
+@pytest.mark.slow
+def test_trials_run_as_slurm_jobs_through_submitit(tmp_path):
+  pytest.importorskip('submitit', reason="submitit is not installed (pip install -e '.[slurm]')")
+  config = write_config(tmp_path, trials=3, pruner="'none'")
+  workdir = str(tmp_path / 'out')
+  result = run_script(f'--config={config}', f'--workdir={workdir}', f'--train_script={FAKE}',
+                      '--executor=slurm', '--slurm_cluster=local', '--gpus_per_task=0',
+                      '--time_limit_min=5', '--array_parallelism=2', env=fake_env('0'))
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert result.stdout.count('(SLURM job ') == 3
+  assert [r['state'] for r in read_rows(workdir)] == ['complete'] * 3
+  assert os.path.isdir(os.path.join(workdir, 'submitit'))

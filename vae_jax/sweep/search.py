@@ -396,18 +396,15 @@ class Controller:
         self.finish(trial)
 
   def fill(self):
-    """Starts queued trials, then newly asked ones, while the launcher has room."""
+    """Starts queued trials, then newly asked ones, while the launcher has room: all that start
+    together in one launch (one SLURM array; with vectorize, one population)."""
     while self.launcher.capacity() > 0 and (self.pending or self.remaining() > 0):
-      if self.vectorize:  # resumed trials together (they stopped together), else new ones
-        batch = self.pending[:self.parallel]
-        self.pending = self.pending[len(batch):]
-        if not batch:
-          batch = [self.ask() for _ in range(min(self.parallel, self.remaining()))]
-        self.launch(batch)
-      elif self.pending:
-        self.launch([self.pending.pop(0)])
-      else:
-        self.launch([self.ask()])
+      room = self.parallel if self.vectorize else self.launcher.capacity()
+      batch = self.pending[:room]  # resumed trials first (a population: they stopped together)
+      self.pending = self.pending[len(batch):]
+      if not batch:
+        batch = [self.ask() for _ in range(min(room, self.remaining()))]
+      self.launch(batch)
 
   def step(self):
     """One poll: reports, prunes, and ends the finished jobs and waited-for runs."""
