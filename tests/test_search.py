@@ -353,3 +353,17 @@ def test_trials_run_as_slurm_jobs_through_submitit(tmp_path):
   assert result.stdout.count('(SLURM job ') == 3
   assert [r['state'] for r in read_rows(workdir)] == ['complete'] * 3
   assert os.path.isdir(os.path.join(workdir, 'submitit'))
+
+
+def test_the_shipped_search_and_its_grid_are_valid():
+  path = os.path.join(REPO, 'configs', 'search_sprites.py')
+  module = sweep.load_config_file(path)
+  config = module.get_config()
+  found = space.search_of(module, path)
+  assert space.check(found, config) == ('valid_neg_elbo', 'neg_elbo')
+  assert sorted(found.keys) == sorted(['model.latent_dim', 'objective.beta', 'optim.learning_rate',
+                                       'objective.kl_warmup_steps', 'objective.free_bits'])
+  assert space.rungs(found.pruner, config) == [100, 300, 900]
+  grid = sweep.plan(path, config, [], '/tmp/unused')
+  assert len(grid) == 108 and {k for p in grid for k in p['point']} == set(found.keys)
+  sweep.validate_points(grid)
