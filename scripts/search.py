@@ -89,6 +89,11 @@ def main(argv):
         train_script=FLAGS.train_script or sweep_lib.TRAIN_SCRIPT)
   except sweep_lib.SweepError as e:
     _fail(str(e))
+  except KeyboardInterrupt:
+    print('Interrupted. Local trials got the same Ctrl-C (they save and exit); run the same '
+          'command to continue the study: live trials are waited for, the others resumed.',
+          file=sys.stderr)
+    sys.exit(130)
   sys.exit(code)
 
 

@@ -367,3 +367,13 @@ def test_the_shipped_search_and_its_grid_are_valid():
   grid = sweep.plan(path, config, [], '/tmp/unused')
   assert len(grid) == 108 and {k for p in grid for k in p['point']} == set(found.keys)
   sweep.validate_points(grid)
+
+
+def test_categorical_tuples_reach_optuna_as_text_and_come_back_as_tuples(tmp_path):
+  found, config = search_of(tmp_path, "s.search(s.categorical('model.hidden', [(32,), (64, 32)]))")
+  space.check(found, config)
+  choices = study_lib.distributions(found)['model.hidden'].choices
+  assert choices == ('(32,)', '(64, 32)')
+  assert study_lib.point_of(found, {'model.hidden': '(64, 32)'}) == {'model.hidden': (64, 32)}
+  name = study_lib.trial_name(7, {'model.hidden': (64, 32), 'objective.beta': 0.123456})
+  assert name == 'trial0007_hidden=64-32_beta=0.1235'

@@ -66,7 +66,7 @@ def _point(record, params):
       continue
     value = params[p['key']]
     if p['kind'] == 'categorical':
-      plain = [v if study_lib._plain(v) else repr(tuple(v) if isinstance(v, list) else v)  # noqa: SLF001
+      plain = [v if study_lib.plain_value(v) else repr(tuple(v) if isinstance(v, list) else v)
                for v in p['values']]
       if value in plain:
         value = p['values'][plain.index(value)]

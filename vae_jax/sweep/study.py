@@ -85,13 +85,14 @@ def distributions(found):
   return out
 
 
-def _plain(value):
+def plain_value(value):
+  """Whether Optuna takes the value as a categorical choice as it is."""
   return value is None or isinstance(value, (bool, int, float, str))
 
 
 def _choices(p):
   """Optuna's categorical choices must be plain values: tuples go in as their repr."""
-  return [v if _plain(v) else repr(v) for v in p.values]
+  return [v if plain_value(v) else repr(v) for v in p.values]
 
 
 def point_of(found, params):
