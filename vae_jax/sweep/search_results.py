@@ -196,7 +196,8 @@ def _markdown(rows, keys, record):
   note = ('\nThe objective is the validation split\'s value at each trial\'s selected step (its '
           'lowest validation neg_elbo); a pruned trial shows its last reported value. The test '
           'values are reported only, never used to choose. steps: the train steps the trial '
-          'ran (a pruned trial stops at the evaluation after the pruner\'s decision).\n')
+          'ran (a pruned trial stops at the first evaluation after the controller read the '
+          'pruner\'s decision: the one decided on, or the next).\n')
   return '\n'.join(text) + '\n' + note
 
 
