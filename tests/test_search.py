@@ -241,11 +241,15 @@ def test_a_second_controller_on_the_folder_is_refused_naming_the_first(pruned_st
   assert f'pid {os.getpid()}' in result.stderr and 'Traceback' not in result.stderr
 
 
-def test_a_different_search_in_the_folder_is_refused(pruned_study, tmp_path):
+def test_a_different_search_or_storage_in_the_folder_is_refused(pruned_study, tmp_path):
   other = write_config(tmp_path, pruner="'none'", name='other.py')
   result = run_script(f'--config={other}', f'--workdir={pruned_study["workdir"]}',
                       f'--train_script={FAKE}', timeout=60)
-  assert result.returncode == 2 and 'holds another search' in result.stderr, result.stderr
+  assert result.returncode == 2 and 'holds a different search' in result.stderr, result.stderr
+  journal = tmp_path / 'j.log'
+  result = run_script(*pruned_study['args'], f'--storage=journal:{journal}', timeout=60)
+  assert result.returncode == 2 and 'keeps its study in sqlite' in result.stderr, result.stderr
+  assert not journal.exists()  # refused before the storage was touched
 
 
 def wait_for(condition, what, timeout=120):

@@ -122,6 +122,12 @@ def test_a_study_in_a_journal_file(tmp_path):
   result = run_script(*args, '--num_trials=4', env=fake_env('0'))
   assert result.returncode == 0 and '3 of 4 trials asked' in result.stdout, result.stderr
   assert len(read_rows(workdir)) == 4
+  # Another search cannot join that study, from any folder.
+  other = write_config(tmp_path, trials=3, pruner="'median'", name='other.py')
+  result = run_script(f'--config={other}', f'--workdir={tmp_path / "elsewhere"}',
+                      f'--storage=journal:{journal}', '--study_name=out', timeout=60)
+  assert result.returncode == 2 and "The study 'out'" in result.stderr, result.stderr
+  assert 'holds another search' in result.stderr
 
 
 def test_a_storage_that_cannot_be_opened_is_one_line(tmp_path):

@@ -219,23 +219,28 @@ class Controller:
   # -- the study ---------------------------------------------------------------------------------
 
   def open(self):
-    storage = study_lib.open_storage(self.url)
-    self.study = study_lib.open_study(storage, self.study_name, self.found, self.config)
+    """Opens (or creates) the study; refuses a folder or study that holds another search."""
     record = study_lib.search_record(self.config_path, self.overrides, self.found,
                                      self.objective, self.url, self.study_name)
+    path = os.path.join(self.workdir, study_lib.SEARCH_FILE)
+    if os.path.exists(path):  # checked before the storage is touched
+      mine = study_lib.read_search(self.workdir)
+      if not study_lib.same_search(mine, record) or mine.get('study_name') != self.study_name:
+        raise SweepError(f'{path} holds a different search (config {mine.get("config")}, study '
+                         f'{mine.get("study_name")!r}). Use a new --workdir for a different '
+                         'search, or delete that one.')
+      if not study_lib.same_storage(mine.get('storage', ''), record['storage']):
+        raise SweepError(f'{path} keeps its study in {mine.get("storage")}, not in '
+                         f'{record["storage"]}: pass --storage for that one (its trials are in '
+                         'this folder), or use a new --workdir.')
+    storage = study_lib.open_storage(self.url)
+    self.study = study_lib.open_study(storage, self.study_name, self.found, self.config)
     held = self.study.user_attrs.get('search')
     if held is not None and not study_lib.same_search(held, record):
       raise SweepError(
           f'The study {self.study_name!r} in {study_lib.masked(self.url)} holds another search '
           f'(config {held.get("config")}, {held.get("search", {}).get("params")}). Use another '
           '--study_name (or --workdir), or delete that study.')
-    path = os.path.join(self.workdir, study_lib.SEARCH_FILE)
-    if os.path.exists(path):
-      mine = study_lib.read_search(self.workdir)
-      if not study_lib.same_search(mine, record) or mine.get('study_name') != self.study_name:
-        raise SweepError(f'{path} holds a different search (config {mine.get("config")}, study '
-                         f'{mine.get("study_name")!r}). Use a new --workdir for a different '
-                         'search, or delete that one.')
     if held is None:
       self.study.set_user_attr('search', record)
     study_lib.write_search(self.workdir, {**record, 'num_trials': self.found.num_trials})

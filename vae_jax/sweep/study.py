@@ -235,6 +235,13 @@ def search_record(config_path, overrides, found, objective, storage_url, study_n
           'study_name': study_name}
 
 
+def same_storage(recorded, url):
+  """Whether two (masked) storage URLs name one study store: equal, or both the default SQLite
+  file of a search folder (a folder moved since keeps its own study.db)."""
+  default = lambda u: u.startswith('sqlite:///') and u.endswith('/' + STUDY_DB)
+  return recorded == url or (default(recorded) and default(url))
+
+
 def same_search(a, b):
   """Whether two search records describe one study (num_trials may grow; paths may differ
   between hosts)."""
