@@ -37,6 +37,9 @@ def validate_data_config(data_cfg):
   base, config, _ = split_name(data_cfg.name)
   if base == SPRITES and config is not None:
     _one_of('sprites config', config, tuple(sprites.SPRITE_SPECS))
+  from vae_jax.data import archives  # it imports this module
+
+  archives.find(data_cfg.name)  # an unknown downsampled_imagenet config is a ValueError
   if data_cfg.shuffle_buffer < 1:
     raise ValueError(f'data.shuffle_buffer must be >= 1, got {data_cfg.shuffle_buffer}.')
   for field in SPLIT_FIELDS:
@@ -164,6 +167,11 @@ def official_filenames(name):
   """File names of the official download as TFDS registers them (imports TFDS, not TF)."""
   import tensorflow_datasets as tfds
 
+  from vae_jax.data import archives
+
+  archive = archives.find(name)
+  if archive is not None:  # prepared from these files only (see archives)
+    return sorted(archive.files)
   infos = tfds.builder_cls(split_name(name)[0]).url_infos or {}
   return sorted({info.filename for info in infos.values() if info.filename})
 
@@ -184,6 +192,16 @@ def manual_dir_status(name, manual_dir):
   """Says what manual_dir offers for name: ('format', Format) / ('official', files) / raises."""
   if not os.path.isdir(manual_dir):
     raise DatasetMissingError(f'data.manual_dir {manual_dir!r} is not a directory.')
+  from vae_jax.data import archives
+
+  archive = archives.find(name)
+  if archive is not None:
+    missing = archives.missing_files(archive, manual_dir)
+    if not missing:
+      return 'archives', archive
+    raise DatasetMissingError(
+        f'data.manual_dir {manual_dir} lacks {", ".join(missing)} for {name!r}: expected '
+        f'{archives.describe(archive)}. Found: {sorted(os.listdir(manual_dir))[:20]}.')
   official = official_filenames(name)
   if official and all(os.path.exists(os.path.join(manual_dir, f)) for f in official):
     return 'official', official
@@ -211,7 +229,7 @@ def check_available(data_cfg):
       (a source that does not fit the layout) or own_data.StaleSourceError (it changed since
       it was prepared), both DatasetMissingErrors.
   """
-  from vae_jax.data import own_data
+  from vae_jax.data import archives, own_data
 
   validate_data_config(data_cfg)
   name = data_cfg.name
@@ -220,13 +238,22 @@ def check_available(data_cfg):
     return
   if split_name(name)[0] == SPRITES or prepared_dirs(name, data_cfg.data_dir):
     return
-  check_tfds_name(name)
+  archive = archives.find(name)
+  if archive is None:
+    check_tfds_name(name)
   if data_cfg.manual_dir:
     manual_dir_status(name, data_cfg.manual_dir)
     return
+  data_dir = resolve_data_dir(data_cfg.data_dir)
+  if archive is not None:  # never downloaded: TFDS's own builder would store other features
+    raise DatasetMissingError(
+        f'Dataset {name!r} is not prepared in {data_dir}, and it is prepared only from its '
+        f'original files (data.download does not fetch it). With '
+        f'{archives.describe(archive)} in a folder DIR, prepare it:\n'
+        f'  {prepare_command(name, data_cfg.data_dir)}\n'
+        f'or pass --config.data.manual_dir=DIR to prepare it at startup.')
   if data_cfg.download:
     return
-  data_dir = resolve_data_dir(data_cfg.data_dir)
   try:
     official = official_filenames(name)
   except Exception:  # only improves the message

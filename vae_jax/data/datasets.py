@@ -22,7 +22,7 @@ import json
 import os
 import re
 
-from vae_jax.data import checks, own_data, records, splits
+from vae_jax.data import archives, checks, own_data, records, splits
 
 _VERSION = re.compile(r'^\d+\.\d+\.\d+$')
 
@@ -64,6 +64,11 @@ def _load_builder(name, data_dir):
 
   if checks.split_name(name)[0] == checks.SPRITES:
     from vae_jax.data import sprites_builder  # noqa: F401  (registers the 'sprites' builder)
+  archive = archives.find(name)
+  if archive is not None:  # fixed-shape PNG features, not TFDS's own builder's
+    from vae_jax.data import offline
+
+    return offline.archive_builder_cls(archive)(data_dir=data_dir, config=archive.config)
   return tfds.builder(name, data_dir=data_dir)
 
 

@@ -9,6 +9,11 @@ Two paths, chosen by the files' digests:
   so the result loads with plain `tfds.builder(name, data_dir=...)`. Split sizes come from the
   files. Either way `vae_jax_provenance.json` beside dataset_info.json records how it was built
   and from which file digests.
+
+The judged datasets (downsampled_imagenet/32x32 and /64x64, celeb_a_64; see `archives`) take a
+third path whatever their files' digests: their original archives are read by `archives` and
+written by `archive_builder_cls`, a builder of fixed-shape PNG images (method
+'decoded-archives'; the record says whether the files match TFDS's registered checksums).
 """
 
 import datetime
@@ -18,9 +23,11 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from vae_jax.data import checks, formats, records
+from vae_jax.data import archives, checks, formats, records
 
 PROVENANCE_FILE = 'vae_jax_provenance.json'
+# Images of an archive decoded and PNG-encoded at once: bounds the memory of a preparation.
+_BLOCK = 1024
 
 
 def _offline_config(manual_dir=None):
@@ -47,10 +54,13 @@ def prepare_offline(name, manual_dir, data_dir):
   """Prepares `name` into data_dir from manual_dir without any network access.
 
   Returns:
-    'tfds-manual-dir' or 'decoded-local-files': which path prepared it.
+    'tfds-manual-dir', 'decoded-local-files' or 'decoded-archives': which path prepared it.
   """
   manual_dir = os.path.abspath(os.path.expanduser(manual_dir))
   checks.manual_dir_status(name, manual_dir)  # raises DatasetMissingError with the file list
+  archive = archives.find(name)
+  if archive is not None:
+    return _prepare_archive(archive, manual_dir, data_dir)
   official_cls = tfds.builder_cls(checks.split_name(name)[0])
   url_infos = official_cls.url_infos
   digests, match = registered_match(manual_dir, url_infos)
@@ -81,6 +91,85 @@ def prepare_offline(name, manual_dir, data_dir):
   local_cls(data_dir=data_dir, config=config).download_and_prepare(
       download_config=_offline_config())
   return 'decoded-local-files'
+
+
+def _prepare_archive(archive, manual_dir, data_dir):
+  """Prepares a judged dataset from its original files (archives.Archive) into data_dir."""
+  infos = tfds.builder_cls(archive.official).url_infos or {}
+  registered = {i.filename: i.checksum for i in infos.values() if i.filename in archive.files}
+  digests = {f: formats.file_digest(os.path.join(manual_dir, f)) for f in archive.files}
+  record = {
+      'dataset': archive.name,
+      'manual_dir': manual_dir,
+      'method': 'decoded-archives',
+      'files': digests,
+      'registered_checksums': registered,
+      'matches_registered_checksums': len(registered) == len(archive.files) and all(
+          digests[f]['sha256'] == c for f, c in registered.items()),
+      'stored_order': archives.ORDER_RULE,
+      'image_shape': list(archive.image_shape),
+      'tfds_version': tfds.__version__,
+      'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+  }
+  if archive.official == 'celeb_a':
+    record['transform'] = (f'Pillow: convert RGB, crop {archives.CELEBA_CROP} (left, upper, '
+                           'right, lower), resize (64, 64) bilinear (NVAE\'s CelebA 64)')
+  builder = archive_builder_cls(archive, manual_dir, record)(data_dir=data_dir,
+                                                             config=archive.config)
+  builder.download_and_prepare(download_config=_offline_config())
+  return 'decoded-archives'
+
+
+def archive_builder_cls(archive, manual_dir=None, record=None):
+  """The (unregistered) TFDS builder class of a judged dataset (archives.Archive).
+
+  Images only, fixed shape, PNG, in the stored order (archives.stored_order). ImageNet's is a
+  subclass of TFDS's downsampled_imagenet builder (its name, configs and versions, hence its
+  folders); CelebA 64's a builder of its own name. Without manual_dir it only loads a prepared
+  copy.
+  """
+  base = (tfds.builder_cls(archive.official) if archive.config is not None
+          else tfds.core.GeneratorBasedBuilder)
+
+  class ArchiveBuilder(base, skip_registration=True):
+    """A judged dataset, prepared from its original files (see vae_jax_provenance.json)."""
+
+    name = archive.tfds_name
+    if archive.config is None:
+      VERSION = tfds.core.Version(archive.version)
+      RELEASE_NOTES = {archive.version: f'Prepared by vae_jax from {archive.files}.'}
+
+    def _info(self):
+      return tfds.core.DatasetInfo(
+          builder=self,
+          description=f'{archive.name}, prepared by vae_jax from {archives.describe(archive)}.',
+          features=tfds.features.FeaturesDict(
+              {'image': tfds.features.Image(shape=archive.image_shape)}),
+          disable_shuffling=True,  # the stored order is archives.stored_order's
+      )
+
+    def _split_generators(self, dl_manager):
+      del dl_manager  # the files are read directly
+      return {split: self._generate_examples(split) for split in self._reader.splits}
+
+    def _generate_examples(self, split):
+      for lo, images in self._reader.blocks(split, _BLOCK):
+        for i, png in enumerate(records.encode_images(images)):
+          yield lo + i, {'image': png}
+
+    def _download_and_prepare(self, dl_manager, download_config):
+      if manual_dir is None:
+        raise checks.DatasetMissingError(
+            f'{archive.name!r} is prepared only from its original files '
+            f'({archives.describe(archive)}):\n  {checks.prepare_command(archive.name, "")}')
+      with archives.Reader(archive, manual_dir) as self._reader:
+        super()._download_and_prepare(dl_manager, download_config)
+      # self.data_dir is TFDS's temporary folder here: the record lands with the data.
+      record['split_sizes'] = {k: v.num_examples for k, v in self.info.splits.items()}
+      record['unlisted_images_skipped'] = self._reader.unlisted
+      _write_provenance(self.data_dir, record)
+
+  return ArchiveBuilder
 
 
 def _write_provenance(folder, record):
