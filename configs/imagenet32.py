@@ -25,7 +25,8 @@ Commands (DIR holds train_32x32.tar and valid_32x32.tar):
   python scripts/train.py --config=configs/imagenet32.py --workdir=/tmp/vae_imagenet32
   python scripts/evaluate.py --workdir=/tmp/vae_imagenet32 --num_samples=1000
 
-Smoke run on a CPU (small stages, one group per resolution, 20 steps, slivers of the splits):
+Smoke run on a CPU once the data is prepared (small stages, one group per resolution, 20
+steps, slivers of the splits; not timed here, where the data is not):
   python scripts/train.py --config=configs/imagenet32.py --workdir=/tmp/smoke_imagenet32 \
       --config.batch_size=16 --config.num_train_steps=20 --config.steps_per_call=10 \
       --config.log_every_steps=10 --config.eval_every_steps=20 \

@@ -26,7 +26,8 @@ Commands (DIR holds train_64x64.tar and valid_64x64.tar):
   python scripts/train.py --config=configs/imagenet64.py --workdir=/tmp/vae_imagenet64
   python scripts/evaluate.py --workdir=/tmp/vae_imagenet64 --num_samples=1000
 
-Smoke run on a CPU (small stages, one group per resolution, 20 steps, slivers of the splits):
+Smoke run on a CPU once the data is prepared (small stages, one group per resolution, 20
+steps, slivers of the splits; not timed here, where the data is not):
   python scripts/train.py --config=configs/imagenet64.py --workdir=/tmp/smoke_imagenet64 \
       --config.batch_size=16 --config.num_train_steps=20 --config.steps_per_call=10 \
       --config.log_every_steps=10 --config.eval_every_steps=20 \

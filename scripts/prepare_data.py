@@ -5,12 +5,18 @@ r"""Prepares a dataset into a TFDS data_dir, offline where a manual_dir is given
   python scripts/prepare_data.py --dataset=sprites           # generated, never downloads
   python scripts/prepare_data.py --dataset=mnist --download  # TFDS download (network)
   python scripts/prepare_data.py --dataset=folder:DIR        # your own images (or npz:FILE)
+  python scripts/prepare_data.py --dataset=downsampled_imagenet/32x32 --manual_dir=DIR
+      # DIR: train_32x32.tar, valid_32x32.tar (64x64 likewise)
+  python scripts/prepare_data.py --dataset=celeb_a_64 --manual_dir=DIR
+      # DIR: img_align_celeba.zip, list_eval_partition.txt
 
 Files byte-identical to the official download go through TFDS's own manual_dir path; other
 copies (e.g. Debian's dataset-fashion-mnist) are decoded and written under the official name
-(see vae_jax/data/offline.py). Own images and arrays are prepared from their folder or file
-(see vae_jax/data/own_data.py); a prepared copy whose source changed is replaced. Prints one
-JSON line: dataset, data_dir, how, splits, seconds.
+(see vae_jax/data/offline.py). The judged datasets (downsampled_imagenet/32x32, /64x64 and
+celeb_a_64, CelebA centre-cropped to 64x64 as NVAE) are always decoded from their original
+archives, whatever their digests (see vae_jax/data/archives.py). Own images and arrays are
+prepared from their folder or file (see vae_jax/data/own_data.py); a prepared copy whose source
+changed is replaced. Prints one JSON line: dataset, data_dir, how, splits, seconds.
 """
 
 import json

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.test_config import load_config
+from tests.test_config import ROOT, load_config
 from tests.test_data_checks import data_config
 from tests.test_train import set_fields
 from vae_jax.data import checks, datasets, offline
@@ -189,6 +189,44 @@ def test_missing_files_and_downloads_are_one_paragraph_naming_the_files(tmp_path
     checks.validate_data_config(cfg('downsampled_imagenet/128x128', tmp_path))
 
 
+def _tar(path, members, mode='w'):
+  with tarfile.open(path, mode) as tar:
+    for name, data in members.items():
+      info = tarfile.TarInfo(name)
+      info.size = len(data)
+      tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize('case, match', [
+    ('wrong_size', r'train_32x32/7.png is 33x33, not 32x32: this is not the 32x32 set'),
+    ('compressed', r'train_32x32.tar is not an uncompressed tar'),
+    ('not_png', r'holds files that are not PNG images'),
+])
+def test_bad_archive_is_one_paragraph_naming_the_file(tmp_path, case, match):
+  rgb = lambda n: _png(np.zeros((n, n, 3), np.uint8))
+  train = {f'train_32x32/{i}.png': rgb(32) for i in range(3)}
+  if case == 'wrong_size':
+    train['train_32x32/7.png'] = rgb(33)
+  if case == 'not_png':
+    train['train_32x32/notes.txt'] = b'x'
+  _tar(tmp_path / 'train_32x32.tar', train, 'w:gz' if case == 'compressed' else 'w')
+  _tar(tmp_path / 'valid_32x32.tar', {'valid_32x32/1.png': rgb(32)})
+  c = cfg('downsampled_imagenet/32x32', tmp_path, manual_dir=str(tmp_path))
+  with pytest.raises(checks.DatasetMissingError, match=match):
+    datasets.ensure_prepared(c)
+  assert not checks.prepared_dirs(c.name, c.data_dir)
+
+
+def test_celeba_image_the_list_names_but_the_zip_lacks_is_named(tmp_path):
+  with zipfile.ZipFile(tmp_path / 'img_align_celeba.zip', 'w') as z:
+    z.writestr('img_align_celeba/000001.jpg', b'')
+  (tmp_path / 'list_eval_partition.txt').write_text('000001.jpg 0\n000002.jpg 1\n')
+  c = cfg('celeb_a_64', tmp_path, manual_dir=str(tmp_path))
+  with pytest.raises(checks.DatasetMissingError, match=r"lacks 1 of the 2 images .*'000002.jpg'"):
+    datasets.ensure_prepared(c)
+  assert not checks.prepared_dirs(c.name, c.data_dir)
+
+
 TINY = {'batch_size': 4, 'eval_batch_size': 4, 'num_train_steps': 2, 'steps_per_call': 2,
         'log_every_steps': 2, 'eval_every_steps': 2, 'checkpoint_every_steps': 2,
         'optim.warmup_steps': 1, 'objective.kl_warmup_steps': 2, 'model.conv_blocks': 1,
@@ -210,6 +248,33 @@ def test_config_places_its_groups_at_the_resolutions_its_docstring_names(config_
   shapes = hierarchical_networks.group_shapes('conv', (size, size, 3), c.model.hvae.groups,
                                               c.model.conv_channels, c.model.latent_dim)
   assert [shape for _, shape in shapes] == [(r, r, 16) for r in resolutions]
+
+
+@pytest.mark.parametrize('config_name', ['imagenet32', 'imagenet64', 'celeba64'])
+def test_docstring_smoke_command_is_a_valid_config(config_name):
+  """The CPU smoke command of the config's docstring: its overrides validate (no data needed)."""
+  import ast
+  import shlex
+
+  from vae_jax.config import validation
+
+  with open(os.path.join(ROOT, 'configs', f'{config_name}.py')) as f:
+    block = f.read().split('Smoke run on a CPU')[1].split('\n\n')[0]
+  command = block[block.index('python scripts/train.py'):].replace('\\\n', ' ')
+  args = shlex.split(command)[2:]
+  assert args[0] == f'--config=configs/{config_name}.py'
+  assert args[1].startswith('--workdir=')
+  overrides = {}
+  for arg in args[2:]:
+    assert arg.startswith('--config.'), arg
+    key, value = arg.removeprefix('--config.').split('=', 1)
+    try:
+      overrides[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      overrides[key] = value
+  assert 'num_train_steps' in overrides and len(overrides) > 10
+  config = set_fields(load_config(config_name), **overrides)
+  validation.validate_config(config, num_devices=1)
 
 
 @pytest.mark.slow

@@ -155,7 +155,7 @@ class _Tar:
         if base in self.offsets:
           raise ArchiveError(f'{path} holds two images named {base}: one folder of uniquely '
                              'named PNGs is expected.')
-        self.offsets[base] = (member.offset_data, member.size)
+        self.offsets[base] = (member.offset_data, member.size, member.name)
     if ignored:
       raise ArchiveError(f'{path} holds files that are not PNG images, e.g. {ignored[:3]}: '
                          'use the file as downloaded.')
@@ -166,7 +166,7 @@ class _Tar:
   def read(self, name):
     if self._file is None:
       self._file = open(self.path, 'rb')
-    offset, size = self.offsets[name]
+    offset, size, _ = self.offsets[name]
     self._file.seek(offset)
     return self._file.read(size)
 
@@ -241,7 +241,8 @@ class Reader:
     """One image as stored: uint8 [H, W, C]."""
     if self._tars is not None:
       tar = self._tars[split]
-      return decode_png(tar.read(name), self.archive.image_shape, f'{tar.path}: {name}')
+      return decode_png(tar.read(name), self.archive.image_shape,
+                        f'{tar.path}: {tar.offsets[name][2]}')
     member = self._members[name]
     where = f'{self._zip.filename}: {member}'
     return celeba_64(self._zip.read(member), where)

@@ -111,6 +111,9 @@ def _prepare_archive(archive, manual_dir, data_dir):
       'tfds_version': tfds.__version__,
       'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
   }
+  import PIL
+
+  record['pillow_version'] = PIL.__version__  # decodes the files (JPEG decoders differ a little)
   if archive.official == 'celeb_a':
     record['transform'] = (f'Pillow: convert RGB, crop {archives.CELEBA_CROP} (left, upper, '
                            'right, lower), resize (64, 64) bilinear (NVAE\'s CelebA 64)')
@@ -166,7 +169,8 @@ def archive_builder_cls(archive, manual_dir=None, record=None):
         super()._download_and_prepare(dl_manager, download_config)
       # self.data_dir is TFDS's temporary folder here: the record lands with the data.
       record['split_sizes'] = {k: v.num_examples for k, v in self.info.splits.items()}
-      record['unlisted_images_skipped'] = self._reader.unlisted
+      if archive.split_files() is None:  # CelebA: zip images its partition list leaves out
+        record['unlisted_images_skipped'] = self._reader.unlisted
       _write_provenance(self.data_dir, record)
 
   return ArchiveBuilder
