@@ -21,6 +21,7 @@ import json
 import os
 
 import numpy as np
+import PIL
 import tensorflow_datasets as tfds
 
 from vae_jax.data import archives, checks, formats, records
@@ -108,12 +109,10 @@ def _prepare_archive(archive, manual_dir, data_dir):
           digests[f]['sha256'] == c for f, c in registered.items()),
       'stored_order': archives.ORDER_RULE,
       'image_shape': list(archive.image_shape),
+      'pillow_version': PIL.__version__,  # decodes the files (JPEG decoders differ a little)
       'tfds_version': tfds.__version__,
       'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
   }
-  import PIL
-
-  record['pillow_version'] = PIL.__version__  # decodes the files (JPEG decoders differ a little)
   if archive.official == 'celeb_a':
     record['transform'] = (f'Pillow: convert RGB, crop {archives.CELEBA_CROP} (left, upper, '
                            'right, lower), resize (64, 64) bilinear (NVAE\'s CelebA 64)')
