@@ -46,38 +46,17 @@ partition). bits/dim = neg_elbo (or the importance-sampled nll of scripts/evalua
 (64 * 64 * 3 * ln 2).
 """
 
-from configs import default
+from configs import imagenet64
 
 
 def get_config():
-  c = default.get_config()
+  c = imagenet64.get_config()         # the 64 px model, batch, optimizer and grain back end
   c.data.name = 'celeb_a_64'
-  c.data.preprocess = 'uint8'
-  c.data.backend = 'grain'
-  c.data.download = False             # prepared only from the original files (docs/data.md)
   c.data.train_split = 'train'
   c.data.valid_split = 'validation'
   c.data.eval_split = 'test'
-  c.batch_size = 64
   c.num_train_steps = 125_000         # about 50 epochs of 162770 // 64 = 2543 steps
-  c.steps_per_call = 500
-  c.log_every_steps = 500
   c.eval_every_steps = 12_500
   c.checkpoint_every_steps = 12_500
-  c.eval_batch_size = 250
-  c.model.encoder = 'conv'
-  c.model.decoder = 'conv'
-  c.model.kind = 'hvae'
-  c.model.conv_channels = (64, 128, 256, 256)
-  c.model.conv_blocks = 2
-  c.model.hvae.groups = (2, 4, 4)     # top first: at 4x4, 8x8 and 16x16
-  c.model.latent_dim = 16             # channels per position of each group
-  c.model.likelihood = 'discretized_logistic'
-  c.model.logistic_mixtures = 5
-  c.optim.name = 'adamw'
-  c.optim.learning_rate = 2e-4
-  c.optim.schedule = 'warmup_cosine'
-  c.optim.warmup_steps = 1000
-  c.optim.clip_norm = 200.0
   c.objective.kl_warmup_steps = 12_500  # about 5 epochs
   return c

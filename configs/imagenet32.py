@@ -44,38 +44,21 @@ NVAE 3.92, PixelCNN-style autoregressive models about 3.8-3.9. bits/dim = neg_el
 importance-sampled nll of scripts/evaluate.py) / (32 * 32 * 3 * ln 2).
 """
 
-from configs import default
+from configs import cifar10
 
 
 def get_config():
-  c = default.get_config()
+  c = cifar10.get_config()            # the model, optimizer and batch of 32 px CIFAR-10
   c.data.name = 'downsampled_imagenet/32x32'
-  c.data.preprocess = 'uint8'
   c.data.backend = 'grain'
   c.data.download = False             # prepared only from the original tars (docs/data.md)
   c.data.train_split = 'train[:-5000]'
   c.data.valid_split = 'train[-5000:]'
   c.data.eval_split = 'validation'
-  c.batch_size = 128
   c.num_train_steps = 200_000         # about 20 epochs of 1276149 // 128 = 9969 steps
   c.steps_per_call = 500
   c.log_every_steps = 500
   c.eval_every_steps = 10_000
   c.checkpoint_every_steps = 10_000
-  c.eval_batch_size = 500
-  c.model.encoder = 'conv'
-  c.model.decoder = 'conv'
-  c.model.kind = 'hvae'
-  c.model.conv_channels = (64, 128, 256)
-  c.model.conv_blocks = 2
-  c.model.hvae.groups = (4, 4, 2)     # top first: at 4x4, 8x8 and 16x16
-  c.model.latent_dim = 16             # channels per position of each group
-  c.model.likelihood = 'discretized_logistic'
-  c.model.logistic_mixtures = 5
-  c.optim.name = 'adamw'
-  c.optim.learning_rate = 2e-4
-  c.optim.schedule = 'warmup_cosine'
-  c.optim.warmup_steps = 1000
-  c.optim.clip_norm = 200.0
   c.objective.kl_warmup_steps = 20_000  # 2 epochs
   return c

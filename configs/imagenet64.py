@@ -45,38 +45,16 @@ autoregressive models (Gated PixelCNN, PixelRNN) about 3.57-3.63, Glow 3.81.
 bits/dim = neg_elbo (or the importance-sampled nll of scripts/evaluate.py) / (64 * 64 * 3 * ln 2).
 """
 
-from configs import default
+from configs import imagenet32
 
 
 def get_config():
-  c = default.get_config()
+  c = imagenet32.get_config()         # the 32 px config's data rules, optimizer and schedule
   c.data.name = 'downsampled_imagenet/64x64'
-  c.data.preprocess = 'uint8'
-  c.data.backend = 'grain'
-  c.data.download = False             # prepared only from the original tars (docs/data.md)
-  c.data.train_split = 'train[:-5000]'
-  c.data.valid_split = 'train[-5000:]'
-  c.data.eval_split = 'validation'
   c.batch_size = 64
   c.num_train_steps = 200_000         # about 10 epochs of 1276149 // 64 = 19939 steps
-  c.steps_per_call = 500
-  c.log_every_steps = 500
-  c.eval_every_steps = 10_000
-  c.checkpoint_every_steps = 10_000
   c.eval_batch_size = 250
-  c.model.encoder = 'conv'
-  c.model.decoder = 'conv'
-  c.model.kind = 'hvae'
-  c.model.conv_channels = (64, 128, 256, 256)
-  c.model.conv_blocks = 2
+  c.model.conv_channels = (64, 128, 256, 256)  # one more stage: 32x32 down to 4x4
   c.model.hvae.groups = (2, 4, 4)     # top first: at 4x4, 8x8 and 16x16
-  c.model.latent_dim = 16             # channels per position of each group
-  c.model.likelihood = 'discretized_logistic'
-  c.model.logistic_mixtures = 5
-  c.optim.name = 'adamw'
-  c.optim.learning_rate = 2e-4
-  c.optim.schedule = 'warmup_cosine'
-  c.optim.warmup_steps = 1000
-  c.optim.clip_norm = 200.0
   c.objective.kl_warmup_steps = 20_000  # 1 epoch
   return c
