@@ -1,7 +1,8 @@
 """TFDS binarized_mnist (Larochelle's fixed binarization: 50000/10000/10000 images that are
 already 0/1) with the best model of the Fashion-MNIST comparison for a 30-minute CPU budget
 (97bd294): the hierarchical top-down VAE of configs/fashion_mnist_hvae.py (MLP, 4 groups of 16
-units, residual posteriors, KL warm-up and 0.25 free bits per group), under
+units, residual posteriors, KL warm-up and 0.25 free bits per group) with decoupled weight
+decay (the fixed binarization's remedy chosen on validation, below), under
 config.max_train_seconds = 1800.
 
 Command (connected machine, or offline with the three .amat files in DIR):
@@ -21,8 +22,14 @@ sit above them. The binarization is fixed, so the validation bound stops improvi
 the training bound does: the run evaluates every 10 epochs, saves every evaluation that is the
 best so far, and scripts/evaluate.py and scripts/analyze.py report the step selected on the
 validation split by default (--step=best). The same hierarchy on statically binarized
-Fashion-MNIST (configs/fashion_mnist_static.py, measured) shows the start of that: no other
-remedy is measured yet, so none is added here.
+Fashion-MNIST (configs/fashion_mnist_static.py, measured at d4cde28) shows the start of that,
+and there the remedies a reader would try were compared under the same budget and chosen on
+validation: decoupled weight decay (AdamW, 0.01) won (test nll 0.062 +- 0.022 nats better,
+paired, than without it), a smaller width and IWAE training with two samples lost, and the
+warm-up-then-cosine learning-rate schedule is already this config's. This config takes the
+same choices: weight decay and selection on validation. Its own result is not measured here
+(binarized_mnist cannot be installed on these machines), so how much the remedy gains on
+binarized_mnist, whose validation bound turns upward, is not known from this CPU.
 
 Longer, on an accelerator: the same model for 1000 epochs (--config.num_train_steps=390000
 --config.max_train_seconds=0 --config.steps_per_call=390 --config.eval_every_steps=39000
@@ -50,4 +57,7 @@ def get_config():
   c.checkpoint_every_steps = 14820
   c.objective.kl_warmup_steps = 1950  # the first 5 epochs
   c.optim.warmup_steps = 390
+  # The remedy chosen on statically binarized Fashion-MNIST (configs/fashion_mnist_static.py).
+  c.optim.name = 'adamw'
+  c.optim.weight_decay = 0.01
   return c
