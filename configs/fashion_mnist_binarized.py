@@ -17,7 +17,7 @@ Expected result (measured at 97bd294, 2026-12-02, on the 2-core CPU machine, see
 standard error over the 10000 test images). This is the single-layer third of the 30-minute
 comparison with configs/fashion_mnist_vamp.py and configs/fashion_mnist_hvae.py: each run had
 config.max_train_seconds = 1800 on one core of this 2-core CPU (taskset; two runs side by side).
-This one ran 15-17k images/s and the budget stopped it at step 210600 of 219960 (450 epochs;
+This one ran 15-17k images/s and the budget stopped it at step 210600 of 219960 (491 epochs of 429;
 saved and evaluated, no DONE): test neg_elbo 233.72 +- 0.76 (recon 214.53, kl 19.19; validation
 230.88 +- 1.07); importance-sampled nll 231.15 +- 0.76 with K = 1000 (0.4252 bits/dim),
 posterior gap 2.57 +- 0.04; 20 of 20 units active. The K = 1000 evaluation took 105 s on one
@@ -37,7 +37,7 @@ def get_config():
   c = fashion_mnist.get_config()
   c.data.preprocess = 'dynamic_binarize'
   c.max_train_seconds = 1800.0        # the comparison's budget: stop, save and evaluate
-  # 470 epochs: 95% of the budget at the 130 steps/s measured on one core of this CPU, so the
+  # About 513 epochs: 95% of the budget at the 130 steps/s measured on one core of this CPU, so the
   # cosine reaches its end inside the budget (evaluations and the compile take the rest).
   c.num_train_steps = 219960
   c.log_every_steps = 4680

@@ -19,7 +19,7 @@ Then:
 
 Expected result (measured at 97bd294, 2026-12-02, on the 2-core CPU machine, seed 0,
 config.max_train_seconds = 1800 on one core of this 2-core CPU beside the hierarchy's run; +-
-the standard error over the 10000 test images): all 59904 steps (128 epochs, about 4300
+the standard error over the 10000 test images): all 59904 steps (about 140 epochs of 429, about 4300
 images/s) in 29.7 minutes; test neg_elbo 231.58 +- 0.77 (recon 214.27, kl 17.31; kl_standard
 56.97; validation 228.72 +- 1.08); importance-sampled nll 229.56 +- 0.76 with K = 1000 (0.4224
 bits/dim), posterior gap 2.02 +- 0.03; 20 of 20 units active. Paired over the same test images,
@@ -37,7 +37,7 @@ def get_config():
   c = fashion_mnist_binarized.get_config()
   c.model.vae.prior = 'vamp'
   c.model.vae.num_pseudo_inputs = 500  # the paper's K for MNIST-sized data
-  # 128 epochs: 95% of the budget at the 35 steps/s measured on one core of this CPU.
+  # About 140 epochs: 95% of the budget at the 35 steps/s measured on one core of this CPU.
   c.num_train_steps = 59904
   c.eval_every_steps = 14976
   c.checkpoint_every_steps = 14976
