@@ -69,18 +69,7 @@ def main(argv):
       return
     if FLAGS.config is None:
       _fail('--config=configs/NAME.py is required (or --report).')
-    env = dict(os.environ)
-    for item in FLAGS.env:
-      if '=' not in item:
-        _fail(f'--env={item!r} must be KEY=VALUE.')
-      key, value = item.split('=', 1)
-      env[key] = value
-    overrides = [a for a in sys.argv[1:] if a.startswith('--config.')]
-    if any('=' not in a for a in overrides):
-      _fail('Write overrides as --config.KEY=VALUE (with "=").')
-    slurm = {'partition': FLAGS.slurm_partition, 'gpus_per_task': FLAGS.gpus_per_task,
-             'time_limit_min': FLAGS.time_limit_min,
-             'array_parallelism': FLAGS.array_parallelism, 'cluster': FLAGS.slurm_cluster}
+    env, overrides, slurm = cli.launch_settings(FLAGS, sys.argv)
     code = sweep_lib.run_search(
         cli.config_path(sys.argv), FLAGS.config, overrides, FLAGS.workdir,
         storage=FLAGS.storage, study_name=FLAGS.study_name, num_trials=FLAGS.num_trials,

@@ -63,18 +63,7 @@ def main(argv):
       return
     if FLAGS.config is None:
       _fail('--config=configs/NAME.py is required (or --report).')
-    env = dict(os.environ)
-    for item in FLAGS.env:
-      if '=' not in item:
-        _fail(f'--env={item!r} must be KEY=VALUE.')
-      key, value = item.split('=', 1)
-      env[key] = value
-    overrides = [a for a in sys.argv[1:] if a.startswith('--config.')]
-    if any('=' not in a for a in overrides):
-      _fail('Write sweep overrides as --config.KEY=VALUE (with "=").')
-    slurm = {'partition': FLAGS.slurm_partition, 'gpus_per_task': FLAGS.gpus_per_task,
-             'time_limit_min': FLAGS.time_limit_min,
-             'array_parallelism': FLAGS.array_parallelism, 'cluster': FLAGS.slurm_cluster}
+    env, overrides, slurm = cli.launch_settings(FLAGS, sys.argv)
     config_path = cli.config_path(sys.argv)  # the same reading as the flag's
     code = sweep_lib.run_sweep(config_path, FLAGS.config, overrides, FLAGS.workdir,
                                executor=FLAGS.executor, parallel=FLAGS.parallel, env=env,

@@ -140,6 +140,29 @@ def _one_line(e):
   return f'{type(e).__name__}: {text}' if text else type(e).__name__
 
 
+def launch_settings(flags_values, argv):
+  """(env, overrides, slurm) of a sweep or search command (scripts/sweep.py, scripts/search.py).
+
+  env: os.environ with each --env=KEY=VALUE applied; overrides: the --config.KEY=VALUE arguments
+  of argv, passed on to every run; slurm: the SLURM flags as run_sweep / run_search take them.
+  A malformed --env or override is a user error (one line, exit status 2).
+  """
+  env = dict(os.environ)
+  for item in flags_values.env:
+    if '=' not in item:
+      _exit_user_error(f'--env={item!r} must be KEY=VALUE.')
+    key, value = item.split('=', 1)
+    env[key] = value
+  overrides = [a for a in argv[1:] if a.startswith('--config.')]
+  if any('=' not in a for a in overrides):
+    _exit_user_error('Write overrides as --config.KEY=VALUE (with "=").')
+  slurm = {'partition': flags_values.slurm_partition, 'gpus_per_task': flags_values.gpus_per_task,
+           'time_limit_min': flags_values.time_limit_min,
+           'array_parallelism': flags_values.array_parallelism,
+           'cluster': flags_values.slurm_cluster}
+  return env, overrides, slurm
+
+
 def config_path(argv):
   """The file of the last --config=PATH[:ARGS] (or '--config PATH') in argv, else None.
 

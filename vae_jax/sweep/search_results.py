@@ -1,7 +1,6 @@
 """A search's results, rebuilt from its study and its trials' workdirs: the table printed, and
 DIR/results.csv, DIR/results.md, the plots and the page DIR/results.html written."""
 
-import csv
 import html
 import os
 import warnings
@@ -9,7 +8,7 @@ import warnings
 from vae_jax.sweep import hyper
 from vae_jax.sweep import study as study_lib
 from vae_jax.sweep.hyper import SweepError
-from vae_jax.sweep.results import point_row
+from vae_jax.sweep.results import _write_csv, _write_text, point_row  # the grid's writers
 
 PLOTS = {'history': 'search_history.png', 'intermediate': 'search_intermediate.png',
          'importances': 'search_importances.png'}
@@ -118,19 +117,6 @@ def search_report(workdir, study=None, storage=None, log=print):
   log(f'results: {os.path.join(workdir, "results.csv")}, results.md, results.html and '
       f'{len(plots)} plot(s)')
   return rows
-
-
-def _write_csv(path, rows, columns):
-  with open(path, 'w', newline='') as f:
-    writer = csv.DictWriter(f, columns)
-    writer.writeheader()
-    for row in rows:
-      writer.writerow({c: '' if row.get(c) is None else row.get(c) for c in columns})
-
-
-def _write_text(path, text):
-  with open(path, 'w') as f:
-    f.write(text)
 
 
 def _fmt(value, err=None):
