@@ -5,7 +5,19 @@ fake devices unless its config says otherwise (config.mesh.data=1 gives the 1-de
 """
 
 import os
+import shutil
 import tempfile
+
+# The folders this process made for the session (xdist's workers inherit the controller's);
+# removed when the session ends.
+_OWN_DIRS = []
+
+
+def _session_dir(var, prefix):
+  if var not in os.environ:
+    os.environ[var] = tempfile.mkdtemp(prefix=prefix)
+    _OWN_DIRS.append(os.environ[var])
+
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 if os.environ.get('PYTEST_XDIST_WORKER') and os.environ.get('VAE_JAX_TEST_THREADS', '1') == '1':
@@ -25,11 +37,11 @@ os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # One prepared copy of the generated sprites (and other test datasets) for the whole session,
 # shared with the subprocesses tests start; never the user's ~/tensorflow_datasets.
-os.environ.setdefault('TFDS_DATA_DIR', tempfile.mkdtemp(prefix='vae_jax_tfds_'))
+_session_dir('TFDS_DATA_DIR', 'vae_jax_tfds_')
 # One persistent XLA compilation cache for the session and the subprocesses it starts: the
 # tests compile the same small programs many times over (every tiny run, every restart), and a
 # cached executable is the one a fresh compile gives. The thresholds let small programs in.
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='vae_jax_xla_'))
+_session_dir('JAX_COMPILATION_CACHE_DIR', 'vae_jax_xla_')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
@@ -39,6 +51,12 @@ jax.config.update('jax_threefry_partitionable', True)
 
 
 import pytest  # noqa: E402
+
+
+def pytest_unconfigure(config):
+  del config
+  for path in _OWN_DIRS:
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

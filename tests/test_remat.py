@@ -67,6 +67,8 @@ def test_remat_keeps_the_numbers_and_recomputes_every_block(kind):
   np.testing.assert_allclose(l0, l1, rtol=1e-6)
   for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-  assert barriers[0] == 0 and barriers[1] >= BLOCKS[kind], barriers
+  # remat marks each block with an optimization barrier (on CPU the convolutions' gradients
+  # carry their own, vae_jax.models.conv, in both programs).
+  assert barriers[1] - barriers[0] >= BLOCKS[kind], barriers
   # Each block's two convolutions run again in the backward pass.
   assert convs[1] >= convs[0] + 2 * BLOCKS[kind] // 2, convs

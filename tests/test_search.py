@@ -175,6 +175,7 @@ def test_pruned_trials_stop_at_their_next_evaluation_and_leave_resumable_workdir
   rows = read_rows(workdir)
   assert [int(r['number']) for r in rows] == list(range(8))
   assert {r['state'] for r in rows} == {'complete', 'pruned', 'failed'}, rows
+  stopped_at = []
   for row, trial_dir in zip(rows, trial_dirs(workdir), strict=True):
     assert os.path.basename(trial_dir) == row['name']
     assert row['name'].startswith(f'trial{int(row["number"]):04d}_')
@@ -187,8 +188,10 @@ def test_pruned_trials_stop_at_their_next_evaluation_and_leave_resumable_workdir
       decided = int(request.split('at step ')[1].split(':')[0])
       stop, = [r for r in recs if r['kind'] == 'stop']
       # Stopped at the first evaluation after the request (tests/test_stop_request.py: the real
-      # trainer), before the end; no DONE; its checkpoints are there to resume from.
-      assert decided <= stop['step'] == int(row['steps']) < 60
+      # trainer); no DONE; its checkpoints are there to resume from. A loaded machine can delay
+      # the controller's request until the trainer's last evaluation (then it stops there).
+      assert decided <= stop['step'] == int(row['steps']) <= 60
+      stopped_at.append(stop['step'])
       assert max(r['step'] for r in recs) == stop['step']
       assert not os.path.exists(os.path.join(trial_dir, 'DONE'))
       assert sweep.point_status(trial_dir) == 'stopped'
@@ -201,6 +204,7 @@ def test_pruned_trials_stop_at_their_next_evaluation_and_leave_resumable_workdir
       assert float(row['test_neg_elbo']) == valid[int(row['selected_step'])] + 0.5
     else:
       assert 'fake divergence' in row['reason'] and float(row['objective.beta']) > 7.5
+  assert min(stopped_at) < 60  # pruning saved steps
   assert 'the study goes on' in pruned_study['stdout']
 
 

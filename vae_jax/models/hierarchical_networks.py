@@ -35,7 +35,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vae_jax.models import flows, networks
+from vae_jax.models import conv, flows, networks
 
 VARIANTS = ('mlp', 'conv')
 # Log-scales of every prior and posterior lie in (-LOG_SCALE_BOUND, LOG_SCALE_BOUND): standard
@@ -104,7 +104,7 @@ def _linear(variant, features, dtype, name, kernel=(3, 3), init=None):
   init = init or nn.initializers.lecun_normal()
   if variant == 'mlp':
     return nn.Dense(features, dtype=dtype, kernel_init=init, name=name)
-  return nn.Conv(features, kernel, dtype=dtype, kernel_init=init, name=name)
+  return conv.Conv(features, kernel, dtype=dtype, kernel_init=init, name=name)
 
 
 class BottomUp(nn.Module):
@@ -141,7 +141,7 @@ class BottomUp(nn.Module):
     n_stages = len(self.conv_channels)
     per_stage = {n_stages - j: count for j, count in enumerate(self.groups)}
     for i, ch in enumerate(self.conv_channels, start=1):
-      y = nn.Conv(ch, (3, 3), strides=(2, 2), dtype=self.dtype, name=f'down_{i}')(y)
+      y = conv.Conv(ch, (3, 3), strides=(2, 2), dtype=self.dtype, name=f'down_{i}')(y)
       for j in range(self.conv_blocks):
         y = _block('conv', ch, self.dtype, f'block_{i}_{j}', self.remat)(y)
       for g in range(per_stage.get(i, 0)):
@@ -274,7 +274,7 @@ class TopDown(nn.Module):
       for j in range(self.conv_blocks):
         s = _block('conv', chans[i - 1], self.dtype, f'block_{i}_{j}', self.remat)(s)
       s = jnp.repeat(jnp.repeat(s, 2, axis=1), 2, axis=2)[:, : hs[i - 1], : ws[i - 1]]
-      s = nn.Conv(chans[max(i - 2, 0)], (3, 3), dtype=self.dtype, name=f'up_{i}')(s)
+      s = conv.Conv(chans[max(i - 2, 0)], (3, 3), dtype=self.dtype, name=f'up_{i}')(s)
     return s, out
 
 
@@ -303,7 +303,7 @@ class OutputHead(nn.Module):
       y = nn.Dense(math.prod(shape[:2]) * q, dtype=jnp.float32, name='out')(y)
       y = y.reshape((s.shape[0], *shape[:2], q))
     else:
-      y = nn.Conv(q, (3, 3), dtype=jnp.float32, name='conv_out')(y)
+      y = conv.Conv(q, (3, 3), dtype=jnp.float32, name='conv_out')(y)
     return networks.LikelihoodHead(self.spec, name='likelihood')(y)  # reads [N, H, W, Q]
 
 

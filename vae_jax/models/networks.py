@@ -36,7 +36,7 @@ import numpy as np
 from vae_jax.config import names
 from vae_jax.maths.gaussians import gaussian_rsample, scale_tril_from_raw
 from vae_jax.maths.likelihoods import LIKELIHOODS, LOGISTIC_COUPLINGS
-from vae_jax.models import flows
+from vae_jax.models import conv, flows
 
 ENCODERS = names.ENCODERS
 DECODERS = names.DECODERS
@@ -300,7 +300,7 @@ class ResBlock(nn.Module):
       y = nn.swish(y)
       # The last conv starts at zero, so each block starts as the identity.
       init = nn.initializers.zeros if i == 1 else nn.initializers.lecun_normal()
-      y = nn.Conv(self.channels, (3, 3), dtype=self.dtype, kernel_init=init, name=f'conv_{i}')(y)
+      y = conv.Conv(self.channels, (3, 3), dtype=self.dtype, kernel_init=init, name=f'conv_{i}')(y)
     return x + y
 
 
@@ -339,7 +339,7 @@ class ConvEncoder(nn.Module):
   def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
     y = to_float_input(x)  # [B,H,W,C]
     for i, ch in enumerate(self.conv_channels):
-      y = nn.Conv(ch, (3, 3), strides=(2, 2), dtype=self.dtype, name=f'down_{i}')(y)
+      y = conv.Conv(ch, (3, 3), strides=(2, 2), dtype=self.dtype, name=f'down_{i}')(y)
       for j in range(self.conv_blocks):
         y = remat_if(ResBlock, self.remat)(ch, self.dtype, name=f'block_{i}_{j}')(y)
     y = nn.swish(nn.GroupNorm(_groups(y.shape[-1]), dtype=self.dtype, name='norm_out')(y))
@@ -374,10 +374,10 @@ class ConvDecoder(nn.Module):
       for j in range(self.conv_blocks):
         y = remat_if(ResBlock, self.remat)(chans[i], self.dtype, name=f'block_{i}_{j}')(y)
       y = jnp.repeat(jnp.repeat(y, 2, axis=1), 2, axis=2)[:, : hs[i], : ws[i]]  # [N,hs[i],ws[i],c]
-      y = nn.Conv(chans[max(i - 1, 0)], (3, 3), dtype=self.dtype, name=f'up_{i}')(y)
+      y = conv.Conv(chans[max(i - 1, 0)], (3, 3), dtype=self.dtype, name=f'up_{i}')(y)
     y = nn.swish(nn.GroupNorm(_groups(y.shape[-1]), dtype=self.dtype, name='norm_out')(y))
     # The likelihood's layer computes in float32 (see PosteriorHead).
-    raw = nn.Conv(q, (3, 3), dtype=jnp.float32, name='conv_out')(y)  # [N,H,W,Q]
+    raw = conv.Conv(q, (3, 3), dtype=jnp.float32, name='conv_out')(y)  # [N,H,W,Q]
     return LikelihoodHead(self.spec, name='likelihood')(raw)
 
 
