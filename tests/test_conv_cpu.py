@@ -49,14 +49,22 @@ def test_every_convolution_of_the_train_chunk_is_in_the_standard_layout(model_fi
   assert set(labels) == {STANDARD}, sorted(set(labels))
 
 
-CASES = [  # (height, width, in, out, kernel, stride)
-    (16, 16, 8, 8, 3, 1), (16, 16, 8, 16, 3, 2), (15, 9, 8, 16, 3, 2), (16, 16, 8, 4, 1, 1),
-    (8, 8, 3, 5, 3, 2), (7, 7, 2, 3, 1, 2)]
+# (height, width, in, out, kernel, stride, dtype, padding): strides 1 and 2, odd and unequal
+# sizes (a stride that leaves rows unused), 1x1 kernels, bfloat16, explicit uneven padding.
+CASES = [
+    (16, 16, 8, 8, 3, 1, jnp.float32, 'SAME'),
+    (16, 16, 8, 16, 3, 2, jnp.float32, 'SAME'),
+    (15, 9, 8, 16, 3, 2, jnp.float32, 'SAME'),
+    (15, 9, 8, 16, 3, 2, jnp.float32, 'VALID'),
+    (16, 16, 8, 4, 1, 1, jnp.float32, 'SAME'),
+    (7, 7, 2, 3, 1, 2, jnp.float32, 'VALID'),
+    (8, 8, 3, 5, 3, 2, jnp.float32, ((2, 0), (0, 1))),
+    (16, 16, 8, 16, 3, 2, jnp.bfloat16, 'SAME'),
+    (9, 8, 4, 4, 3, 1, jnp.bfloat16, ((1, 2), (2, 0))),
+]
 
 
-@pytest.mark.parametrize('h, w, cin, cout, k, s', CASES)
-@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
-@pytest.mark.parametrize('padding', ['SAME', 'VALID', ((2, 0), (0, 1))])
+@pytest.mark.parametrize('h, w, cin, cout, k, s, dtype, padding', CASES)
 def test_gradients_equal_lax_bitwise(h, w, cin, cout, k, s, dtype, padding):
   rng = np.random.default_rng(h * 100 + cin)
   x = jnp.asarray(rng.normal(size=(3, h, w, cin)), dtype)

@@ -50,21 +50,29 @@ def _losses(workdir):
 
 def single_process_config(**overrides):
   """FLAGS as a config for this (one) process, on a mesh of `mesh.data` of its devices."""
-  return tiny_config(steps_per_call=1, log_every_steps=1, checkpoint_every_steps=20,
-                     **{'data.name': 'sprites/small', **overrides})
+  return tiny_config(**{'steps_per_call': 1, 'log_every_steps': 1, 'checkpoint_every_steps': 20,
+                        'data.name': 'sprites/small', **overrides})
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process_with_as_many_devices(tmp_path):
+@pytest.mark.parametrize('backend, steps', [('memory', 20), ('grain', 8)])
+def test_two_processes_match_one_process_with_as_many_devices(tmp_path, backend, steps):
+  """grain: each process reads only its rows of the split's ArrayRecord copy (a process that
+  read the whole batch, or the other's rows, would train on other examples)."""
   script = os.path.join(ROOT, 'scripts', 'train.py')
   # The one-process reference runs here, on 4 of this process's devices (no process start).
   single = tmp_path / 'single'
-  train.train_and_evaluate(single_process_config(**{'mesh.data': 4}), str(single))
+  fields = {'num_train_steps': steps, 'eval_every_steps': steps,
+            'checkpoint_every_steps': steps}
+  train.train_and_evaluate(single_process_config(**{
+      'mesh.data': 4, 'data.backend': backend, **fields}), str(single))
 
   multi = tmp_path / 'multi'
   port = _free_port()
+  flags = [f for f in FLAGS if f.split('=')[0].removeprefix('--config.') not in fields]
+  flags += [f'--config.{k}={v}' for k, v in fields.items()] + [f'--config.data.backend={backend}']
   procs = [subprocess.Popen(
-      [sys.executable, script, *FLAGS, f'--workdir={multi}',
+      [sys.executable, script, *flags, f'--workdir={multi}',
        f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}'],
       cwd=ROOT, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
@@ -74,12 +82,12 @@ def test_two_processes_match_one_process_with_as_many_devices(tmp_path):
 
   want, want_eval = _losses(single)
   got, got_eval = _losses(multi)
-  assert len(got) == len(want) == 20
+  assert len(got) == len(want) == steps
   np.testing.assert_allclose(got, want, rtol=1e-4)
   np.testing.assert_allclose(got_eval['neg_elbo'], want_eval['neg_elbo'], rtol=1e-4)
   assert got_eval['num_examples'] == want_eval['num_examples']
   # Only process 0 writes logs: one record per step, not two.
-  assert json.loads((multi / 'DONE').read_text())['step'] == 20
+  assert json.loads((multi / 'DONE').read_text())['step'] == steps
 
 
 @pytest.mark.slow
