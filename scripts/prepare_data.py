@@ -9,6 +9,7 @@ r"""Prepares a dataset into a TFDS data_dir, offline where a manual_dir is given
       # DIR: train_32x32.tar, valid_32x32.tar (64x64 likewise)
   python scripts/prepare_data.py --dataset=celeb_a_64 --manual_dir=DIR
       # DIR: img_align_celeba.zip, list_eval_partition.txt
+  python scripts/prepare_data.py --dataset=... --array_record  # + the grain back end's copy
 
 Files byte-identical to the official download go through TFDS's own manual_dir path; other
 copies (e.g. Debian's dataset-fashion-mnist) are decoded and written under the official name
@@ -16,7 +17,11 @@ copies (e.g. Debian's dataset-fashion-mnist) are decoded and written under the o
 celeb_a_64, CelebA centre-cropped to 64x64 as NVAE) are always decoded from their original
 archives, whatever their digests (see vae_jax/data/archives.py). Own images and arrays are
 prepared from their folder or file (see vae_jax/data/own_data.py); a prepared copy whose source
-changed is replaced. Prints one JSON line: dataset, data_dir, how, splits, seconds.
+changed is replaced. --array_record also writes the grain back end's ArrayRecord copy of every
+split now (vae_jax/data/arrayrecords.py; otherwise the first grain run writes the splits it
+reads): for a data_dir that will be read-only, or shared by the processes of a multi-host job.
+Prints one JSON line: dataset, data_dir, how, splits, seconds (and array_record: split ->
+file).
 """
 
 import json
@@ -38,6 +43,9 @@ _MANUAL_DIR = flags.DEFINE_string('manual_dir', '', 'Folder with the original fi
 _DATA_DIR = flags.DEFINE_string('data_dir', '', "TFDS data_dir ('' = $TFDS_DATA_DIR or "
                                 '~/tensorflow_datasets).')
 _DOWNLOAD = flags.DEFINE_bool('download', False, 'Allow TFDS to download (network).')
+_ARRAY_RECORD = flags.DEFINE_bool(
+    'array_record', False, "Also write the grain back end's ArrayRecord copy of every split "
+    '(else the first grain run writes the splits it reads).')
 
 
 def main(argv):
@@ -67,8 +75,14 @@ def main(argv):
       'dataset': builder.info.full_name, 'data_dir': str(builder.data_dir), 'how': how,
       'splits': {k: v.num_examples for k, v in builder.info.splits.items()},
       'provenance': (offline.read_provenance(builder.data_dir) or {}).get('method'),
-      'seconds': round(time.time() - start, 2),
   }
+  if _ARRAY_RECORD.value:
+    from vae_jax.data import arrayrecords
+
+    prepared = datasets.prepared_records(cfg)
+    result['array_record'] = cli.run_reporting_user_errors(lambda: {
+        split: arrayrecords.split_rows(prepared, split).path for split in result['splits']})
+  result['seconds'] = round(time.time() - start, 2)
   print(json.dumps(result))
   return 0
 

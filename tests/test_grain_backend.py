@@ -143,6 +143,26 @@ def test_the_copy_is_written_once_and_a_mismatching_one_is_an_error(data_dir, tm
   assert json.loads((target / 'info.json').read_text())['num_records'] == 299  # left alone
 
 
+def test_prepare_data_writes_every_splits_copy_ahead(data_dir, tmp_path):
+  """scripts/prepare_data.py --array_record: the copies exist before any grain run, which then
+  reads them as they are and gets the memory back end's batches."""
+  folder, = [r for r, _, f in os.walk(data_dir) if 'dataset_info.json' in f]
+  copy = tmp_path / 'mnist' / '3.0.1'
+  shutil.copytree(folder, copy, ignore=shutil.ignore_patterns('array_record'))
+  proc = subprocess.run([sys.executable, 'scripts/prepare_data.py', '--dataset=mnist',
+                         f'--data_dir={tmp_path}', '--array_record'],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert sorted(report['array_record']) == sorted(report['splits']) == ['test', 'train']
+  for split, path in report['array_record'].items():
+    assert path == str(copy / 'array_record' / split / 'images.array_record')
+  stamps = {p: os.stat(p).st_mtime_ns for p in report['array_record'].values()}
+  c = cfg(tmp_path)
+  assert_batches_equal(train_batches(c, 3), train_batches(cfg(tmp_path, backend='memory'), 3))
+  assert {p: os.stat(p).st_mtime_ns for p in stamps} == stamps  # read, not written again
+
+
 def test_grain_missing_is_a_config_error_before_anything_runs(monkeypatch):
   import importlib.util
 
