@@ -1,7 +1,8 @@
 """Test session set-up: 8 simulated CPU devices, a private TFDS data_dir and XLA cache.
 
-Both are set before JAX or TFDS initialise. Every test that trains runs on a mesh of the 8
-fake devices unless its config says otherwise (config.mesh.data=1 gives the 1-device run).
+Both are set before JAX or TFDS initialise. A test that trains with tests.test_train's
+tiny_config runs on a mesh of 2 of the 8 fake devices (sharded, at a quarter of the 8-way
+overhead) unless its config says otherwise: config.mesh.data=-1 gives all 8, 1 the 1-device run.
 """
 
 import os

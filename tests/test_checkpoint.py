@@ -156,7 +156,7 @@ def test_round_trip_is_bitwise_and_onto_another_mesh(run_with_checkpoints):
 def test_saved_on_one_device_restores_on_eight(tmp_path):
   result = train.train_and_evaluate(tiny_config(num_train_steps=10, **{'mesh.data': 1}),
                                     str(tmp_path))
-  config = tiny_config(num_train_steps=10)
+  config = tiny_config(num_train_steps=10, **{'mesh.data': -1})
   setup = experiment.build(config)
   assert setup.mesh.size == 8
   checkpointer = ckpt_lib.Checkpointer(str(tmp_path), config, create=False)
@@ -170,7 +170,7 @@ def test_resume_on_another_device_count_stays_within_1e_4(tmp_path):
   straight = train.train_and_evaluate(tiny_config(**{'mesh.data': 1}), str(tmp_path / 'a'))
   train.train_and_evaluate(tiny_config(num_train_steps=10, **{'mesh.data': 1}),
                            str(tmp_path / 'b'))
-  resumed = train.train_and_evaluate(tiny_config(), str(tmp_path / 'b'))  # on 8 devices
+  resumed = train.train_and_evaluate(tiny_config(**{'mesh.data': -1}), str(tmp_path / 'b'))  # on 8
   assert resumed['num_devices'] == 8 and resumed['step'] == 20
   pairs = zip(_leaves(straight['state'].params), _leaves(resumed['state'].params), strict=True)
   for a, b in pairs:

@@ -34,7 +34,7 @@ def _sliced_saves(monkeypatch, tmp_path, state):
 
 
 def test_small_replicated_arrays_are_written_whole_and_large_ones_split(monkeypatch, tmp_path):
-  mesh = sharding.make_mesh(tiny_config())  # the 8 test devices
+  mesh = sharding.make_mesh(tiny_config(**{'mesh.data': -1}))  # the 8 test devices
   assert mesh.devices.size == 8
   rep = sharding.replicated(mesh)
   small = {'w': jnp.ones((64, 32)), 'b': jnp.arange(32.0)}  # a layer's kernel and bias
@@ -47,7 +47,7 @@ def test_small_replicated_arrays_are_written_whole_and_large_ones_split(monkeypa
 
 
 def test_a_state_saved_unsplit_restores_bitwise(monkeypatch, tmp_path):
-  mesh = sharding.make_mesh(tiny_config())
+  mesh = sharding.make_mesh(tiny_config(**{'mesh.data': -1}))
   state = jax.device_put({'w': jnp.linspace(-1.0, 1.0, 96).reshape(12, 8),
                           'step': jnp.int32(7)}, sharding.replicated(mesh))
   sliced, reader = _sliced_saves(monkeypatch, tmp_path, state)

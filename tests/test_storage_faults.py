@@ -30,7 +30,7 @@ FLAGS = ['--config=configs/default.py', '--config.batch_size=32', '--config.eval
          '--config.log_every_steps=5', '--config.eval_every_steps=20',
          '--config.checkpoint_every_steps=10', '--config.model.hidden=(64,)',
          '--config.model.latent_dim=4', '--config.images.num=16', '--config.compilation_cache=',
-         '--config.data.name=sprites/small']
+         '--config.data.name=sprites/small', '--config.mesh.data=2']
 
 
 def _no_space(path):
