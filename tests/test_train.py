@@ -94,7 +94,7 @@ def test_one_and_eight_devices_give_the_same_losses():
 def test_sharded_gradient_is_the_global_mean_gradient():
   """On 8 devices the jitted step's gradient is that of the mean over the whole global batch
   (not a per-device mean, nor a sum over devices), equal to the one-device computation."""
-  exp = build(tiny_config())
+  exp = build(tiny_config(**{'mesh.data': -1}))
   assert exp.mesh.shape['data'] == 8
   state = experiment.init_state(exp)
   rng = np.random.default_rng(0)
