@@ -103,17 +103,20 @@ def _warn(message):
 MIN_REPLICA_SLICE_BYTES = 1 << 20
 
 
-def _register_array_handler():
-  """Orbax's jax.Array handler with MIN_REPLICA_SLICE_BYTES (process-wide; idempotent)."""
-  from orbax.checkpoint._src.metadata import array_metadata_store
+_ARRAY_HANDLER_REGISTERED = []
 
-  handler = ocp.type_handlers.get_type_handler(jax.Array)
-  if getattr(handler, '_min_slice_bytes_for_replica_parallel', None) == MIN_REPLICA_SLICE_BYTES:
+
+def _register_array_handler():
+  """Orbax's jax.Array handler with MIN_REPLICA_SLICE_BYTES, once per process (process-wide).
+
+  Through Orbax's public constructor: it keeps no per-host array metadata files (Orbax's
+  default handler writes them; restores here always pass the target's shardings).
+  """
+  if _ARRAY_HANDLER_REGISTERED:
     return
-  # Orbax's default handler but for the threshold (its array metadata store included).
   ocp.type_handlers.register_type_handler(jax.Array, ocp.type_handlers.ArrayHandler(
-      array_metadata_store=array_metadata_store.Store(),
       min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES), override=True)
+  _ARRAY_HANDLER_REGISTERED.append(True)
 
 
 class Checkpointer:
