@@ -48,6 +48,7 @@ a full disk is storage/disk.py's error.
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -103,20 +104,15 @@ def _warn(message):
 MIN_REPLICA_SLICE_BYTES = 1 << 20
 
 
-_ARRAY_HANDLER_REGISTERED = []
-
-
+@functools.cache
 def _register_array_handler():
   """Orbax's jax.Array handler with MIN_REPLICA_SLICE_BYTES, once per process (process-wide).
 
   Through Orbax's public constructor: it keeps no per-host array metadata files (Orbax's
   default handler writes them; restores here always pass the target's shardings).
   """
-  if _ARRAY_HANDLER_REGISTERED:
-    return
   ocp.type_handlers.register_type_handler(jax.Array, ocp.type_handlers.ArrayHandler(
       min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES), override=True)
-  _ARRAY_HANDLER_REGISTERED.append(True)
 
 
 class Checkpointer:
