@@ -16,7 +16,9 @@ temporary data_dir unless --data_dir is given. Then times:
   from make_train_iterator as the trainer's feeder takes them, k = the largest steps_per_call
   stacked into [k, B, H, W, C] and put on the device, block_until_ready (keys
   {stream,grain_wW}_{dataset}_device_images_per_sec); grain_copy_{dataset}_s is the first use's
-  ArrayRecord copy of the train split.
+  ArrayRecord copy of the train split;
+- memory on both datasets beside them: the uint8 preprocessing (the 8-bit configs') of the same
+  k steps, as above (memory_{dataset}_device_images_per_sec).
 Prints one JSON line last.
 """
 
@@ -203,6 +205,12 @@ def main(argv):
     start = time.perf_counter()
     next(data.eval_batches(_cfg(data_dir, 'grain', name), 'train', batch_size=1))  # the copy
     result[f'grain_copy_{name}_s'] = round(time.perf_counter() - start, 1)
+    if name != 'fashion_mnist':  # its arrays are on device already
+      arrays = data.load_arrays(_cfg(data_dir, name=name), 'train')
+      images = jax.device_put(arrays['image'])
+    rate = _memory_rate(images, arrays['index'], 'uint8', batch_size=_BATCH.value,
+                        steps=_DEVICE_STEPS.value, steps_per_call=k)
+    result[f'memory_{name}_device_images_per_sec'] = round(rate)
     runs = [('stream', _cfg(data_dir, 'stream', name))] + [
         (f'grain_w{w}', _cfg(data_dir, 'grain', name, int(w))) for w in _GRAIN_WORKERS.value]
     for key, cfg in runs:

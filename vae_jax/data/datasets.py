@@ -248,8 +248,14 @@ def prepared_records(data_cfg):
 
 
 def dataset_info(data_cfg):
-  """DataInfo of the configured dataset (prepares it first if needed)."""
+  """DataInfo of the configured dataset (prepares it first if needed).
+
+  Raises:
+    ValueError: data.backend=stream on a dataset stored as ArrayRecords (tf.data reads TFRecords).
+  """
   prepared = prepared_records(data_cfg)
+  if data_cfg.backend == 'stream':
+    records.require_tfrecord(prepared)
   return DataInfo(
       name=data_cfg.name,
       image_shape=tuple(prepared.features['image'].shape),

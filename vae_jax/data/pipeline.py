@@ -175,6 +175,7 @@ def _stream_train(prepared, split, *, batch_size, data_seed, start_step, lo, loc
   import tensorflow as tf
 
   base, first, stop = records.resolve(prepared, split)
+  records.require_tfrecord(prepared)
   files, lengths = records.record_files(prepared, base)
   n = stop - first
   block_size = min(block_size, n)
@@ -280,6 +281,7 @@ def _stream_eval(prepared, split, *, batch_size, lo, local):
   import tensorflow as tf
 
   base, first, stop = records.resolve(prepared, split)
+  records.require_tfrecord(prepared)
   files, lengths = records.record_files(prepared, base)
   n = stop - first
   decode = records.make_decoder(prepared, with_features=False,

@@ -1,9 +1,12 @@
-"""Reading and writing a prepared dataset's TFRecords: splits and slices -> uint8 numpy arrays.
+"""Reading and writing a prepared dataset's records: splits and slices -> uint8 numpy arrays.
 
-A prepared dataset is a TFDS folder ({data_dir}/{name}[/{config}]/{version}). `open_prepared`
-describes it from its JSON files, and `read_split` (the memory back end's reader) reads a split
-or slice into numpy without TensorFlow: the TFRecord framing and its CRC-32C checksums here,
-the tf.train.Example with TFDS's own protobuf module, PNG images with zlib and Pillow. What
+A prepared dataset is a TFDS folder ({data_dir}/{name}[/{config}]/{version}) of TFRecord files
+(TFDS's default) or ArrayRecord files (prepared with file_format='array_record'), each record a
+tf.train.Example. `open_prepared` describes it from its JSON files, and `read_split` (the
+memory back end's reader) reads a split or slice into numpy without TensorFlow: the TFRecord
+framing and its CRC-32C checksums here (ArrayRecords through array_record's reader, which
+checks its own), the tf.train.Example with TFDS's own protobuf module, PNG images with zlib
+and Pillow. What
 still needs TensorFlow imports it inside the function: the stream back end's tf.data pieces
 (`slice_records`, `make_decoder`), image encoding for preparation (`encode_images`), and
 images that are not 8-bit PNGs of the feature's channel count (JPEG above all: Pillow's JPEG
@@ -39,6 +42,11 @@ _READ_BUFFER = 8 << 20
 # bounds the temporary memory (a few MB) whatever the split's size.
 _BLOCK = 8192
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+# The record files TFDS writes that are read here (dataset_info.json's fileFormat): the same
+# tf.train.Examples, framed as TFRecords or as ArrayRecords. Only the stream back end (tf.data)
+# needs TFRecords.
+TFRECORD, ARRAY_RECORD = 'tfrecord', 'array_record'
+FILE_FORMATS = (TFRECORD, ARRAY_RECORD)
 # PNG colour type and Pillow mode of each channel count (8 bits per channel).
 _PNG_COLOR_TYPES = {1: (0, 'L'), 2: (4, 'LA'), 3: (2, 'RGB'), 4: (6, 'RGBA')}
 
@@ -57,6 +65,8 @@ class Prepared:
     features: the TFDS FeaturesDict of its examples (features.json).
     splits: {base split: (shard paths in canonical order, examples per shard)}, both tuples.
     metadata: the builder's metadata (metadata.json; {} where it has none).
+    file_format: how TFDS stored the records: 'tfrecord' (its default) or 'array_record'
+      (prepared with file_format='array_record').
   """
 
   name: str
@@ -64,6 +74,7 @@ class Prepared:
   features: object
   splits: dict
   metadata: dict
+  file_format: str = 'tfrecord'
 
 
 def open_prepared(folder):
@@ -93,10 +104,11 @@ def open_prepared(folder):
 
   info = load('dataset_info.json')
   name = info['name'] + (f'/{info["configName"]}' if info.get('configName') else '')
-  file_format = info.get('fileFormat') or 'tfrecord'
-  if file_format != 'tfrecord':
-    raise ValueError(f'{name} is stored as {file_format}; the readers here need TFRecord '
-                     "(TFDS's default): prepare it again without file_format.")
+  file_format = info.get('fileFormat') or TFRECORD
+  if file_format not in FILE_FORMATS:
+    raise ValueError(f'{name} is stored as {file_format}; the readers here take '
+                     f'{" or ".join(FILE_FORMATS)} (file_format at preparation): prepare it '
+                     'again with one of those.')
   features = tfds.features.FeatureConnector.from_json(load('features.json'))
   split_files = {}
   for split in info.get('splits', []):
@@ -110,7 +122,7 @@ def open_prepared(folder):
                   for i in range(len(lengths)))
     split_files[split['name']] = (files, lengths)
   return Prepared(name=name, folder=folder, features=features, splits=split_files,
-                  metadata=load('metadata.json', {}))
+                  metadata=load('metadata.json', {}), file_format=file_format)
 
 
 def split_sizes(prepared):
@@ -127,13 +139,23 @@ def resolve(prepared, split):
 
 
 def record_files(prepared, split):
-  """(paths of a base split's TFRecord shards in canonical order, examples per shard)."""
+  """(paths of a base split's record shards in canonical order, examples per shard)."""
   if split not in prepared.splits:
     what = 'is a slice: pass its base split (see resolve)' if '[' in split else 'is unknown'
     raise ValueError(f'{prepared.name}: split {split!r} {what}; it has '
                      f'{sorted(prepared.splits)}.')
   files, lengths = prepared.splits[split]
   return list(files), list(lengths)
+
+
+def require_tfrecord(prepared, what='data.backend=stream'):
+  """Raises ValueError (what to do) unless the dataset's records are TFRecords (tf.data's)."""
+  if prepared.file_format != TFRECORD:
+    raise ValueError(
+        f'{prepared.name} in {prepared.folder} is stored as {prepared.file_format} records, '
+        f'and {what} reads TFRecords through tf.data. Use data.backend=grain (data beyond '
+        'memory) or memory, which read both, or prepare the dataset again without '
+        'file_format (TFRecords, TFDS\'s default).')
 
 
 def image_shape(prepared):
@@ -349,6 +371,43 @@ def _read_shard(prepared, path, skip, take, expected):
   return records
 
 
+def _read_array_record_shard(prepared, path, skip, take, expected):
+  """Serialized records [skip, skip + take) of one ArrayRecord file (TFDS's array_record).
+
+  The file's own chunk checksums are verified by its reader as it reads.
+
+  Raises:
+    CorruptRecordsError: the file is missing, holds a number of records other than expected,
+      or fails to read; the message names the file.
+  """
+  from array_record.python import array_record_module
+
+  if not os.path.isfile(path):
+    raise _damaged(prepared, path, 'the file is missing')
+  try:
+    reader = array_record_module.ArrayRecordReader(path)
+  except (RuntimeError, ValueError, OSError) as e:
+    raise _damaged(prepared, path, f'cannot be read ({_one_line(e)})') from None
+  try:
+    count = reader.num_records()
+    got = reader.read(skip, skip + take) if take and count == expected else []
+  except (RuntimeError, ValueError) as e:  # array_record's hashes and framing
+    raise _damaged(prepared, path, f'records {skip}..{skip + take - 1} cannot be read '
+                                   f'({_one_line(e)})') from None
+  finally:
+    try:
+      reader.close()
+    except RuntimeError:
+      pass  # the reader's failure is the one reported
+  if count != expected:
+    raise _damaged(prepared, path, f'holds {count} records: it should hold {expected}')
+  return got
+
+
+def _one_line(e, limit=300):
+  return f'{type(e).__name__}: {" ".join(str(e).split())[:limit]}'
+
+
 def _parse_examples(prepared, records, numeric, path, first):
   """tf.train.Examples -> (encoded images [n], {key: numeric feature [n, ...]})."""
   from google.protobuf import message
@@ -475,8 +534,9 @@ def _read(prepared, split, *, with_features, scale=1, limit=None):
   parts, row = {k: [] for k in numeric}, 0
   for shard, skip, take in order.shard_pieces(start, stop - start, lengths):
     path = files[shard]
+    read = _read_array_record_shard if prepared.file_format == ARRAY_RECORD else _read_shard
     encoded, arrays = _parse_examples(
-        prepared, _read_shard(prepared, path, skip, take, lengths[shard]), numeric, path, skip)
+        prepared, read(prepared, path, skip, take, lengths[shard]), numeric, path, skip)
     out['image'][row:row + take] = _decode_images(prepared, encoded, shape, path, skip)
     for k, v in arrays.items():
       parts[k].append(v)
