@@ -53,7 +53,8 @@ def test_remat_keeps_the_numbers_and_recomputes_every_block(kind):
   results, barriers, convs = [], [], []
   for remat in (False, True):
     model = models.build_model(model_config(kind, remat), SHAPE)
-    params = model.init(jax.random.key(2), x[:1])
+    # Jitted, and rbg keys: initialising op by op at full optimisation took 8 s of this test.
+    params = jax.jit(model.init)(jax.random.key(2, impl='rbg'), x[:1])
     # One compile per setting: the numbers come from the executable whose text is inspected.
     lowered = grad_fn(model).lower(params, x, key)
     compiled = lowered.compile()
