@@ -3,13 +3,14 @@ ends read them as they read TFRecords (same arrays, same batches); stream refuse
 
 import itertools
 import os
+import re
 import shutil
 
 import numpy as np
 import pytest
 
 from tests.test_data_checks import data_config
-from vae_jax import data
+from vae_jax import cli, data
 from vae_jax.data import datasets, records
 
 NAME = 'sprites/small'  # 1175 + 130 16x16 renders with their factors: prepared in a second
@@ -72,14 +73,23 @@ def test_grain_and_memory_batches_equal_the_tfrecord_runs(data_dirs):
           np.testing.assert_array_equal(g[key], w[key], err_msg=f'{backend} {key}')
 
 
-def test_stream_back_end_refuses_array_records_with_what_to_do(data_dirs):
+def test_stream_back_end_refuses_array_records_before_the_run_starts(data_dirs, capsys):
   c = cfg(data_dirs['array_record'], backend='stream')
-  # What experiment.build reads before anything compiles.
-  with pytest.raises(ValueError, match=r'stored as array_record records.*data\.backend=grain'):
+  # What the scripts check first (before TensorFlow, a workdir or a compile): one paragraph,
+  # exit status 2, what to use instead.
+  with pytest.raises(SystemExit) as exit_:
+    cli.run_reporting_user_errors(lambda: cli.check_data_available(c))
+  err = capsys.readouterr().err
+  assert exit_.value.code == 2 and 'Traceback' not in err
+  assert re.search(r'stored as array_record records.*data\.backend=grain', err), err
+  # And every later entry: what experiment.build reads, the iterator itself.
+  with pytest.raises(records.RecordFormatError, match='stored as array_record'):
     data.dataset_info(c)
-  with pytest.raises(ValueError, match='stored as array_record'):
+  with pytest.raises(records.RecordFormatError, match='stored as array_record'):
     next(iter(data.make_train_iterator(c, batch_size=BATCH, data_seed=3, start_step=0)))
-  assert data.dataset_info(cfg(data_dirs['tfrecord'], backend='stream')).image_shape == (16, 16, 1)
+  c = cfg(data_dirs['tfrecord'], backend='stream')
+  cli.check_data_available(c)
+  assert data.dataset_info(c).image_shape == (16, 16, 1)
 
 
 @pytest.mark.parametrize('damage', ['truncated', 'flipped byte'])

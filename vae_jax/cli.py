@@ -95,13 +95,15 @@ def print_json(record):
 
 
 def check_data_available(data_cfg):
-  """data.check_available, with an unknown dataset name reported as a ConfigError."""
+  """data.check_available, with an unknown dataset name reported as a ConfigError; then whether
+  data.backend reads the prepared records (data.check_record_format)."""
   from vae_jax import data
   from vae_jax.config import validation
   try:
     data.check_available(data_cfg)
   except ValueError as e:
     raise validation.ConfigError(str(e)) from None
+  data.check_record_format(data_cfg)
 
 
 def parse_flags(argv):

@@ -17,7 +17,13 @@ from vae_jax.data.checks import (
     validate_data_config,
     validate_splits,
 )
-from vae_jax.data.datasets import DataInfo, dataset_info, load_arrays, prepare
+from vae_jax.data.datasets import (
+    DataInfo,
+    check_record_format,
+    dataset_info,
+    load_arrays,
+    prepare,
+)
 from vae_jax.data.order import epoch_of, epoch_permutation, steps_per_epoch, train_indices
 from vae_jax.data.pipeline import (
     eval_batches,
@@ -34,6 +40,7 @@ __all__ = [
     'DataInfo',
     'DatasetMissingError',
     'check_available',
+    'check_record_format',
     'dataset_info',
     'epoch_of',
     'epoch_permutation',

@@ -247,11 +247,25 @@ def prepared_records(data_cfg):
   return records.open_prepared(folder)
 
 
+def check_record_format(data_cfg):
+  """Raises records.RecordFormatError if data.backend cannot read the prepared records.
+
+  The stream back end (tf.data) reads TFRecords only; memory and grain read both formats.
+  Checked from the JSON files (no TensorFlow) before a run starts; a dataset not prepared yet
+  is prepared as TFRecords.
+  """
+  if data_cfg.backend != 'stream' or own_data.parse(data_cfg.name) is not None:
+    return  # own data is always prepared as TFRecords
+  folder = _prepared_folder(data_cfg)
+  if folder is not None:
+    records.require_tfrecord(records.open_prepared(folder))
+
+
 def dataset_info(data_cfg):
   """DataInfo of the configured dataset (prepares it first if needed).
 
   Raises:
-    ValueError: data.backend=stream on a dataset stored as ArrayRecords (tf.data reads TFRecords).
+    records.RecordFormatError: data.backend=stream on a dataset stored as ArrayRecords.
   """
   prepared = prepared_records(data_cfg)
   if data_cfg.backend == 'stream':

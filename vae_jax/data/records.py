@@ -55,6 +55,10 @@ class CorruptRecordsError(checks.DatasetMissingError):
   """A prepared dataset's record file is truncated or damaged; the message names the file."""
 
 
+class RecordFormatError(checks.DatasetMissingError):
+  """The prepared records are in a format not read here, or not by the configured back end."""
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Prepared:
   """A prepared TFDS dataset folder, described from its JSON files (no TensorFlow).
@@ -82,7 +86,7 @@ def open_prepared(folder):
 
   Raises:
     CorruptRecordsError: dataset_info.json or features.json is missing or unreadable.
-    ValueError: the records are not TFRecord files.
+    RecordFormatError: the records are neither TFRecord nor ArrayRecord files.
   """
   import tensorflow_datasets as tfds
   from tensorflow_datasets.core import naming
@@ -106,9 +110,10 @@ def open_prepared(folder):
   name = info['name'] + (f'/{info["configName"]}' if info.get('configName') else '')
   file_format = info.get('fileFormat') or TFRECORD
   if file_format not in FILE_FORMATS:
-    raise ValueError(f'{name} is stored as {file_format}; the readers here take '
-                     f'{" or ".join(FILE_FORMATS)} (file_format at preparation): prepare it '
-                     'again with one of those.')
+    raise RecordFormatError(
+        f'{name} in {folder} is stored as {file_format}; the readers here take '
+        f'{" or ".join(FILE_FORMATS)} (file_format at preparation): prepare it again with one '
+        'of those.')
   features = tfds.features.FeatureConnector.from_json(load('features.json'))
   split_files = {}
   for split in info.get('splits', []):
@@ -149,9 +154,9 @@ def record_files(prepared, split):
 
 
 def require_tfrecord(prepared, what='data.backend=stream'):
-  """Raises ValueError (what to do) unless the dataset's records are TFRecords (tf.data's)."""
+  """Raises RecordFormatError (what to do) unless the records are TFRecords (tf.data's)."""
   if prepared.file_format != TFRECORD:
-    raise ValueError(
+    raise RecordFormatError(
         f'{prepared.name} in {prepared.folder} is stored as {prepared.file_format} records, '
         f'and {what} reads TFRecords through tf.data. Use data.backend=grain (data beyond '
         'memory) or memory, which read both, or prepare the dataset again without '
