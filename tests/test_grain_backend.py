@@ -182,6 +182,28 @@ def test_grain_missing_is_a_config_error_before_anything_runs(monkeypatch):
   assert arrayrecords.Rows  # the module imports without grain
 
 
+def test_a_run_switches_between_grain_and_memory_on_resume_bitwise(data_dir, tmp_path):
+  """Both back ends give every step the same batch, so a run may resume on either (data that
+  outgrows one machine's memory); the stream back end's order is another, and stays refused."""
+  from tests.test_train import tiny_config
+  from vae_jax import train
+  from vae_jax.config.compat import IncompatibleCheckpointError
+
+  def run(workdir, steps, backend):
+    data_fields = {f'data.{k}': v for k, v in cfg(data_dir, backend=backend).items()}
+    train.train_and_evaluate(tiny_config(**{
+        **data_fields, 'num_train_steps': steps, 'checkpoint_every_steps': 5,
+        'eval_every_steps': 10, 'eval_num_samples': 0}), str(workdir))
+
+  run(tmp_path / 'straight', 10, 'memory')  # 7 steps an epoch: the switch is in epoch 0
+  run(tmp_path / 'switched', 5, 'grain')
+  run(tmp_path / 'switched', 10, 'memory')
+  _assert_bitwise(_final_state(tmp_path / 'switched'), _final_state(tmp_path / 'straight'))
+  with pytest.raises(IncompatibleCheckpointError, match="data.backend: saved 'memory', now "
+                                                        "'stream'"):
+    run(tmp_path / 'switched', 15, 'stream')
+
+
 # ---------------------------------------------------------------------------------------------
 # The scripts, in processes where importing TensorFlow raises
 

@@ -159,7 +159,8 @@ def vectorize_problem(named_configs):
 # field; any difference refuses the resume, except the fields that do not change the trajectory
 # of training (RESUME_NEUTRAL), the traced hyperparameters the trainer applies from the resumed
 # step on (APPLIED_ON_RESUME), the stability options it switches at the resumed step
-# (SWITCHED_ON_RESUME), and num_train_steps under a schedule that does not depend on it.
+# (SWITCHED_ON_RESUME), values that give the same batches (SAME_BATCHES: data.backend memory
+# <-> grain), and num_train_steps under a schedule that does not depend on it.
 # A field the saved config lacks (added to vae_jax since) must have its default value
 # (configs/default.py); a field only the saved config has (removed since) is ignored.
 
@@ -177,6 +178,11 @@ RESUME_NEUTRAL = (
     'data.workers',  # grain: how many processes decode, never which batch a step gets
     'early_stopping',  # when to stop, never what a step computes (the count is in the meta)
 )
+
+
+# Fields whose values within one group give every step the same batch (bitwise: the grain back
+# end reads the memory back end's order from disk), so a run may resume under another of them.
+SAME_BATCHES = {'data.backend': ('memory', 'grain')}
 
 
 # Traced hyperparameters (state.hparams): the trainer applies the current value from the
@@ -239,6 +245,8 @@ def check_compatible(saved_config, config, where, only=None):
       continue
     before = _saved_value(saved, key)
     if before is _ABSENT or before == now[key]:
+      continue
+    if key in SAME_BATCHES and {before, now[key]} <= set(SAME_BATCHES[key]):
       continue
     if key == 'num_train_steps':
       schedule = now.get('optim.schedule')
