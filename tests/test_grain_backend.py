@@ -143,6 +143,20 @@ def test_the_copy_is_written_once_and_a_mismatching_one_is_an_error(data_dir, tm
   assert json.loads((target / 'info.json').read_text())['num_records'] == 299  # left alone
 
 
+def test_an_unwritable_prepared_folder_says_how_to_write_the_copies_once(data_dir, tmp_path):
+  folder, = [r for r, _, f in os.walk(data_dir) if 'dataset_info.json' in f]
+  copy = tmp_path / 'tfds' / 'mnist' / '3.0.1'
+  shutil.copytree(folder, copy, ignore=shutil.ignore_patterns('array_record'))
+  # A file where the copies' folder goes: creating it fails as on a read-only mount (root
+  # ignores permission bits).
+  (copy / 'array_record').write_text('')
+  with pytest.raises(data.DatasetMissingError,
+                     match=r'(?s)cannot be written.*prepare_data\.py --dataset=NAME '
+                           rf'--data_dir={tmp_path / "tfds"} --array_record.*'
+                           r'data\.backend=memory or stream\.'):
+    train_batches(cfg(tmp_path / 'tfds'), 1)
+
+
 def test_prepare_data_writes_every_splits_copy_ahead(data_dir, tmp_path):
   """scripts/prepare_data.py --array_record: the copies exist before any grain run, which then
   reads them as they are and gets the memory back end's batches."""

@@ -109,3 +109,15 @@ def test_damaged_array_record_file_is_named(data_dirs, tmp_path, damage):
     f.write(bytes(content))
   with pytest.raises(records.CorruptRecordsError, match=f'{path}: .*delete that folder'):
     records.read_split(prepared, 'train')
+
+
+def test_an_unwritable_copy_folder_advises_memory_only(data_dirs, tmp_path):
+  folder = datasets.prepared_records(cfg(data_dirs['array_record'])).folder
+  copy = tmp_path / 'tfds' / NAME / os.path.basename(folder)
+  shutil.copytree(folder, copy, ignore=shutil.ignore_patterns('array_record'))
+  (copy / 'array_record').write_text('')  # the grain copies' folder cannot be made
+  c = cfg(tmp_path / 'tfds', backend='grain')
+  with pytest.raises(data.DatasetMissingError,
+                     match=rf'(?s)--data_dir={tmp_path / "tfds"} --array_record.*'
+                           r'use data\.backend=memory\.$'):
+    next(iter(data.make_train_iterator(c, batch_size=BATCH, data_seed=3, start_step=0)))

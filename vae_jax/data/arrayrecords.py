@@ -79,12 +79,17 @@ def _expected_info(prepared, base):
           'tfrecords': [[os.path.basename(f), n] for f, n in zip(files, lengths, strict=True)]}
 
 
-def _unwritable(folder, e):
+def _unwritable(prepared, folder, e):
+  data_dir = prepared.folder
+  for _ in range(len(prepared.name.split('/')) + 1):  # {data_dir}/{name}[/{config}]/{version}
+    data_dir = os.path.dirname(data_dir)
+  others = 'memory or stream' if prepared.file_format == records.TFRECORD else 'memory'
   return records.CorruptRecordsError(
-      f'The grain back end keeps an ArrayRecord copy of each split it reads beside the prepared '
-      f'TFRecords, and {folder} cannot be written ({type(e).__name__}: {e}). Make that folder '
-      'writable (or prepare the dataset into a data_dir you can write), or use '
-      'data.backend=memory or stream.')
+      f'The grain back end reads a raw ArrayRecord copy of each split, kept beside the prepared '
+      f'records, and {folder} cannot be written ({type(e).__name__}: {e}). Write the copies '
+      'once where that folder can be written: python scripts/prepare_data.py --dataset=NAME '
+      f'--data_dir={data_dir} --array_record (NAME: your data.name); or make it writable, or '
+      f'use data.backend={others}.')
 
 
 def _write(prepared, base, folder, info):
@@ -96,7 +101,7 @@ def _write(prepared, base, folder, info):
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f'.{base}.incomplete-', dir=parent)
   except OSError as e:
-    raise _unwritable(parent, e) from None
+    raise _unwritable(prepared, parent, e) from None
   try:
     path = os.path.join(tmp, _FILE)
     writer = array_record_module.ArrayRecordWriter(path, _WRITER_OPTIONS)
@@ -123,7 +128,7 @@ def _write(prepared, base, folder, info):
       if not os.path.exists(os.path.join(folder, _INFO)):  # not another process's copy
         raise
   except OSError as e:
-    raise _unwritable(parent, e) from None
+    raise _unwritable(prepared, parent, e) from None
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
 
