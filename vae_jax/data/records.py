@@ -6,13 +6,13 @@ tf.train.Example. `open_prepared` describes it from its JSON files, and `read_sp
 memory back end's reader) reads a split or slice into numpy without TensorFlow: the TFRecord
 framing and its CRC-32C checksums here (ArrayRecords through array_record's reader, which
 checks its own), the tf.train.Example with TFDS's own protobuf module, PNG images with zlib
-and Pillow. What
-still needs TensorFlow imports it inside the function: the stream back end's tf.data pieces
-(`slice_records`, `make_decoder`), image encoding for preparation (`encode_images`), and
-images that are not 8-bit PNGs of the feature's channel count (JPEG above all: Pillow's JPEG
-decoder differs from TensorFlow's by up to 8 levels, and both back ends must see the same
-pixels). No prepared dataset this project makes holds any of those. `datasets`, `offline`,
-`sprites_builder` and `pipeline` build on this module; it imports none of them.
+and Pillow. What still needs TensorFlow imports it inside the function: the stream back end's
+tf.data pieces (`slice_records`, `make_decoder`; TFRecords only), image encoding for
+preparation (`encode_images`), and images that are not 8-bit PNGs of the feature's channel
+count (JPEG above all: Pillow's JPEG decoder differs from TensorFlow's by up to 8 levels, and
+both back ends must see the same pixels). No prepared dataset this project makes holds any
+of those. `datasets`, `offline`, `sprites_builder` and `pipeline` build on this module; it
+imports none of them.
 
 Every dataset comes out as uint8 0..255 [N, H, W, C]: datasets stored as 0/1 (binarized_mnist)
 are scaled to {0, 255} when read, so preprocessing is the same for all. A split's order is its
@@ -153,14 +153,15 @@ def record_files(prepared, split):
   return list(files), list(lengths)
 
 
-def require_tfrecord(prepared, what='data.backend=stream'):
-  """Raises RecordFormatError (what to do) unless the records are TFRecords (tf.data's)."""
+def require_tfrecord(prepared):
+  """Raises RecordFormatError (what to do) unless the records are TFRecords (the stream back
+  end's tf.data reads no other)."""
   if prepared.file_format != TFRECORD:
     raise RecordFormatError(
         f'{prepared.name} in {prepared.folder} is stored as {prepared.file_format} records, '
-        f'and {what} reads TFRecords through tf.data. Use data.backend=grain (data beyond '
-        'memory) or memory, which read both, or prepare the dataset again without '
-        'file_format (TFRecords, TFDS\'s default).')
+        'and data.backend=stream reads TFRecords through tf.data. Use data.backend=grain '
+        '(data beyond memory) or memory, which read both, or prepare the dataset again '
+        'without file_format (TFRecords, TFDS\'s default).')
 
 
 def image_shape(prepared):
