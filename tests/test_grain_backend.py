@@ -50,6 +50,15 @@ def cfg(data_dir, **overrides):
                         'eval_split': 'test', 'preprocess': 'dynamic_binarize', **overrides})
 
 
+def prepared_copy(data_dir, new_data_dir):
+  """The module's prepared mnist copied into new_data_dir without its ArrayRecord copies;
+  returns the new prepared folder."""
+  folder, = [r for r, _, f in os.walk(data_dir) if 'dataset_info.json' in f]
+  copy = new_data_dir / 'mnist' / '3.0.1'
+  shutil.copytree(folder, copy, ignore=shutil.ignore_patterns('array_record'))
+  return copy
+
+
 def train_batches(c, steps, start_step=0, **kw):
   it = data.make_train_iterator(c, batch_size=BATCH, data_seed=5, start_step=start_step, **kw)
   return list(itertools.islice(it, steps))
@@ -120,9 +129,7 @@ def test_worker_processes_give_the_same_batches(data_dir):
 
 
 def test_the_copy_is_written_once_and_a_mismatching_one_is_an_error(data_dir, tmp_path):
-  folder, = [r for r, _, f in os.walk(data_dir) if 'dataset_info.json' in f]
-  copy = tmp_path / 'mnist' / '3.0.1'
-  shutil.copytree(folder, copy, ignore=shutil.ignore_patterns('array_record'))
+  copy = prepared_copy(data_dir, tmp_path)
   c = cfg(tmp_path)
   first = train_batches(c, 2)
   target = copy / 'array_record' / 'train'
@@ -144,9 +151,7 @@ def test_the_copy_is_written_once_and_a_mismatching_one_is_an_error(data_dir, tm
 
 
 def test_an_unwritable_prepared_folder_says_how_to_write_the_copies_once(data_dir, tmp_path):
-  folder, = [r for r, _, f in os.walk(data_dir) if 'dataset_info.json' in f]
-  copy = tmp_path / 'tfds' / 'mnist' / '3.0.1'
-  shutil.copytree(folder, copy, ignore=shutil.ignore_patterns('array_record'))
+  copy = prepared_copy(data_dir, tmp_path / 'tfds')
   # A file where the copies' folder goes: creating it fails as on a read-only mount (root
   # ignores permission bits).
   (copy / 'array_record').write_text('')
@@ -160,9 +165,7 @@ def test_an_unwritable_prepared_folder_says_how_to_write_the_copies_once(data_di
 def test_prepare_data_writes_every_splits_copy_ahead(data_dir, tmp_path):
   """scripts/prepare_data.py --array_record: the copies exist before any grain run, which then
   reads them as they are and gets the memory back end's batches."""
-  folder, = [r for r, _, f in os.walk(data_dir) if 'dataset_info.json' in f]
-  copy = tmp_path / 'mnist' / '3.0.1'
-  shutil.copytree(folder, copy, ignore=shutil.ignore_patterns('array_record'))
+  copy = prepared_copy(data_dir, tmp_path)
   proc = subprocess.run([sys.executable, 'scripts/prepare_data.py', '--dataset=mnist',
                          f'--data_dir={tmp_path}', '--array_record'],
                         cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -261,9 +264,7 @@ def test_scripts_without_tensorflow_and_a_killed_run_resumes_bitwise(data_dir, t
   """train.py (a grain worker, the first ArrayRecord copy) and evaluate.py run where TensorFlow
   cannot be imported; a run SIGKILLed mid-epoch, resumed, ends bitwise where an uninterrupted
   one does, and its worker process does not outlive it."""
-  folder, = [r for r, _, f in os.walk(data_dir) if 'dataset_info.json' in f]
-  shutil.copytree(folder, tmp_path / 'tfds' / 'mnist' / '3.0.1',
-                  ignore=shutil.ignore_patterns('array_record'))
+  prepared_copy(data_dir, tmp_path / 'tfds')
   flags = [*RUN_FLAGS, f'--config.data.data_dir={tmp_path / "tfds"}']
   straight, killed = tmp_path / 'straight', tmp_path / 'killed'
   _finish(_script(tmp_path, 'train.py', *flags, f'--workdir={straight}'))

@@ -78,7 +78,7 @@ class Prepared:
   features: object
   splits: dict
   metadata: dict
-  file_format: str = 'tfrecord'
+  file_format: str = TFRECORD
 
 
 def open_prepared(folder):
